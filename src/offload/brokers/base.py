@@ -1,0 +1,206 @@
+"""The broker protocol: storage and transport for tasks, and nothing else.
+
+A broker stores opaque payload bytes with a little metadata, and makes every state change
+atomic on its own clock. Policy *math* (backoff, when to give up) lives in
+:mod:`offload.core.policy`; brokers only enforce what must be enforced globally and
+atomically at claim time: pause, the token bucket and ``max_concurrent``.
+
+Task life cycle, identical on every broker::
+
+    enqueue ──► READY (eta in the future: "scheduled") ──claim──► LEASED
+                  ▲                                                │
+                  ├──────── retry(delay) / release / lease expiry ◄┤
+                  │                                                ├──ack──► gone (name kept
+                  └──────────── requeue_dead ◄── DEAD ◄─dead_letter┘         for dedup_window)
+
+A broker instance is opened on one event loop and used from that loop only. Brokers whose
+coroutines never suspend (``Capabilities.inline``, SQLite) may also be driven without a loop
+by the App's synchronous facade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..core.policy import QueuePolicy
+
+__all__ = [
+    "Broker",
+    "Capabilities",
+    "Claimed",
+    "DeadLetter",
+    "Lease",
+    "NewTask",
+    "QueueStats",
+    "TaskMetrics",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker can do. A feature a broker lacks is refused loudly, never ignored."""
+
+    #: coroutines never suspend, so a synchronous caller may drive them without a loop
+    inline: bool = False
+    #: ``enqueue(..., connection=conn)`` joins the caller's own database transaction
+    transactional_enqueue: bool = False
+    #: one broker spans several servers (Redis Cluster)
+    cluster: bool = False
+
+
+@dataclass(slots=True)
+class NewTask:
+    """A task to enqueue. ``eta`` is absolute epoch seconds; ``delay`` is relative to the
+    broker's clock at enqueue. Both zero/None: ready now."""
+
+    id: str
+    queue: str
+    payload: bytes
+    name: str | None = None
+    eta: float | None = None
+    delay: float = 0.0
+
+
+@dataclass(slots=True)
+class Lease:
+    """Proof of a claim: only the holder of the current token can ack, retry or bury."""
+
+    queue: str
+    id: str
+    token: str
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A claimed task. ``attempt`` counts this one (1 on the first run) and includes runs
+    whose worker died; ``first_attempt_at`` and ``now`` are broker-clock epoch seconds."""
+
+    id: str
+    queue: str
+    name: str | None
+    payload: bytes
+    attempt: int
+    first_attempt_at: float
+    enqueued_at: float
+    now: float
+    token: str
+    #: when this claim's lease ends, broker clock
+    lease_until: float = 0.0
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.queue, self.id, self.token)
+
+
+@dataclass(slots=True)
+class QueueStats:
+    queue: str
+    ready: int = 0
+    scheduled: int = 0
+    leased: int = 0
+    dead: int = 0
+    paused: bool = False
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: str
+    queue: str
+    name: str | None
+    payload: bytes
+    attempts: int
+    error: str
+    traceback: str
+    failed_at: float
+
+
+@dataclass(slots=True)
+class TaskMetrics:
+    """Aggregates for one task function, summed across workers by ``record``."""
+
+    task: str
+    count: int = 0
+    failures: int = 0
+    wall_total: float = 0.0
+    wall_max: float = 0.0
+    cpu_total: float = 0.0
+    cpu_max: float = 0.0
+    mem_peak_max: int = 0  # bytes; 0 when not measured
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """The small interface every broker implements (see the module docstring).
+
+    Every method is atomic on the broker. Errors reaching the server raise
+    :class:`offload.errors.BrokerUnavailable`; nothing happened in that case.
+    """
+
+    url: str
+    capabilities: Capabilities
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections. Leased tasks stay leased until acked or expired."""
+
+    async def declare(self, policies: Sequence[QueuePolicy]) -> None:
+        """Create or update queues with these policies (the last writer wins)."""
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
+        """Store tasks durably before returning. Per task: True when created, False when
+        its ``name`` already exists in the queue or finished within its dedup window (the
+        others of the batch are still created)."""
+
+    async def claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
+        """Lease up to ``limit`` due tasks from ``queues``, honouring pause, rate and
+        max_concurrent, oldest eta first. Expired leases are claimable again."""
+
+    async def ack(self, leases: Sequence[Lease]) -> None:
+        """Remove finished tasks; a stale token (lease lost) is ignored."""
+
+    async def retry(self, lease: Lease, delay: float, error: str) -> bool:
+        """Make the task ready again after ``delay`` seconds, recording ``error``. This
+        attempt counts. False when the lease was lost."""
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Give tasks back at once without counting the attempt (drain, shutdown)."""
+
+    async def dead_letter(self, lease: Lease, error: str, traceback: str) -> bool:
+        """Move a task to the queue's dead letters. False when the lease was lost."""
+
+    async def extend(self, leases: Sequence[Lease]) -> list[bool]:
+        """Renew leases by each queue's lease duration; per lease, whether it is still held."""
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a task of ``queues`` may have become claimable, or after ``timeout``
+        seconds, without busy polling. Returning early is allowed, never required."""
+
+    async def stats(self, queue: str) -> QueueStats: ...
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        """Make dead tasks ready again with fresh attempt counters (all when ``ids`` is
+        None); returns how many."""
+
+    async def set_paused(self, queue: str, paused: bool) -> None: ...
+
+    async def purge(self, queue: str) -> int:
+        """Delete every ready and scheduled task (leased ones finish); returns how many."""
+
+    async def delete(self, queue: str, *, id: str | None = None, name: str | None = None) -> bool:
+        """Delete one task in any state; a deleted named task keeps its name for the
+        dedup window. False when no such task."""
+
+    async def record(self, metrics: Sequence[TaskMetrics]) -> None:
+        """Add per-task-function measurements to the stored aggregates."""
+
+    async def metrics(self) -> list[TaskMetrics]: ...
+
+    async def now(self) -> float:
+        """The broker's clock, epoch seconds."""

@@ -1,0 +1,156 @@
+"""Every error offload raises, named by who is at fault.
+
+::
+
+    OffloadError                      root: catch this to catch everything offload raises
+    ├── ConfigError                   the caller's configuration or input is wrong (fix the call)
+    │   ├── PolicyError               a queue policy value is invalid ("20/x")
+    │   ├── UnknownQueue              a queue name the App does not declare
+    │   ├── UnknownTask               a task function name the App does not know
+    │   ├── BadArguments              arguments a task function's signature rejects
+    │   ├── PayloadError              arguments that cannot be encoded as JSON-compatible data
+    │   └── BrokerURLError            a broker URL offload cannot parse or has no driver for
+    ├── TaskAlreadyExists             a named task exists (or finished within its dedup window)
+    ├── BrokerError                   the broker failed or is unreachable (retry later)
+    │   ├── BrokerUnavailable         could not reach the broker; nothing was enqueued
+    │   └── Unsupported               the broker declares it lacks this feature
+    ├── TaskControl                   raised by a handler to steer its own task
+    │   ├── Retry                     run again after ``after`` seconds (or per policy)
+    │   └── Fail                      stop now and dead-letter the task
+    ├── TaskError                     the task's own code failed
+    │   └── MemoryLimitExceeded       the task went over its memory limit
+    └── chan errors (offload.chan)    Closed, ChanPanic, Canceled, DeadlineExceeded
+
+Messages say what was wrong, where, and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BadArguments",
+    "BrokerError",
+    "BrokerURLError",
+    "BrokerUnavailable",
+    "ConfigError",
+    "Fail",
+    "MemoryLimitExceeded",
+    "OffloadError",
+    "PayloadError",
+    "PolicyError",
+    "Retry",
+    "TaskAlreadyExists",
+    "TaskControl",
+    "TaskError",
+    "UnknownQueue",
+    "UnknownTask",
+    "Unsupported",
+]
+
+
+_UNSET: object = object()
+
+
+class OffloadError(Exception):
+    """Root of every error offload raises."""
+
+
+class ConfigError(OffloadError, ValueError):
+    """The caller's configuration or input is wrong; retrying will not help."""
+
+
+class PolicyError(ConfigError):
+    """A queue policy value is invalid."""
+
+
+class UnknownQueue(ConfigError, LookupError):
+    """A queue name that the App does not declare."""
+
+
+class UnknownTask(ConfigError, LookupError):
+    """A task function name that the App does not know."""
+
+
+class BadArguments(ConfigError, TypeError):
+    """Arguments that the task function's signature rejects."""
+
+
+class PayloadError(ConfigError, TypeError):
+    """Arguments that cannot be encoded into a task payload."""
+
+
+class BrokerURLError(ConfigError):
+    """A broker URL that cannot be parsed, or whose driver is not installed."""
+
+
+class TaskAlreadyExists(OffloadError):
+    """A task with this name exists in the queue, or finished within its dedup window.
+
+    ``names`` lists every duplicate name when a batch was sent; the other tasks of the
+    batch were enqueued.
+    """
+
+    def __init__(self, message: str, names: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.names: list[str] = list(names)
+
+
+class BrokerError(OffloadError):
+    """The broker failed or could not be reached; the operation may be retried."""
+
+
+class BrokerUnavailable(BrokerError, ConnectionError):
+    """The broker could not be reached; the operation did not happen."""
+
+
+class Unsupported(BrokerError, NotImplementedError):
+    """The broker declares, in its capabilities, that it lacks this feature."""
+
+
+class TaskControl(OffloadError):
+    """Raised by a handler to choose what happens to its own task."""
+
+
+class Retry(TaskControl):
+    """Retry this task.
+
+    Raised from a handler, ``Retry(after=5)`` runs the task again in five seconds (the
+    retry still counts against the queue's ``limit`` and ``age_limit``); ``Retry()`` uses the
+    queue's backoff. Passed to ``App.queue(retry=...)`` it is the queue's retry policy, with
+    App Engine's ``retry_parameters`` meaning (see :class:`offload.core.policy.RetryPolicy`).
+    """
+
+    def __init__(
+        self,
+        after: float | None = None,
+        *,
+        limit: int | None | object = _UNSET,
+        age_limit: float | None = None,
+        min_backoff: float | None = None,
+        max_backoff: float | None = None,
+        max_doublings: int | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(reason or (f"retry in {after}s" if after is not None else "retry"))
+        self.after = after
+        # limit=None means "unlimited"; leaving it out means "the default limit".
+        self._limit_given = limit is not _UNSET
+        self.limit = None if limit is _UNSET else limit
+        self.age_limit = age_limit
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.max_doublings = max_doublings
+        self.reason = reason
+
+
+class Fail(TaskControl):
+    """Stop retrying: the task is dead-lettered at once with this message."""
+
+
+class TaskError(OffloadError):
+    """The task's own code failed."""
+
+
+class MemoryLimitExceeded(TaskError, MemoryError):
+    """The task's process went over its memory limit and was killed."""

@@ -1,0 +1,281 @@
+"""Task functions: a plain function plus the knowledge of how to send it somewhere else.
+
+Declaring one costs nothing (no I/O, no broker). ``send`` validates the arguments against
+the function's signature on the caller's side, so a bad call fails at once, in the caller's
+traceback, instead of minutes later in a worker.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import inspect
+import time
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .brokers.base import NewTask
+from .core import envelope as _env
+from .errors import BadArguments, PayloadError, TaskAlreadyExists
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["TaskFunction", "TaskHandle", "TaskInfo", "current_task"]
+
+_PLAIN = {str, int, float, bool, type(None), list, dict, tuple, Any, bytes, inspect.Parameter.empty}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """What ``send`` returns: enough to find the task again (``app.delete_task``)."""
+
+    id: str
+    queue: str
+    task: str
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class TaskInfo:
+    """What a running handler knows about its own task (see :func:`current_task`)."""
+
+    id: str
+    task: str
+    queue: str
+    name: str | None
+    attempt: int
+    headers: dict[str, str] = field(default_factory=dict)
+    #: an ``offload.chan.Context`` cancelled at the task's deadline, on lease loss or when
+    #: the worker's drain grace ends; None outside a worker
+    context: Any = None
+
+    @property
+    def retries(self) -> int:
+        """How many times this task was retried before this attempt."""
+        return self.attempt - 1
+
+
+_current: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar(
+    "offload_current_task", default=None
+)
+
+
+def current_task() -> TaskInfo:
+    """The task the calling handler is running; raises LookupError outside a handler."""
+    info = _current.get()
+    if info is None:
+        raise LookupError("current_task() called outside a task handler")
+    return info
+
+
+def _needs_convert(tp: Any) -> bool:
+    if tp in _PLAIN:
+        return False
+    origin = typing.get_origin(tp)
+    if origin in (list, dict, tuple) and all(not _needs_convert(a) for a in typing.get_args(tp)):
+        return False
+    return True
+
+
+class TaskFunction:
+    """A registered task function. Calling it runs it here and now; ``send`` enqueues it."""
+
+    def __init__(self, app: App, fn: Callable[..., Any], name: str, queue: str) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = queue
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self._converters: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<TaskFunction {self.name} queue={self.queue!r}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Enqueue a call with these arguments; returns once the task is durable."""
+        return self.send_with(args=args, kwargs=kwargs)
+
+    def send_with(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        delay: float | None = None,
+        eta: _dt.datetime | None = None,
+        queue: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | _dt.datetime | None = None,
+        connection: Any = None,
+    ) -> TaskHandle:
+        """Enqueue with options: a unique ``name`` (raises :class:`TaskAlreadyExists` when
+        taken), ``delay`` seconds or an aware ``eta``, another ``queue``, extra ``headers``,
+        a ``deadline`` (seconds from now, or an aware datetime) that the handler's context
+        enforces, and ``connection``: a database connection whose transaction the enqueue
+        joins (brokers with transactional enqueue only)."""
+        new = self.build(args, kwargs, name=name, delay=delay, eta=eta, queue=queue,
+                         headers=headers, deadline=deadline)
+        created = self.app._enqueue([new], connection=connection)
+        if not created[0]:
+            raise TaskAlreadyExists(
+                f"task name {name!r} already exists in queue {new.queue!r} (or finished "
+                "within its dedup window); pick another name or drop name= to allow copies",
+                names=[name] if name else [],
+            )
+        return TaskHandle(new.id, new.queue, self.name, name)
+
+    def send_many(
+        self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]] | tuple[Any, ...]]
+    ) -> list[TaskHandle]:
+        """Enqueue many calls in one round trip. Each call is ``(args, kwargs)`` or
+        ``(args, kwargs, options)`` with options of :meth:`send_with`. Every call is
+        validated before anything is sent; named duplicates are reported together in one
+        :class:`TaskAlreadyExists` after the others were enqueued."""
+        built: list[NewTask] = []
+        for i, call in enumerate(calls):
+            if not isinstance(call, (tuple, list)) or len(call) not in (2, 3):
+                raise BadArguments(
+                    f"{self.name}.send_many: call #{i} is {call!r}; give (args, kwargs) or "
+                    "(args, kwargs, {'name': ..., 'delay': ...})"
+                )
+            opts = dict(call[2]) if len(call) == 3 else {}
+            try:
+                built.append(self.build(call[0], call[1], **opts))
+            except TypeError as exc:
+                if isinstance(exc, BadArguments | PayloadError):
+                    raise type(exc)(f"call #{i}: {exc}") from None
+                raise BadArguments(f"{self.name}.send_many: call #{i}: {exc}") from None
+        if not built:
+            return []
+        created = self.app._enqueue(built)
+        handles = [TaskHandle(t.id, t.queue, self.name, t.name) for t in built]
+        dups = [t.name or t.id for t, ok in zip(built, created, strict=True) if not ok]
+        if dups:
+            raise TaskAlreadyExists(
+                f"{len(dups)} of {len(built)} tasks were not enqueued: names already exist "
+                f"({', '.join(map(repr, dups[:5]))}{'...' if len(dups) > 5 else ''}); "
+                "the others were enqueued",
+                names=dups,
+            )
+        return handles
+
+    def build(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        delay: float | None = None,
+        eta: _dt.datetime | None = None,
+        queue: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | _dt.datetime | None = None,
+    ) -> NewTask:
+        """Validate a call and turn it into a :class:`NewTask` (no I/O)."""
+        kwargs = dict(kwargs or {})
+        if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
+            raise BadArguments(f"{self.name}: args must be a list or tuple, got {args!r}")
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadArguments(
+                f"{self.name}{self.signature}: {exc} (sent args={list(args)!r}, "
+                f"kwargs={kwargs!r})"
+            ) from None
+        qname = queue or self.queue
+        self.app._policy(qname)  # raises UnknownQueue with the list of queues
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 500):
+            raise BadArguments(f"{self.name}: task name {name!r} must be a 1-500 char string")
+        if delay is not None and eta is not None:
+            raise BadArguments(f"{self.name}: give delay or eta, not both")
+        if delay is not None and (
+            isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0
+        ):
+            raise BadArguments(f"{self.name}: delay {delay!r} must be seconds >= 0")
+        eta_s = _env.to_epoch(eta) if eta is not None else None
+        hdrs = _inherit_headers(headers, deadline)
+        env = _env.Envelope(
+            id=_env.new_id(), task=self.name, queue=qname, args=list(args), kwargs=kwargs,
+            name=name, headers=hdrs, sent_at=time.time(),
+        )
+        return NewTask(env.id, qname, _env.encode(env), name, eta_s, float(delay or 0.0))
+
+    async def send_async(self, *args: Any, **kwargs: Any) -> TaskHandle:
+        """``send`` for async code: does not block the event loop on remote brokers."""
+        new = self.build(args, kwargs)
+        await self.app._enqueue_async([new])
+        return TaskHandle(new.id, new.queue, self.name, None)
+
+    # -- running (worker side) ----------------------------------------------------------
+
+    def convert_args(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[list, dict]:
+        """Rebuild typed values (dataclasses, Structs, datetimes...) from their wire form,
+        using the function's type hints; plain JSON-ish parameters pass through untouched."""
+        conv = self._converters
+        if conv is None:
+            conv = self._converters = self._build_converters()
+        if not conv:
+            return args, kwargs
+        bound = self.signature.bind(*args, **kwargs)
+        for pname, tp in conv.items():
+            if pname in bound.arguments:
+                try:
+                    bound.arguments[pname] = msgspec.convert(
+                        bound.arguments[pname], tp, strict=False
+                    )
+                except msgspec.ValidationError as exc:
+                    raise BadArguments(f"{self.name}: argument {pname!r}: {exc}") from None
+        return list(bound.args), dict(bound.kwargs)
+
+    def _build_converters(self) -> dict[str, Any]:
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:
+            return {}
+        out = {}
+        for pname, param in self.signature.parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            tp = hints.get(pname, param.empty)
+            if _needs_convert(tp):
+                out[pname] = tp
+        return out
+
+
+def _inherit_headers(
+    headers: Mapping[str, str] | None, deadline: float | _dt.datetime | None
+) -> dict[str, str]:
+    """Headers for a new task; a task sent from inside a handler inherits its deadline,
+    so the remaining time budget follows the work across hops."""
+    hdrs = {str(k): str(v) for k, v in (headers or {}).items()}
+    dl: float | None = None
+    if deadline is not None:
+        if isinstance(deadline, _dt.datetime):
+            dl = _env.to_epoch(deadline)
+        elif isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+            dl = time.time() + float(deadline)
+        else:
+            raise BadArguments(f"deadline {deadline!r}: seconds from now or an aware datetime")
+    parent = _current.get()
+    if parent is not None:
+        inherited = parent.headers.get(_env.DEADLINE)
+        if inherited is not None:
+            dl = float(inherited) if dl is None else min(dl, float(inherited))
+        if _env.TRACE in parent.headers and _env.TRACE not in hdrs:
+            hdrs[_env.TRACE] = parent.headers[_env.TRACE]
+    if dl is not None:
+        hdrs[_env.DEADLINE] = repr(dl)
+    return hdrs

@@ -1,0 +1,34 @@
+"""Helpers for testing an application's own tasks against a real (SQLite) broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ..app import App
+from ..worker import Worker, WorkerStats
+
+__all__ = ["run_until_idle"]
+
+
+def run_until_idle(
+    app: App,
+    queues: Sequence[str] | None = None,
+    *,
+    concurrency: int = 8,
+    timeout: float = 60.0,
+) -> WorkerStats:
+    """Run a worker until the queues are empty (scheduled retries included), then return
+    what it did. Raises TimeoutError when work is still left after ``timeout`` seconds."""
+
+    async def main() -> WorkerStats:
+        worker = Worker(app, queues=queues, concurrency=concurrency, burst=True)
+        task = asyncio.ensure_future(worker.run())
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            worker.stop(hurry=True)
+            await task
+            raise TimeoutError(f"queues still had work after {timeout}s") from None
+
+    return asyncio.run(main())

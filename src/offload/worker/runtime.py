@@ -1,0 +1,536 @@
+"""The worker: claim what it can start now, run it, and ack, retry or dead-letter it.
+
+Every background job (claim loop, ack flusher, heartbeat, metrics flusher) belongs to one
+task group owned by :meth:`Worker.run`, and ends with it. A task is acked only after its
+handler returned; the acks of many tasks are flushed together, so a crash can at worst run
+a finished task again (at-least-once), never lose one.
+
+Shutdown (SIGTERM, SIGINT or :meth:`Worker.stop`): stop claiming, let running tasks finish
+within ``grace`` seconds, then release the rest at once without counting the attempt (another
+worker takes them), flush, exit. A second signal skips the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .. import hooks as _hooks
+from ..app import App
+from ..brokers import broker_from_url
+from ..brokers.base import Broker, Claimed, Lease, TaskMetrics
+from ..core import envelope as _env
+from ..errors import BadArguments, BrokerError, Fail, Retry
+from ..task import TaskFunction, TaskInfo, _current
+from .threads import ThreadPool
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("offload.worker")
+
+CLAIM_BATCH = 100  # most tasks claimed per round trip
+ACK_BATCH = 500
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What this worker did since it started (also what ``--burst`` prints)."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead: int = 0
+    released: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _Running:
+    claim: Claimed
+    task: TaskFunction | None
+    info: TaskInfo | None
+    started: float
+    lost: bool = False
+    future: Any = None
+    context: Any = None
+    cancel: Any = None
+
+
+class Worker:
+    """Runs the tasks of ``queues`` (default: all of the App's) with at most ``concurrency``
+    in flight. Async handlers run on the worker's event loop, plain functions on threads."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 32,
+        grace: float = 30.0,
+        burst: bool = False,
+        hooks: _hooks.Hooks | None = None,
+        install_signal_handlers: bool = False,
+    ) -> None:
+        self.app = app
+        self.queues = list(queues) if queues else sorted(app.queues)
+        for q in self.queues:
+            app._policy(q)  # UnknownQueue names the bad one
+        if concurrency < 1:
+            raise BadArguments(f"concurrency {concurrency!r} must be 1 or more")
+        self.concurrency = concurrency
+        self.grace = grace
+        self.burst = burst
+        self.hooks = hooks or _hooks.Hooks()
+        self.stats = WorkerStats()
+        self._signals = install_signal_handlers
+        self._running: dict[str, _Running] = {}
+        self._acks: list[Lease] = []
+        self._pending_verdicts: list[Any] = []
+        self._metrics: dict[str, TaskMetrics] = {}
+        self._unknown_logged: set[str] = set()
+        self._broker: Broker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._stop_event: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None
+        self._slot_free: asyncio.Event | None = None
+        self._ack_wanted: asyncio.Event | None = None
+        self._threads = ThreadPool(concurrency)
+        self._policies = {q: app._policy(q) for q in self.queues}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stop(self, hurry: bool = False) -> None:
+        """Ask the worker to drain (thread-safe). ``hurry`` skips the grace period."""
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+            return
+        loop.call_soon_threadsafe(self._request_stop, hurry)
+
+    def _request_stop(self, hurry: bool = False) -> None:
+        if self._stopping:
+            hurry = True
+        self._stopping = True
+        assert self._stop_event and self._hurry
+        self._stop_event.set()
+        if hurry:
+            self._hurry.set()
+
+    async def run(self) -> WorkerStats:
+        """Run until stopped (or, with ``burst``, until the queues are empty)."""
+        self._loop = loop = asyncio.get_running_loop()
+        self._stop_event, self._hurry = asyncio.Event(), asyncio.Event()
+        self._slot_free, self._ack_wanted = asyncio.Event(), asyncio.Event()
+        if self._stopping:
+            self._stop_event.set()
+        broker = self._broker = broker_from_url(self.app.broker_url)
+        await broker.open()
+        await broker.declare([self.app._policy(q) for q in sorted(self.app.queues)])
+        self.app._loop_brokers[loop] = broker
+        if self._signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._request_stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                flusher = tg.create_task(self._flush_loop())
+                beat = tg.create_task(self._heartbeat_loop())
+                try:
+                    await self._claim_loop()
+                    await self._drain()
+                finally:
+                    flusher.cancel()
+                    beat.cancel()
+            await self._flush()
+            await self._flush_metrics()
+        finally:
+            self.app._loop_brokers.pop(loop, None)
+            if self._signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self._threads.shutdown()
+            await broker.close()
+        return self.stats
+
+    # -- claiming -----------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        broker = self._broker
+        assert broker and self._stop_event and self._slot_free
+        last_metrics = time.monotonic()
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            if free > 0:
+                try:
+                    claimed = await broker.claim(self.queues, min(free, CLAIM_BATCH))
+                except BrokerError as exc:
+                    log.warning("claim failed, retrying in 1s: %s", exc)
+                    await self._sleep_or_stop(1.0)
+                    continue
+                if claimed:
+                    self.stats.claimed += len(claimed)
+                    for c in claimed:
+                        self._start(c)
+                    if time.monotonic() - last_metrics > 2.0:
+                        last_metrics = time.monotonic()
+                        await self._flush_metrics()
+                    await asyncio.sleep(0)  # let the handlers we just started run
+                    continue
+                if self.burst and not self._running:
+                    await self._flush()
+                    if await self._queues_empty():
+                        return
+            await self._idle(free > 0)
+
+    async def _idle(self, can_claim: bool) -> None:
+        """Sleep until a slot frees, new work may be there, or we are asked to stop."""
+        assert self._broker and self._stop_event and self._slot_free
+        self._slot_free.clear()
+        waiters = [asyncio.ensure_future(self._stop_event.wait()),
+                   asyncio.ensure_future(self._slot_free.wait())]
+        if can_claim:
+            timeout = 0.05 if self.burst else 1.0
+            waiters.append(asyncio.ensure_future(self._broker.wait(self.queues, timeout)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _queues_empty(self) -> bool:
+        assert self._broker
+        for q in self.queues:
+            s = await self._broker.stats(q)
+            if not s.paused and (s.ready or s.scheduled or s.leased):
+                return False
+        return True
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        assert self._stop_event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    # -- running one task -----------------------------------------------------------------
+
+    def _start(self, c: Claimed) -> None:
+        run = _Running(c, None, None, time.perf_counter())
+        self._running[c.id] = run
+        self.hooks.claimed(c)
+        try:
+            env = _env.decode(c.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._finish_dead(run, f"undecodable payload: {exc}", "")
+            return
+        tf = self.app._tasks.get(env.task)
+        if tf is None:
+            self._unknown(run, env.task)
+            return
+        policy = self._policies[c.queue].retry
+        if c.attempt >= 2 and policy.exhausted(c.attempt - 2, c.now - c.first_attempt_at):
+            # Earlier attempts ended without a verdict: the worker running them died.
+            self._finish_dead(
+                run, f"retry policy exhausted after {c.attempt - 1} attempts whose worker "
+                "died or lost its lease before finishing (crash, kill -9, or out of memory?)",
+                "")
+            return
+        try:
+            args, kwargs = tf.convert_args(env.args, env.kwargs)
+            tf.signature.bind(*args, **kwargs)
+        except (TypeError, BadArguments) as exc:
+            self._finish_dead(run, f"BadArguments: {tf.name}{tf.signature}: {exc}", "")
+            return
+        info = TaskInfo(c.id, tf.name, c.queue, c.name, c.attempt, env.headers)
+        run.task, run.info = tf, info
+        self._attach_context(run, env.headers)
+        self.hooks.started(info)
+        if tf.is_async:
+            task = self._loop.create_task(self._run_async(run, tf, args, kwargs))  # type: ignore[union-attr]
+            run.future = task
+        else:
+            self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
+
+    def _attach_context(self, run: _Running, headers: dict[str, str]) -> None:
+        try:
+            from ..chan import context as _ctx  # chan stands alone; optional at this layer
+        except ImportError:
+            return
+        deadline = headers.get(_env.DEADLINE)
+        parent = _ctx.background()
+        if deadline is not None:
+            try:
+                remaining = float(deadline) - time.time()
+            except ValueError:
+                remaining = None
+            if remaining is not None:
+                ctx, cancel = _ctx.with_timeout(parent, max(remaining, 0.0))
+                run.context, run.cancel = ctx, cancel
+                run.info.context = ctx  # type: ignore[union-attr]
+                return
+        ctx, cancel = _ctx.with_cancel(parent)
+        run.context, run.cancel = ctx, cancel
+        run.info.context = ctx  # type: ignore[union-attr]
+
+    async def _run_async(self, run: _Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
+        token = _current.set(run.info)
+        cpu = _CpuTimer()
+        try:
+            await cpu.run(tf.fn(*args, **kwargs))
+        except asyncio.CancelledError:
+            # Cancelled by a hurried drain: the task is released, not failed.
+            return
+        except BaseException as exc:
+            self._done(run, exc, traceback.format_exc(), cpu.total)
+        else:
+            self._done(run, None, "", cpu.total)
+        finally:
+            _current.reset(token)
+
+    def _run_thread(self, run: _Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
+        token = _current.set(run.info)
+        c0 = time.thread_time()
+        try:
+            tf.fn(*args, **kwargs)
+        except BaseException as exc:
+            result = (exc, traceback.format_exc())
+        else:
+            result = (None, "")
+        finally:
+            _current.reset(token)
+        cpu = time.thread_time() - c0
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._done, run, result[0], result[1], cpu)
+
+    def _done(self, run: _Running, exc: BaseException | None, tb: str, cpu: float) -> None:
+        """Back on the loop: decide the task's fate."""
+        if self._running.get(run.claim.id) is not run:
+            return  # already released by a hurried drain
+        wall = time.perf_counter() - run.started
+        tf = run.task
+        assert tf is not None
+        self._measure(tf.name, wall, cpu, failed=exc is not None)
+        if exc is None:
+            self._finish_ack(run)
+        elif isinstance(exc, Fail):
+            self._finish_dead(run, f"Fail: {exc}", tb)
+        elif isinstance(exc, Retry):
+            self._finish_retry(run, exc.after, f"Retry: {exc}", tb)
+        else:
+            self._finish_retry(run, None, f"{type(exc).__qualname__}: {exc}", tb)
+
+    def _unknown(self, run: _Running, name: str) -> None:
+        if name not in self._unknown_logged:
+            self._unknown_logged.add(name)
+            log.warning(
+                "task function %r is not registered in app %r on this worker; releasing "
+                "it for other workers (dead-lettered once its retry policy is exhausted)",
+                name, self.app.name)
+        self._finish_retry(
+            run, None, f"unknown task function {name!r}: no worker that claimed it has it "
+            "registered (deploy the code that defines it, or delete the task)", "")
+
+    # -- verdicts ---------------------------------------------------------------------------
+
+    def _finish_ack(self, run: _Running) -> None:
+        self._forget(run)
+        self.stats.succeeded += 1
+        if not run.lost:
+            self._acks.append(run.claim.lease)
+            if len(self._acks) == 1 or len(self._acks) >= ACK_BATCH:
+                self._ack_wanted.set()  # type: ignore[union-attr]
+        if run.info is not None:
+            self.hooks.succeeded(run.info)
+
+    def _finish_retry(self, run: _Running, after: float | None, error: str, tb: str) -> None:
+        c = run.claim
+        policy = self._policies[c.queue].retry
+        age = c.now - c.first_attempt_at + (time.perf_counter() - run.started)
+        if policy.exhausted(c.attempt - 1, age):
+            self._finish_dead(run, f"{error} (retry policy exhausted after {c.attempt} "
+                              "attempts)", tb)
+            return
+        delay = policy.backoff(c.attempt) if after is None else max(0.0, float(after))
+        self._forget(run)
+        self.stats.retried += 1
+        if not run.lost:
+            self._spawn_verdict(self._broker.retry(c.lease, delay, _trim(error)))  # type: ignore[union-attr]
+        self.hooks.retried(c, delay, error)
+
+    def _finish_dead(self, run: _Running, error: str, tb: str) -> None:
+        self._forget(run)
+        self.stats.dead += 1
+        if not run.lost:
+            self._spawn_verdict(self._broker.dead_letter(run.claim.lease, _trim(error), tb))  # type: ignore[union-attr]
+        self.hooks.dead(run.claim, error)
+
+    def _forget(self, run: _Running) -> None:
+        self._running.pop(run.claim.id, None)
+        if run.cancel is not None:
+            run.cancel()
+        self._slot_free.set()  # type: ignore[union-attr]
+
+    def _spawn_verdict(self, coro: Any) -> None:
+        # Retries and dead letters are rare; they go out at once, in order, before the
+        # next flush of acks, so they are never lost behind a batch.
+        self._pending_verdicts.append(coro)
+        self._ack_wanted.set()  # type: ignore[union-attr]
+
+    # -- background jobs ------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        assert self._ack_wanted
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        broker = self._broker
+        assert broker is not None
+        while self._pending_verdicts:
+            coro = self._pending_verdicts.pop(0)
+            try:
+                await coro
+            except BrokerError as exc:
+                log.warning("could not record a task's verdict (its lease will expire and "
+                            "it will run again): %s", exc)
+        while self._acks:
+            batch, self._acks = self._acks, []
+            try:
+                await broker.ack(batch)
+            except BrokerError as exc:
+                log.warning("ack of %d tasks failed (they will run again after their "
+                            "lease): %s", len(batch), exc)
+
+    async def _heartbeat_loop(self) -> None:
+        broker = self._broker
+        assert broker is not None
+        period = max(0.02, min(p.lease for p in self._policies.values()) / 3)
+        while True:
+            await asyncio.sleep(period)
+            runs = [r for r in self._running.values() if not r.lost]
+            if not runs:
+                continue
+            try:
+                held = await broker.extend([r.claim.lease for r in runs])
+            except BrokerError as exc:
+                log.warning("heartbeat failed (will retry): %s", exc)
+                continue
+            for r, ok in zip(runs, held, strict=True):
+                if not ok and not r.lost:
+                    r.lost = True
+                    log.warning("lost the lease of task %s (%s); its result will be "
+                                "discarded", r.claim.id, r.task.name if r.task else "?")
+                    if r.cancel is not None:
+                        r.cancel()
+
+    def _measure(self, name: str, wall: float, cpu: float, failed: bool) -> None:
+        m = self._metrics.get(name)
+        if m is None:
+            m = self._metrics[name] = TaskMetrics(name)
+        m.count += 1
+        m.failures += failed
+        m.wall_total += wall
+        m.cpu_total += cpu
+        if wall > m.wall_max:
+            m.wall_max = wall
+        if cpu > m.cpu_max:
+            m.cpu_max = cpu
+
+    async def _flush_metrics(self) -> None:
+        if not self._metrics:
+            return
+        batch, self._metrics = list(self._metrics.values()), {}
+        try:
+            await self._broker.record(batch)  # type: ignore[union-attr]
+        except BrokerError as exc:
+            log.warning("could not store task metrics: %s", exc)
+
+    # -- draining -------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        assert self._hurry and self._slot_free
+        deadline = time.monotonic() + self.grace
+        while self._running and not self._hurry.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._slot_free.clear()
+            waiters = [asyncio.ensure_future(self._slot_free.wait()),
+                       asyncio.ensure_future(self._hurry.wait())]
+            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+        await self._flush()
+        if self._running:
+            runs = list(self._running.values())
+            self._running.clear()
+            for r in runs:
+                if r.cancel is not None:
+                    r.cancel()
+                if r.future is not None:
+                    r.future.cancel()
+            leases = [r.claim.lease for r in runs if not r.lost]
+            if leases:
+                try:
+                    await self._broker.release(leases)  # type: ignore[union-attr]
+                except BrokerError as exc:
+                    log.warning("could not release %d tasks (they run again after their "
+                                "lease): %s", len(leases), exc)
+            self.stats.released += len(leases)
+            log.info("released %d unfinished tasks for other workers", len(leases))
+
+
+class _CpuTimer:
+    """Sums the CPU time a coroutine spends in its own steps, not while it awaits."""
+
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    async def run(self, coro: Any) -> Any:
+        return await _Timed(coro, self)
+
+
+class _Timed:
+    __slots__ = ("_coro", "_timer")
+
+    def __init__(self, coro: Any, timer: _CpuTimer) -> None:
+        self._coro, self._timer = coro, timer
+
+    def __await__(self) -> Any:
+        it = self._coro.__await__()
+        tt = time.thread_time
+        send, value, exc = it.send, None, None
+        while True:
+            t0 = tt()
+            try:
+                y = send(value) if exc is None else it.throw(exc)
+            except StopIteration as stop:
+                self._timer.total += tt() - t0
+                return stop.value
+            except BaseException:
+                self._timer.total += tt() - t0
+                raise
+            self._timer.total += tt() - t0
+            try:
+                value, exc = (yield y), None
+            except BaseException as e:
+                value, exc = None, e
+
+
+def _trim(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+

@@ -1,0 +1,155 @@
+"""Workers as real processes: kill -9 loses nothing, SIGTERM drains, and max_concurrent
+holds across processes. Handlers write to a sink file outside the broker."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from offload import App
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+class Harness:
+    def __init__(self, url: str, tmp: pathlib.Path, **env: str) -> None:
+        self.sink = tmp / "sink.log"
+        self.env = {**os.environ, "OFFLOAD_BROKER": url, "PROC_SINK": str(self.sink), **env}
+        self.procs: list[subprocess.Popen] = []
+        os.environ.update({"PROC_SINK": str(self.sink)})
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            import importlib
+
+            import tests.integration.procapp as procapp
+
+            self.mod = importlib.reload(procapp)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.app: App = self.mod.app
+        self.app.broker_url = url
+
+    def worker(self, *args: str) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "offload", "worker", "tests.integration.procapp:app", *args],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(p)
+        return p
+
+    def events(self) -> list[tuple[str, str, int, float, int]]:
+        if not self.sink.exists():
+            return []
+        out = []
+        for line in self.sink.read_text().splitlines():
+            ev, key, pid, t, attempt = line.split()
+            out.append((ev, key, int(pid), float(t), int(attempt)))
+        return out
+
+    def wait_for(self, pred, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred(self.events()):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"condition not met in {timeout}s; events: {self.events()}")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+        self.app.close()
+
+
+@pytest.fixture
+def harness(broker_url, tmp_path):
+    made = []
+
+    def make(**env):
+        h = Harness(broker_url, tmp_path, **env)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_kill_9_mid_task_loses_nothing(harness):
+    h = harness(PROC_LEASE="1.0")
+    a = h.worker("-c", "2")
+    h.mod.work.send("victim", 1.5)
+    h.wait_for(lambda ev: any(e[0] == "start" for e in ev))
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    b = h.worker("-c", "2", "--burst")
+    assert b.wait(30) == 0, b.stdout.read().decode()
+    ev = h.events()
+    starts = [e for e in ev if e[0] == "start"]
+    ends = [e for e in ev if e[0] == "end"]
+    assert len(starts) == 2 and starts[0][2] == a.pid and starts[1][2] == b.pid
+    assert len(ends) == 1 and ends[0][2] == b.pid and ends[0][4] == 2  # second attempt
+    st = h.app.stats("q")
+    assert (st.ready, st.leased, st.scheduled, st.dead) == (0, 0, 0, 0)
+
+
+def test_sigterm_drains_and_another_worker_takes_the_rest(harness):
+    h = harness(PROC_LEASE="30")
+    a = h.worker("-c", "1", "--grace", "0.3")
+    h.mod.work.send("long", 3.0)
+    h.wait_for(lambda ev: any(e[0] == "start" and e[1] == "long" for e in ev))
+    t0 = time.monotonic()
+    a.send_signal(signal.SIGTERM)
+    rc = a.wait(15)
+    took = time.monotonic() - t0
+    out = a.stdout.read().decode()
+    assert rc == 0, out
+    assert took < 3.0, (took, out)  # did not wait for the 3 s task
+    assert "released 1" in out
+    # released at once (lease is 30 s), and the attempt was not counted
+    b = h.worker("-c", "1", "--burst")
+    assert b.wait(30) == 0
+    ends = [e for e in h.events() if e[0] == "end"]
+    assert [(e[1], e[2], e[4]) for e in ends] == [("long", b.pid, 1)]
+
+
+def test_sigterm_lets_running_tasks_finish_within_grace(harness):
+    h = harness(PROC_LEASE="30")
+    a = h.worker("-c", "2", "--grace", "10")
+    h.mod.work.send("short", 0.8)
+    h.wait_for(lambda ev: any(e[0] == "start" for e in ev))
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(15) == 0
+    assert [(e[1], e[2]) for e in h.events() if e[0] == "end"] == [("short", a.pid)]
+    assert h.app.stats("q").ready == 0
+
+
+def test_max_concurrent_holds_across_two_processes(harness):
+    h = harness(PROC_LEASE="10", PROC_MAX_CONCURRENT="2")
+    h.mod.work.send_many([((f"k{i}", 0.15), {}) for i in range(12)])
+    a = h.worker("-c", "4", "--burst")
+    b = h.worker("-c", "4", "--burst")
+    assert a.wait(60) == 0 and b.wait(60) == 0
+    ev = h.events()
+    assert len([e for e in ev if e[0] == "end"]) == 12
+    marks = sorted([(e[3], 1 if e[0] == "start" else -1) for e in ev],
+                   key=lambda m: (m[0], m[1]))
+    live = peak = 0
+    for _, d in marks:
+        live += d
+        peak = max(peak, live)
+    assert peak == 2, peak
+    assert len({e[2] for e in ev}) == 2  # both processes did work

@@ -1,0 +1,298 @@
+"""The worker's semantics, end to end, on every broker: handlers, retries, dead letters,
+rate limits, unknown functions, bad payloads, draining. Timing rules are measured."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from offload import App, Fail, Retry, Worker, current_task
+from offload.brokers import broker_from_url
+from offload.brokers.base import NewTask
+from offload.testing.apps import run_until_idle
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_app(url: str, **queue_kw) -> App:
+    app = App("w", broker=url)
+    app.queue("q", **queue_kw)
+    return app
+
+
+def test_async_and_sync_handlers_run_and_see_their_task(broker_url):
+    app = make_app(broker_url)
+    seen: list[tuple] = []
+
+    @app.task(queue="q", name="a")
+    async def a(x: int) -> None:
+        info = current_task()
+        seen.append(("a", x, info.queue, info.attempt, threading.current_thread().name))
+
+    @app.task(queue="q", name="s")
+    def s(x: int, *, y: str = "") -> None:
+        info = current_task()
+        seen.append(("s", x + len(y), info.name, info.attempt,
+                     threading.current_thread().name))
+
+    a.send(1)
+    s.send_with(args=(2,), kwargs={"y": "ab"}, name="named-s")
+    stats = run_until_idle(app)
+    assert stats.succeeded == 2 and stats.claimed == 2
+    by = {r[0]: r for r in seen}
+    assert by["a"][1:4] == (1, "q", 1) and by["a"][4] == "MainThread"
+    assert by["s"][1:4] == (4, "named-s", 1) and by["s"][4].startswith("offload-task")
+    st = app.stats("q")
+    assert (st.ready, st.scheduled, st.leased, st.dead) == (0, 0, 0, 0)
+    m = {x.task: x for x in app.metrics()}
+    assert m["a"].count == 1 and m["s"].count == 1 and m["s"].failures == 0
+    app.close()
+
+
+def test_retry_gaps_follow_the_backoff_formula(broker_url):
+    app = make_app(broker_url, retry=Retry(limit=3, min_backoff=0.2, max_backoff=0.5,
+                                           max_doublings=1))
+    starts: list[float] = []
+
+    @app.task(queue="q", name="flaky")
+    def flaky() -> None:
+        starts.append(time.monotonic())
+        raise ConnectionError("upstream down")
+
+    flaky.send()
+    run_until_idle(app)
+    assert len(starts) == 4  # first attempt + limit=3 retries
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # n=1: 0.2, n=2: 0.4 -> capped 0.4 (< 0.5), n=3: 0.2*2*(3-1)=0.8 -> capped 0.5
+    for got, want in zip(gaps, [0.2, 0.4, 0.5], strict=True):
+        assert want - 0.02 <= got <= want + 0.35, (gaps, [0.2, 0.4, 0.5])
+    [d] = app.dead_letters("q")
+    assert d.attempts == 4 and "ConnectionError: upstream down" in d.error
+    assert "retry policy exhausted after 4 attempts" in d.error
+    assert "Traceback" in d.traceback and "upstream down" in d.traceback
+    app.close()
+
+
+def test_handler_chooses_its_retry_delay_and_fail_stops(broker_url):
+    app = make_app(broker_url, retry=Retry(limit=5, min_backoff=5, max_backoff=5))
+    starts: list[float] = []
+
+    @app.task(queue="q", name="later")
+    def later() -> None:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            raise Retry(after=0.3)
+
+    @app.task(queue="q", name="doomed")
+    def doomed() -> None:
+        raise Fail("bad input, do not retry")
+
+    later.send()
+    doomed.send()
+    run_until_idle(app)
+    assert len(starts) == 2 and 0.28 <= starts[1] - starts[0] <= 1.0
+    [d] = app.dead_letters("q")
+    assert d.task == "doomed" and d.attempts == 1 and "bad input" in d.error
+    assert app.requeue_dead("q", d.id) == 1
+    assert app.stats("q").ready == 1 and app.stats("q").dead == 0
+    app.close()
+
+
+def test_arguments_the_signature_rejects_are_dead_lettered_at_once(broker_url):
+    producer = make_app(broker_url)
+    consumer = make_app(broker_url, retry=Retry(limit=5))
+
+    @producer.task(queue="q", name="resize")
+    def resize_v2(path: str, width: int) -> None: ...
+
+    ran = []
+
+    @consumer.task(queue="q", name="resize")
+    def resize_v1(path: str) -> None:
+        ran.append(path)
+
+    resize_v2.send("a.png", 100)
+    run_until_idle(consumer)
+    [d] = consumer.dead_letters("q")
+    assert d.attempts == 1 and "BadArguments" in d.error and "too many" in d.error
+    assert not ran
+    producer.close()
+    consumer.close()
+
+
+def test_unknown_task_function_is_kept_then_dead_lettered(broker_url, caplog):
+    producer = make_app(broker_url)
+    consumer = make_app(broker_url, retry=Retry(limit=2, min_backoff=0.05, max_backoff=0.05))
+
+    @producer.task(queue="q", name="newer.feature")
+    def newer() -> None: ...
+
+    for _ in range(3):
+        newer.send()
+    with caplog.at_level(logging.WARNING, "offload.worker"):
+        stats = run_until_idle(consumer)
+    dead = consumer.dead_letters("q")
+    assert len(dead) == 3 and stats.retried == 6
+    assert all("'newer.feature'" in d.error and d.attempts == 3 for d in dead)
+    logged = [r for r in caplog.records if "newer.feature" in r.getMessage()]
+    assert len(logged) == 1  # logged once, not once per task
+    producer.close()
+    consumer.close()
+
+
+def test_garbage_payload_is_dead_lettered_and_the_worker_goes_on(broker_url):
+    app = make_app(broker_url)
+    ran = []
+
+    @app.task(queue="q", name="ok")
+    def ok() -> None:
+        ran.append(1)
+
+    async def inject():
+        b = broker_from_url(broker_url)
+        await b.open()
+        await b.enqueue([NewTask("garbage1", "q", b"\xc1\x00not msgpack"),
+                         NewTask("garbage2", "q", b"\x93\x01\x02\x03")])
+        await b.close()
+
+    asyncio.run(inject())
+    ok.send()
+    run_until_idle(app)
+    assert ran == [1]
+    dead = {d.id: d for d in app.dead_letters("q")}
+    assert set(dead) == {"garbage1", "garbage2"}
+    assert all("undecodable payload" in d.error for d in dead.values())
+    assert all(d.task == "<undecodable payload>" for d in dead.values())
+    app.close()
+
+
+def test_rate_limit_is_measured(broker_url):
+    app = make_app(broker_url, rate="20/s", bucket_size=5)
+    starts: list[float] = []
+
+    @app.task(queue="q", name="tick")
+    async def tick() -> None:
+        starts.append(time.monotonic())
+
+    tick.send_many([((), {}) for _ in range(45)])
+    run_until_idle(app, concurrency=50)
+    assert len(starts) == 45
+    span = max(starts) - min(starts)
+    # 5 from the full bucket, then 40 at 20/s: two seconds, not much less or more
+    assert 1.85 <= span <= 3.0, span
+    # no second-long window holds more than rate + bucket
+    starts.sort()
+    for i, t in enumerate(starts):
+        within = sum(1 for u in starts[i:] if u - t < 1.0)
+        assert within <= 25, (within, i)
+    app.close()
+
+
+def test_max_concurrent_is_never_exceeded_in_one_worker(broker_url):
+    app = make_app(broker_url, max_concurrent=3)
+    live, peak, lock = [0], [0], threading.Lock()
+
+    @app.task(queue="q", name="slow")
+    def slow() -> None:
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.05)
+        with lock:
+            live[0] -= 1
+
+    slow.send_many([((), {}) for _ in range(15)])
+    run_until_idle(app, concurrency=10)
+    assert peak[0] == 3
+    app.close()
+
+
+def test_named_tasks_deduplicate(broker_url):
+    from offload import TaskAlreadyExists
+
+    app = make_app(broker_url, dedup_window=0.5)
+
+    @app.task(queue="q", name="welcome")
+    def welcome(user: int) -> None: ...
+
+    welcome.send_with(args=(1,), name="welcome-1")
+    with pytest.raises(TaskAlreadyExists, match="welcome-1"):
+        welcome.send_with(args=(1,), name="welcome-1")
+    with pytest.raises(TaskAlreadyExists) as info:
+        welcome.send_many([((1,), {}, {"name": "welcome-1"}), ((2,), {}, {"name": "welcome-2"})])
+    assert info.value.names == ["welcome-1"]
+    assert app.stats("q").ready == 2
+    run_until_idle(app)
+    with pytest.raises(TaskAlreadyExists):  # finished, but within the dedup window
+        welcome.send_with(args=(1,), name="welcome-1")
+    time.sleep(0.6)
+    welcome.send_with(args=(1,), name="welcome-1")
+    app.close()
+
+
+def test_drain_finishes_within_grace_and_releases_the_rest(broker_url):
+    app = make_app(broker_url, lease=30)
+    gate = threading.Event()
+    finished = []
+
+    @app.task(queue="q", name="quick")
+    def quick() -> None:
+        time.sleep(0.2)
+        finished.append("quick")
+
+    @app.task(queue="q", name="stuck")
+    def stuck() -> None:
+        gate.wait(5)
+
+    quick.send()
+    stuck.send()
+
+    async def main():
+        w = Worker(app, concurrency=4, grace=0.6)
+        t = asyncio.ensure_future(w.run())
+        await asyncio.sleep(0.15)
+        w.stop()
+        return await t
+
+    stats = asyncio.run(main())
+    gate.set()
+    assert finished == ["quick"] and stats.succeeded == 1 and stats.released == 1
+    st = app.stats("q")
+    assert st.ready == 1 and st.leased == 0  # released at once, not after its lease
+
+    # the released attempt was not counted
+    attempts = []
+
+    @app.task(queue="q", name="stuck")
+    def stuck_again() -> None:
+        attempts.append(current_task().attempt)
+
+    app._tasks["stuck"] = stuck_again
+    run_until_idle(app)
+    assert attempts == [1]
+    app.close()
+
+
+def test_lease_is_extended_while_a_long_task_runs(broker_url):
+    app = make_app(broker_url, lease=0.3)
+    runs = []
+
+    @app.task(queue="q", name="long")
+    def long_task() -> None:
+        runs.append(current_task().attempt)
+        time.sleep(1.5)  # five leases long, heartbeating
+
+    long_task.send()
+
+    async def main():
+        w1 = Worker(app, concurrency=1, burst=True)
+        w2 = Worker(app, concurrency=1, burst=True)
+        return await asyncio.gather(w1.run(), w2.run())
+
+    s1, s2 = asyncio.run(main())
+    assert runs == [1] and s1.succeeded + s2.succeeded == 1
+    app.close()
