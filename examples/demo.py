@@ -93,7 +93,9 @@ def main() -> int:
     console.print(f"worker: {stats.claimed} claims, {stats.succeeded} succeeded, "
                   f"{stats.retried} retries, {stats.dead} dead-lettered")
     emails = opts.users
-    console.print(f"emails: {emails} welcome emails (duplicates dropped at send) through a "
+    console.print(f"named tasks: {len(users) - emails} double-submits charged and welcomed "
+                  "once (de-duplicated at send)")
+    console.print(f"emails: {emails} welcome emails through a "
                   f"20/s queue: at least {(emails - 5) / 20:.1f}s by the token bucket")
     for d in dead[:3]:
         console.print(f"  dead letter: {d.task}{tuple(d.args or ())} after {d.attempts} "

@@ -91,7 +91,10 @@ class TaskFunction:
         self.name = name
         self.queue = queue
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.signature = inspect.signature(fn)
+        try:  # resolve string annotations, so errors show `to: str`, not `to: 'str'`
+            self.signature = inspect.signature(fn, eval_str=True)
+        except Exception:
+            self.signature = inspect.signature(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self._converters: dict[str, Any] | None = None

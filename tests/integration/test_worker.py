@@ -266,15 +266,16 @@ def test_drain_finishes_within_grace_and_releases_the_rest(broker_url):
 
     # the released attempt was not counted
     attempts = []
+    app2 = make_app(broker_url, lease=30)
 
-    @app.task(queue="q", name="stuck")
+    @app2.task(queue="q", name="stuck")
     def stuck_again() -> None:
         attempts.append(current_task().attempt)
 
-    app._tasks["stuck"] = stuck_again
-    run_until_idle(app)
+    run_until_idle(app2)
     assert attempts == [1]
     app.close()
+    app2.close()
 
 
 def test_lease_is_extended_while_a_long_task_runs(broker_url):
