@@ -18,7 +18,7 @@ from .brokers import broker_from_url
 from .brokers.base import Broker, NewTask, QueueStats, TaskMetrics
 from .core import envelope as _env
 from .core.policy import QueuePolicy, RetryPolicy
-from .errors import BadArguments, ConfigError, Unsupported, UnknownQueue, UnknownTask
+from .errors import BadArguments, ConfigError, UnknownQueue, UnknownTask, Unsupported
 from .task import TaskFunction
 
 __all__ = ["DEFAULT_BROKER", "App", "DeadLetterInfo"]

@@ -25,31 +25,34 @@ err_console = Console(stderr=True)
 __all__ = ["load_app", "main"]
 
 
+def _bad(where: str, message: str) -> click.ClickException:
+    """One line on stderr naming the bad value, exit status 1 (no usage banner)."""
+    return click.ClickException(f"{where}: {message}")
+
+
 def load_app(spec: str) -> App:
     """Import ``module:attribute`` (or ``module`` holding ``app``) and return the App."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "app"
     if not module_name:
-        raise click.BadParameter(f"{spec!r}: expected MODULE:APP, e.g. myproject.tasks:app")
+        raise _bad("MODULE:APP", f"{spec!r}: expected MODULE:APP, e.g. myproject.tasks:app")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise click.BadParameter(
-                f"{spec!r}: no module named {exc.name!r} (run from the directory that "
-                "contains it, or set PYTHONPATH)", param_hint="MODULE:APP") from None
+            raise _bad("MODULE:APP", f"{spec!r}: no module named {exc.name!r} (run from the directory that "
+                "contains it, or set PYTHONPATH)") from None
         raise
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise click.BadParameter(f"{spec!r}: module {module_name!r} has no attribute "
-                                     f"{attr!r}", param_hint="MODULE:APP")
+            raise _bad("MODULE:APP", f"{spec!r}: module {module_name!r} has no attribute "
+                                     f"{attr!r}")
     if not isinstance(obj, App):
-        raise click.BadParameter(f"{spec!r} is a {type(obj).__name__}, not an offload.App",
-                                 param_hint="MODULE:APP")
+        raise _bad("MODULE:APP", f"{spec!r} is a {type(obj).__name__}, not an offload.App")
     return obj
 
 
@@ -59,11 +62,9 @@ def _json_arg(value: str | None, what: str, kind: type) -> Any:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"invalid JSON {value!r}: {exc.msg} at column {exc.colno}",
-                                 param_hint=what) from None
+        raise _bad(what, f"invalid JSON {value!r}: {exc.msg} at column {exc.colno}") from None
     if not isinstance(parsed, kind):
-        raise click.BadParameter(f"{value!r} must be a JSON {'array' if kind is list else 'object'}",
-                                 param_hint=what)
+        raise _bad(what, f"{value!r} must be a JSON {'array' if kind is list else 'object'}")
     return parsed
 
 
@@ -74,7 +75,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OffloadError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -187,9 +188,12 @@ def queues(app_spec: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"{app.name} on {app.broker_url}")
-    for col in ("queue", "ready", "scheduled", "leased", "dead", "paused", "rate/s",
-                "max_concurrent", "lease s", "retries"):
-        table.add_column(col, justify="left" if col == "queue" else "right")
+    for col in ("queue", "ready", "sched", "leased", "dead", "paused", "rate/s", "max conc",
+                "lease s", "retries"):
+        if col == "queue":
+            table.add_column(col, no_wrap=True, min_width=max(len(r["queue"]) for r in rows))
+        else:
+            table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["queue"], str(r["ready"]), str(r["scheduled"]), str(r["leased"]),
                       str(r["dead"]), "yes" if r["paused"] else "",
@@ -222,12 +226,11 @@ def dead(app_spec: str, queue: str, limit: int, as_json: bool) -> None:
                                 "args": d.args, "kwargs": d.kwargs} for d in items],
                               indent=2, default=repr))
         return
-    table = Table(title=f"dead letters of {queue} ({len(items)})")
-    for col in ("id", "task", "name", "attempts", "error"):
-        table.add_column(col)
+    console.print(f"[bold]{len(items)} dead letter(s) in {queue}[/bold]")
     for d in items:
-        table.add_row(d.id, d.task, d.name or "", str(d.attempts), d.error[:120])
-    console.print(table)
+        label = f" name={d.name}" if d.name else ""
+        console.print(f"{d.id}  {d.task}{label}  attempts={d.attempts}", highlight=False)
+        console.print(f"    {d.error}", highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -302,7 +305,8 @@ def metrics(app_spec: str, as_json: bool) -> None:
         return
     table = Table(title="task metrics")
     for col in ("task", "count", "failures", "wall avg ms", "wall max ms", "cpu avg ms"):
-        table.add_column(col, justify="left" if col == "task" else "right")
+        table.add_column(col, justify="left" if col == "task" else "right",
+                         no_wrap=col == "task")
     for r in rows:
         table.add_row(r["task"], str(r["count"]), str(r["failures"]),
                       f"{r['wall_avg'] * 1e3:.2f}", f"{r['wall_max'] * 1e3:.2f}",

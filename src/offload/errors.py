@@ -125,7 +125,7 @@ class Retry(TaskControl):
         self,
         after: float | None = None,
         *,
-        limit: int | None | object = _UNSET,
+        limit: int | object | None = _UNSET,
         age_limit: float | None = None,
         min_backoff: float | None = None,
         max_backoff: float | None = None,

@@ -297,3 +297,65 @@ def test_lease_is_extended_while_a_long_task_runs(broker_url):
     s1, s2 = asyncio.run(main())
     assert runs == [1] and s1.succeeded + s2.succeeded == 1
     app.close()
+
+
+def test_handler_context_carries_the_deadline_to_the_next_hop(broker_url):
+    from offload.chan import Canceled, DeadlineExceeded
+
+    app = make_app(broker_url)
+    seen: dict[str, object] = {}
+
+    @app.task(queue="q", name="first")
+    async def first() -> None:
+        ctx = current_task().context
+        seen["first_remaining"] = ctx.remaining()
+        await second.send_async()  # inherits the deadline header
+        second.send()
+
+    @app.task(queue="q", name="second")
+    def second() -> None:
+        ctx = current_task().context
+        seen.setdefault("second_remaining", []).append(ctx.remaining())
+        ctx.done().recv_ok(timeout=5)  # blocks until the inherited deadline passes
+        seen["second_err"] = ctx.err()
+
+    first.send_with(deadline=1.0)
+    t0 = time.monotonic()
+    run_until_idle(app)
+    assert 0.5 < seen["first_remaining"] <= 1.0
+    assert len(seen["second_remaining"]) == 2, seen
+    assert all(0 < r < 1.0 for r in seen["second_remaining"]), seen
+    assert isinstance(seen["second_err"], DeadlineExceeded)
+    assert not isinstance(seen["second_err"], Canceled)
+    assert time.monotonic() - t0 < 4.0
+    app.close()
+
+
+def test_drain_cancels_the_context_of_tasks_past_grace(broker_url):
+    from offload.chan import Canceled
+
+    app = make_app(broker_url, lease=30)
+    seen = []
+
+    @app.task(queue="q", name="polite")
+    def polite() -> None:
+        ctx = current_task().context
+        assert ctx.deadline() is None
+        ctx.done().recv_ok(timeout=5)
+        seen.append(ctx.err())
+
+    polite.send()
+
+    async def main():
+        w = Worker(app, concurrency=2, grace=0.2)
+        t = asyncio.ensure_future(w.run())
+        await asyncio.sleep(0.2)
+        w.stop()
+        return await t
+
+    stats = asyncio.run(main())
+    deadline = time.monotonic() + 3
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stats.released == 1 and len(seen) == 1 and isinstance(seen[0], Canceled)
+    app.close()
