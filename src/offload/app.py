@@ -4,9 +4,12 @@ environment. Declaring things costs nothing; the broker is reached on first real
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -175,6 +178,8 @@ class App:
                 b = broker_from_url(self.broker_url)
                 if not b.capabilities.inline:
                     self._portal = Portal(f"offload-portal-{self.name}")
+                    # close connections cleanly at exit if the program forgot app.close()
+                    atexit.register(_close_at_exit, weakref.ref(self))
                 self._facade = b
             return self._facade
 
@@ -273,3 +278,10 @@ class App:
 
 async def _noop() -> None:
     return None
+
+
+def _close_at_exit(ref: weakref.ref[App]) -> None:
+    app = ref()
+    if app is not None:
+        with contextlib.suppress(Exception):
+            app.close()
