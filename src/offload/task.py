@@ -13,7 +13,7 @@ import inspect
 import time
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -40,24 +40,56 @@ class TaskHandle:
     name: str | None = None
 
 
-@dataclass(slots=True)
 class TaskInfo:
     """What a running handler knows about its own task (see :func:`current_task`)."""
 
-    id: str
-    task: str
-    queue: str
-    name: str | None
-    attempt: int
-    headers: dict[str, str] = field(default_factory=dict)
-    #: an ``offload.chan.Context`` cancelled at the task's deadline, on lease loss or when
-    #: the worker's drain grace ends; None outside a worker
-    context: Any = None
+    __slots__ = ("_cancelled", "_ctx", "_deadline", "attempt", "headers", "id", "name",
+                 "queue", "task")
+
+    def __init__(self, id: str, task: str, queue: str, name: str | None, attempt: int,
+                 headers: dict[str, str] | None = None, deadline: float | None = None) -> None:
+        self.id = id
+        self.task = task
+        self.queue = queue
+        self.name = name
+        self.attempt = attempt
+        self.headers = headers if headers is not None else {}
+        self._deadline = deadline  # epoch seconds, from the task's deadline header
+        self._ctx: Any = None
+        self._cancelled = False
+
+    def __repr__(self) -> str:
+        return (f"TaskInfo(id={self.id!r}, task={self.task!r}, queue={self.queue!r}, "
+                f"name={self.name!r}, attempt={self.attempt})")
 
     @property
     def retries(self) -> int:
         """How many times this task was retried before this attempt."""
         return self.attempt - 1
+
+    @property
+    def context(self) -> Any:
+        """An :class:`offload.chan.Context` cancelled at the task's deadline, when the worker
+        loses the task's lease, or when a draining worker's grace runs out. Made on first
+        use, so handlers that never look at it pay nothing."""
+        if self._ctx is None:
+            from . import chan
+
+            if self._deadline is not None:
+                ctx, cancel = chan.with_timeout(chan.background(),
+                                                max(0.0, self._deadline - time.time()))
+            else:
+                ctx, cancel = chan.with_cancel(chan.background())
+            self._ctx = (ctx, cancel)
+            if self._cancelled:
+                cancel()
+        return self._ctx[0]
+
+    def cancel(self) -> None:
+        """Cancel the handler's context (the worker calls this; handlers need not)."""
+        self._cancelled = True
+        if self._ctx is not None:
+            self._ctx[1]()
 
 
 _current: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar(

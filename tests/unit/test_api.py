@@ -24,7 +24,7 @@ LAYERS = {
     "chan": {"errors"},
     "core": {"errors"},
     "brokers": {"core", "errors"},
-    "model": {"brokers", "core", "errors", "_sync"},  # app, task, hooks
+    "model": {"brokers", "core", "errors", "_sync", "chan"},  # app, task, hooks
     "_sync": set(),
     "testing": {"brokers", "core", "errors", "model", "worker", "_sync"},
     "worker": {"model", "brokers", "core", "errors", "chan", "_sync"},

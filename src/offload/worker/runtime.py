@@ -61,8 +61,6 @@ class _Running:
     started: float
     lost: bool = False
     future: Any = None
-    context: Any = None
-    cancel: Any = None
 
 
 class Worker:
@@ -245,46 +243,37 @@ class Worker:
             return
         try:
             args, kwargs = tf.convert_args(env.args, env.kwargs)
-            tf.signature.bind(*args, **kwargs)
-        except (TypeError, BadArguments) as exc:
-            self._finish_dead(run, f"BadArguments: {tf.name}{tf.signature}: {exc}", "")
+        except BadArguments as exc:
+            self._finish_dead(run, f"BadArguments: {exc}", "")
             return
-        info = TaskInfo(c.id, tf.name, c.queue, c.name, c.attempt, env.headers)
+        headers = env.headers
+        deadline = None
+        if headers:
+            raw = headers.get(_env.DEADLINE)
+            if raw is not None:
+                try:
+                    deadline = float(raw)
+                except ValueError:
+                    log.warning("task %s: ignoring a bad deadline header %r", c.id, raw)
+        info = TaskInfo(c.id, tf.name, c.queue, c.name, c.attempt, headers, deadline)
         run.task, run.info = tf, info
-        self._attach_context(run, env.headers)
         self.hooks.started(info)
         if tf.is_async:
-            task = self._loop.create_task(self._run_async(run, tf, args, kwargs))  # type: ignore[union-attr]
-            run.future = task
+            try:
+                coro = tf.fn(*args, **kwargs)
+            except TypeError as exc:
+                # Raised by the call itself, before any handler code: a binding error.
+                self._finish_dead(run, f"BadArguments: {tf.name}{tf.signature}: {exc}", "")
+                return
+            run.future = self._loop.create_task(self._run_async(run, coro))  # type: ignore[union-attr]
         else:
             self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
 
-    def _attach_context(self, run: _Running, headers: dict[str, str]) -> None:
-        try:
-            from ..chan import context as _ctx  # chan stands alone; optional at this layer
-        except ImportError:
-            return
-        deadline = headers.get(_env.DEADLINE)
-        parent = _ctx.background()
-        if deadline is not None:
-            try:
-                remaining = float(deadline) - time.time()
-            except ValueError:
-                remaining = None
-            if remaining is not None:
-                ctx, cancel = _ctx.with_timeout(parent, max(remaining, 0.0))
-                run.context, run.cancel = ctx, cancel
-                run.info.context = ctx  # type: ignore[union-attr]
-                return
-        ctx, cancel = _ctx.with_cancel(parent)
-        run.context, run.cancel = ctx, cancel
-        run.info.context = ctx  # type: ignore[union-attr]
-
-    async def _run_async(self, run: _Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
+    async def _run_async(self, run: _Running, coro: Any) -> None:
         token = _current.set(run.info)
         cpu = _CpuTimer()
         try:
-            await cpu.run(tf.fn(*args, **kwargs))
+            await cpu.run(coro)
         except asyncio.CancelledError:
             # Cancelled by a hurried drain: the task is released, not failed.
             return
@@ -300,6 +289,11 @@ class Worker:
         c0 = time.thread_time()
         try:
             tf.fn(*args, **kwargs)
+        except TypeError as exc:
+            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                # raised by the call itself, not inside the handler: a binding error
+                exc = BadArguments(f"{tf.name}{tf.signature}: {exc}")
+            result = (exc, traceback.format_exc())
         except BaseException as exc:
             result = (exc, traceback.format_exc())
         else:
@@ -322,6 +316,8 @@ class Worker:
         self._measure(tf.name, wall, cpu, failed=exc is not None)
         if exc is None:
             self._finish_ack(run)
+        elif isinstance(exc, BadArguments):
+            self._finish_dead(run, f"BadArguments: {exc}", "")
         elif isinstance(exc, Fail):
             self._finish_dead(run, f"Fail: {exc}", tb)
         elif isinstance(exc, Retry):
@@ -376,8 +372,8 @@ class Worker:
 
     def _forget(self, run: _Running) -> None:
         self._running.pop(run.claim.id, None)
-        if run.cancel is not None:
-            run.cancel()
+        if run.info is not None and run.info._ctx is not None:
+            run.info.cancel()  # release the context's deadline timer
         self._slot_free.set()  # type: ignore[union-attr]
 
     def _spawn_verdict(self, coro: Any) -> None:
@@ -432,8 +428,8 @@ class Worker:
                     r.lost = True
                     log.warning("lost the lease of task %s (%s); its result will be "
                                 "discarded", r.claim.id, r.task.name if r.task else "?")
-                    if r.cancel is not None:
-                        r.cancel()
+                    if r.info is not None:
+                        r.info.cancel()
 
     def _measure(self, name: str, wall: float, cpu: float, failed: bool) -> None:
         m = self._metrics.get(name)
@@ -477,8 +473,8 @@ class Worker:
             runs = list(self._running.values())
             self._running.clear()
             for r in runs:
-                if r.cancel is not None:
-                    r.cancel()
+                if r.info is not None:
+                    r.info.cancel()
                 if r.future is not None:
                     r.future.cancel()
             leases = [r.claim.lease for r in runs if not r.lost]
