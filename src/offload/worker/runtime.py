@@ -102,6 +102,7 @@ class Worker:
         self._hurry: asyncio.Event | None = None
         self._slot_free: asyncio.Event | None = None
         self._ack_wanted: asyncio.Event | None = None
+        self._closed = asyncio.Event()
         self._threads = ThreadPool(concurrency)
         self._policies = {q: app._policy(q) for q in self.queues}
 
@@ -129,6 +130,7 @@ class Worker:
         self._loop = loop = asyncio.get_running_loop()
         self._stop_event, self._hurry = asyncio.Event(), asyncio.Event()
         self._slot_free, self._ack_wanted = asyncio.Event(), asyncio.Event()
+        self._closed = asyncio.Event()
         if self._stopping:
             self._stop_event.set()
         broker = self._broker = broker_from_url(self.app.broker_url)
@@ -140,14 +142,16 @@ class Worker:
                 loop.add_signal_handler(sig, self._request_stop)
         try:
             async with asyncio.TaskGroup() as tg:
-                flusher = tg.create_task(self._flush_loop())
-                beat = tg.create_task(self._heartbeat_loop())
+                tg.create_task(self._flush_loop())
+                tg.create_task(self._heartbeat_loop())
                 try:
                     await self._claim_loop()
                     await self._drain()
                 finally:
-                    flusher.cancel()
-                    beat.cancel()
+                    # Background jobs end by flag, not by cancellation: a cancel landing
+                    # inside a driver call could be swallowed there and hang the group.
+                    self._closed.set()
+                    self._ack_wanted.set()
             await self._flush()
             await self._flush_metrics()
         finally:
@@ -386,7 +390,7 @@ class Worker:
 
     async def _flush_loop(self) -> None:
         assert self._ack_wanted
-        while True:
+        while not self._closed.is_set():
             await self._ack_wanted.wait()
             self._ack_wanted.clear()
             await self._flush()
@@ -413,8 +417,11 @@ class Worker:
         broker = self._broker
         assert broker is not None
         period = max(0.02, min(p.lease for p in self._policies.values()) / 3)
-        while True:
-            await asyncio.sleep(period)
+        while not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), period)
+            if self._closed.is_set():
+                return
             runs = [r for r in self._running.values() if not r.lost]
             if not runs:
                 continue
