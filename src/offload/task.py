@@ -154,13 +154,25 @@ class TaskFunction:
         queue: str | None = None,
         headers: Mapping[str, str] | None = None,
         deadline: float | _dt.datetime | None = None,
+        context: Any = None,
         connection: Any = None,
     ) -> TaskHandle:
         """Enqueue with options: a unique ``name`` (raises :class:`TaskAlreadyExists` when
         taken), ``delay`` seconds or an aware ``eta``, another ``queue``, extra ``headers``,
         a ``deadline`` (seconds from now, or an aware datetime) that the handler's context
-        enforces, and ``connection``: a database connection whose transaction the enqueue
+        enforces, a ``context`` (an ``offload.chan.Context``) whose deadline the task
+        inherits, and ``connection``: a database connection whose transaction the enqueue
         joins (brokers with transactional enqueue only)."""
+        if context is not None:
+            remaining = context.remaining()
+            if remaining is not None:
+                ctx_deadline = time.time() + remaining
+                if deadline is None:
+                    deadline = _dt.datetime.fromtimestamp(ctx_deadline, _dt.UTC)
+                else:
+                    as_epoch = (_env.to_epoch(deadline) if isinstance(deadline, _dt.datetime)
+                                else time.time() + float(deadline))
+                    deadline = _dt.datetime.fromtimestamp(min(as_epoch, ctx_deadline), _dt.UTC)
         new = self.build(args, kwargs, name=name, delay=delay, eta=eta, queue=queue,
                          headers=headers, deadline=deadline)
         created = self.app._enqueue([new], connection=connection)

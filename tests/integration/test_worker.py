@@ -384,3 +384,57 @@ def test_drain_cancels_the_context_of_tasks_past_grace(broker_url):
         time.sleep(0.01)
     assert stats.released == 1 and len(seen) == 1 and isinstance(seen[0], Canceled)
     app.close()
+
+
+def test_lost_lease_cancels_the_handler_context(broker_url):
+    from offload.chan import Canceled
+
+    app = make_app(broker_url, lease=0.3)
+    seen = []
+
+    @app.task(queue="q", name="orphan")
+    def orphan() -> None:
+        info = current_task()
+        ctx = info.context
+        assert app.delete_task("q", id=info.id)  # someone deletes it while it runs
+        ctx.done().recv_ok(timeout=5)  # the next heartbeat finds the lease gone
+        seen.append(ctx.err())
+
+    orphan.send()
+    t0 = time.monotonic()
+    stats = run_until_idle(app)
+    assert len(seen) == 1 and isinstance(seen[0], Canceled)
+    assert time.monotonic() - t0 < 3
+    assert stats.succeeded == 1 and app.stats("q").ready == 0
+    app.close()
+
+
+def test_send_with_a_context_inherits_its_deadline(broker_url):
+    from offload.chan import background, with_timeout
+    from offload.core import envelope
+
+    app = make_app(broker_url)
+
+    @app.task(queue="q", name="hop")
+    def hop() -> None: ...
+
+    ctx, cancel = with_timeout(background(), 2.0)
+    t_before = time.time()
+    new = hop.build(deadline=None)
+    assert envelope.DEADLINE not in envelope.decode(new.payload).headers
+    h = hop.send_with(context=ctx, deadline=60)
+    cancel()
+    env_deadline = None
+
+    async def peek():
+        b = broker_from_url(broker_url)
+        await b.open()
+        [c] = await b.claim(["q"], 1)
+        await b.close()
+        return envelope.decode(c.payload)
+
+    env = asyncio.run(peek())
+    env_deadline = float(env.headers[envelope.DEADLINE])
+    assert env.id == h.id
+    assert t_before + 1.5 < env_deadline < t_before + 2.5  # the earlier of the two
+    app.close()
