@@ -97,7 +97,9 @@ class App:
     @overload
     def task(self, fn: F) -> TaskFunction: ...
     @overload
-    def task(self, *, queue: str = "default", name: str | None = None) -> Callable[[F], TaskFunction]: ...
+    def task(
+        self, *, queue: str = "default", name: str | None = None
+    ) -> Callable[[F], TaskFunction]: ...
 
     def task(self, fn: Any = None, *, queue: str = "default", name: str | None = None) -> Any:
         """Register a task function: ``@app.task`` or ``@app.task(queue=..., name=...)``."""

@@ -42,8 +42,8 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise _bad("MODULE:APP", f"{spec!r}: no module named {exc.name!r} (run from the directory that "
-                "contains it, or set PYTHONPATH)") from None
+            raise _bad("MODULE:APP", f"{spec!r}: no module named {exc.name!r} (run from the "
+                       "directory that contains it, or set PYTHONPATH)") from None
         raise
     obj: Any = module
     for part in attr.split("."):

@@ -109,9 +109,8 @@ def _needs_convert(tp: Any) -> bool:
     if tp in _PLAIN:
         return False
     origin = typing.get_origin(tp)
-    if origin in (list, dict, tuple) and all(not _needs_convert(a) for a in typing.get_args(tp)):
-        return False
-    return True
+    plain_container = origin in (list, dict, tuple)
+    return not (plain_container and not any(_needs_convert(a) for a in typing.get_args(tp)))
 
 
 class TaskFunction:

@@ -52,7 +52,7 @@ def test_unknown_queue(app):
     @app.task(queue="nope", name="t1")
     def t1() -> None: ...
 
-    with pytest.raises(UnknownQueue, match="'nope' is not declared.*default, emails"):
+    with pytest.raises(UnknownQueue, match=r"'nope' is not declared.*default, emails"):
         t1.build()
 
 
@@ -62,7 +62,7 @@ def test_unencodable_payload_is_refused_with_its_type(app):
 
     class Thing: ...
 
-    with pytest.raises(PayloadError, match="Thing.*never pickles"):
+    with pytest.raises(PayloadError, match=r"Thing.*never pickles"):
         t2.build((Thing(),))
 
 
