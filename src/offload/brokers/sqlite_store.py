@@ -1,0 +1,275 @@
+"""The SQLite broker's file: URL options, one connection per thread, transactions, errors.
+
+Every write runs in one ``BEGIN IMMEDIATE`` transaction (the write lock is taken before
+anything is read) with the host clock read after the lock was granted; every read runs in
+one read transaction (one snapshot).
+
+Waiting for the lock. SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between
+tries, so a process that writes back to back (a busy worker's claim/ack loop) can keep an
+enqueuing web request waiting for over a second. The connections therefore run with no
+busy handler, and a transaction that meets a lock is rolled back and tried again after a
+short randomised sleep (50 us doubling up to 1 ms) until ``busy_timeout`` has passed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import BrokerError, BrokerUnavailable, BrokerURLError
+from .sqlite_sql import migrate
+
+__all__ = ["Store", "parse_url"]
+
+T = TypeVar("T")
+
+_FIRST_NAP, _MAX_NAP = 0.00005, 0.001
+
+_EXAMPLE = "sqlite:///relative.db or sqlite:////absolute/path.db"
+
+
+def parse_url(url: str) -> tuple[str, str, int]:
+    """``(absolute path, synchronous, busy_timeout_ms)``; BrokerURLError names the field."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise BrokerURLError(f"broker URL {url!r}: not a sqlite:// URL; use {_EXAMPLE}")
+    if parts.netloc:
+        raise BrokerURLError(
+            f"broker URL {url!r}: SQLite takes no host ({parts.netloc!r}); use {_EXAMPLE}"
+        )
+    path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+    if not path:
+        raise BrokerURLError(f"broker URL {url!r}: no database file; use {_EXAMPLE}")
+    if path == ":memory:" or path.startswith("file:") or "mode=memory" in parts.query:
+        raise BrokerURLError(
+            f"broker URL {url!r}: an in-memory database cannot be shared with worker "
+            "processes; give a file, e.g. sqlite:///offload.db"
+        )
+    synchronous, busy_ms = "normal", 5000
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "synchronous":
+            synchronous = value.lower()
+            if synchronous not in ("normal", "full"):
+                raise BrokerURLError(
+                    f"broker URL {url!r}: synchronous={value!r} must be 'normal' (survives "
+                    "process crashes) or 'full' (also survives power loss)"
+                )
+        elif key == "busy_timeout":
+            try:
+                busy_ms = int(value)
+                if busy_ms < 0:
+                    raise ValueError
+            except ValueError:
+                raise BrokerURLError(
+                    f"broker URL {url!r}: busy_timeout={value!r} must be a whole number of "
+                    "milliseconds, 0 or more (default 5000)"
+                ) from None
+        else:
+            raise BrokerURLError(
+                f"broker URL {url!r}: unknown option {key!r}; SQLite takes synchronous= "
+                "and busy_timeout="
+            )
+    return os.path.abspath(path), synchronous, busy_ms
+
+
+_live: weakref.WeakSet[Store] = weakref.WeakSet()
+# Connections inherited over fork(), kept referenced so the child never closes (and so
+# never checkpoints or unlocks) what belongs to its parent.
+_orphans: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_live):
+        store.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Store:
+    """Connections to one database file: one per thread, opened on the thread's first
+    call between :meth:`open` and :meth:`close`, all closed by :meth:`close`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path, self.synchronous, self.busy_timeout_ms = parse_url(url)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._gen = 0  # bumped by close(): connections of an older generation are stale
+        self._conns: list[sqlite3.Connection] = []
+        self._migrated = False
+        self.opened = False
+        _live.add(self)
+
+    def open(self) -> None:
+        """Mark open and connect this thread (creating or migrating the schema)."""
+        self.opened = True
+        try:
+            self.conn()
+        except BaseException:
+            self.opened = False
+            raise
+
+    def close(self) -> None:
+        """Close every thread's connection; open() makes the store usable again."""
+        self.opened = False
+        with self._lock:
+            self._gen += 1
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    def forget(self) -> None:
+        """After fork(): a connection must not cross it; the child connects anew."""
+        _orphans.extend(self._conns)
+        self._local = threading.local()
+        self._conns = []
+        self._lock = threading.Lock()
+        self._gen += 1
+
+    def require_open(self) -> None:
+        if not self.opened:
+            raise BrokerError(f"SQLite broker {self.url!r} is not open: call open() first")
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and local.gen == self._gen:
+            return conn
+        return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        self.require_open()
+        local = self._local
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise BrokerURLError(
+                f"SQLite database {self.path}: directory {parent} does not exist; create it "
+                "or point the URL elsewhere"
+            )
+        try:
+            # check_same_thread=False only so that close() can close every thread's
+            # connection; each connection is still used by the one thread that opened it.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=0.0,  # no busy handler: see the module docstring
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+        except sqlite3.Error as exc:
+            raise self.error(exc, "open") from exc
+        try:
+            self._set_wal(conn)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA cache_size = -16000")
+            if not self._migrated:
+                with self._lock:
+                    if not self._migrated:
+                        self._retrying(migrate, conn)
+                        self._migrated = True
+        except RuntimeError as exc:  # a schema from a newer offload
+            conn.close()
+            raise BrokerError(f"SQLite database {self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self.error(exc, "open") from exc
+        with self._lock:
+            self._conns.append(conn)
+            gen = self._gen
+        local.conn, local.gen = conn, gen
+        return conn
+
+    def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, tried again while it fails on a lock, until busy_timeout."""
+        deadline = 0.0
+        nap = _FIRST_NAP
+        while True:
+            try:
+                return fn(*args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.busy_timeout_ms / 1000.0
+                if now >= deadline:
+                    raise
+            time.sleep(nap * (0.5 + random.random()))
+            nap = min(nap * 2, _MAX_NAP)
+
+    def _set_wal(self, conn: sqlite3.Connection) -> None:
+        (mode,) = self._retrying(lambda c: c.execute("PRAGMA journal_mode = WAL").fetchone(), conn)
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch the journal to WAL (got {mode!r})")
+
+    def error(self, exc: sqlite3.Error, what: str) -> BrokerError:
+        """The offload error for a driver error, saying what to do."""
+        msg = str(exc)
+        if isinstance(exc, sqlite3.IntegrityError):
+            return BrokerError(f"SQLite database {self.path}: {what} refused: {msg}")
+        if "locked" in msg or "busy" in msg:
+            return BrokerUnavailable(
+                f"SQLite database {self.path} stayed locked for more than busy_timeout="
+                f"{self.busy_timeout_ms} ms during {what}: another process holds a long write "
+                "transaction. Look for a stuck process, or raise ?busy_timeout= in the URL"
+            )
+        if "not a database" in msg or "malformed" in msg or "encrypted" in msg:
+            return BrokerUnavailable(
+                f"SQLite database {self.path} is not an SQLite database or is corrupt ({msg}); "
+                "point the URL at a new file, or restore this one from a backup"
+            )
+        return BrokerUnavailable(
+            f"SQLite database {self.path}: {what} failed: {msg}. Check that the file and its "
+            "directory exist, are writable, and are on a local disk"
+        )
+
+    def write(self, what: str, op: Callable[..., T], *args: Any) -> T:
+        """Run ``op(conn, now, *args)`` in one BEGIN IMMEDIATE transaction; ``now`` is read
+        once the write lock is held. Rolled back entirely when anything fails."""
+        conn = self.conn()
+        try:
+            return self._retrying(_transaction, conn, "BEGIN IMMEDIATE", op, args)
+        except sqlite3.Error as exc:
+            raise self.error(exc, what) from exc
+
+    def read(self, what: str, op: Callable[..., T], *args: Any) -> T:
+        """Run ``op(conn, now, *args)`` in one read transaction (one snapshot)."""
+        conn = self.conn()
+        try:
+            return self._retrying(_transaction, conn, "BEGIN", op, args)
+        except sqlite3.Error as exc:
+            raise self.error(exc, what) from exc
+
+
+def _transaction(conn: sqlite3.Connection, begin: str, op: Callable[..., T], args: Any) -> T:
+    conn.execute(begin)
+    try:
+        result = op(conn, time.time(), *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
