@@ -1,0 +1,493 @@
+"""The PostgreSQL broker: ``postgresql://user:pass@host:5432/db?schema=offload``.
+
+psycopg 3 (async) with a psycopg_pool ``AsyncConnectionPool``; every statement is a named
+file under ``sql/postgres/queries/``. The broker's clock is the server's
+(``extract(epoch FROM clock_timestamp())``).
+
+URL parameters of offload's own (the rest go to libpq unchanged, ``postgres://`` works too):
+
+``schema`` (default ``offload``)
+    every table lives in this schema, so two apps (or tests) can share one database. It is
+    created and migrated on first open from ``sql/postgres/migrations/NNN_*.sql``, in one
+    transaction under ``pg_advisory_xact_lock``, so concurrent openers are safe; the applied
+    versions are in ``<schema>.schema_version``. ``schema.sql`` is the resulting snapshot.
+``prepare_threshold`` (default psycopg's 5; ``none`` never prepares)
+    after this many runs psycopg prepares a statement server-side. Behind PgBouncer in
+    *transaction* mode older than 1.21 (or without ``max_prepared_statements``) use ``none``.
+``listen_url``
+    where the LISTEN connection goes. LISTEN is session state: it needs a direct connection
+    or a pooler in *session* mode. Everything else the broker does is one statement or one
+    explicit transaction with no session state, so the pool may go through a pooler in
+    transaction mode (NOTIFY is sent at commit and works there).
+``pool_min``, ``pool_max`` (1, 10), ``pool_timeout`` (10 s)
+    pool size, and how long a call waits for a connection before raising
+    :class:`~offload.errors.BrokerUnavailable`.
+
+Design notes:
+
+* **Claim** is one CTE (``claim.sql``): the oldest due rows per queue ``FOR UPDATE SKIP
+  LOCKED`` (ready, or leased with an expired lease), capped by the queue's tokens and free
+  ``max_concurrent`` slots, shared round-robin across queues, leased, and the bucket
+  debited, all in one statement. For queues with a rate or ``max_concurrent`` it runs in one
+  pipelined transaction after ``claim_lock.sql`` locks their rows: under READ COMMITTED a
+  statement's snapshot is taken before it waits for a lock, so the count of leased tasks
+  must be read by a statement that starts after the lock was granted.
+* **Enqueue**: one task: ``enqueue_one.sql`` (plain parameters); a batch with names:
+  ``enqueue.sql`` (parallel arrays through ``unnest``); a batch of 64 or more without
+  names: ``COPY`` (``enqueue_copy.sql``, ~1.5x the unnest INSERT's rows/s at 1,000), then
+  ``notify.sql``, in one transaction. Claims commit with ``synchronous_commit = off`` (set
+  LOCAL to their transaction): a claim lost in a server crash only makes its tasks
+  claimable again, as when a worker dies. Enqueue, ack, retry and the rest wait for the WAL
+  flush: what they return is durable.
+* **Names** (dedup): a ``names`` table keyed by (queue, name) whose ``expires_at`` is NULL
+  while the task exists in any state and ``removal + dedup_window`` afterwards. Enqueue
+  takes a name with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now``, whose
+  row lock orders it against a racing ack of the same name. Idle workers delete expired
+  rows now and then; an expired row is also reused in place.
+* **Wake-ups**: see :mod:`.postgres_listen`. ``wait()`` also sleeps no longer than the next
+  due time read from the tables (an eta, a lease expiry, the next token, or the first lease
+  expiry of a saturated ``max_concurrent`` queue).
+* **Transactional enqueue**: ``enqueue(tasks, connection=conn)`` with the application's own
+  ``psycopg.AsyncConnection`` runs the same enqueue statements in the caller's transaction
+  and does not commit: the tasks (and the NOTIFY) exist if and only if the caller commits.
+  ``enqueue_blocking`` is its synchronous twin for a ``psycopg.Connection`` (or, without
+  one, a lazily opened thread-safe sync pool that commits).
+* **Failures**: a connection error raises ``BrokerUnavailable`` naming the server; the
+  pool drops broken connections, and checks an idle connection's socket before handing
+  it out, so a server restart or ``pg_terminate_backend`` costs at most one failed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from ..core.policy import QueuePolicy
+from ..errors import BrokerError, BrokerUnavailable, ConfigError
+from .base import (
+    Capabilities,
+    Claimed,
+    DeadLetter,
+    Lease,
+    NewTask,
+    QueueStats,
+    TaskMetrics,
+)
+from .postgres_listen import Listener
+from .postgres_sql import (
+    LATEST_VERSION,
+    PostgresConfig,
+    by_copy,
+    channel,
+    copy_rows,
+    created,
+    enqueue_statement,
+    queries,
+)
+from .postgres_sql import has_input as _has_input
+from .postgres_sync import SyncSide
+
+__all__ = ["PostgresBroker"]
+
+_NET_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed, OSError)
+_GC_EVERY = 60.0  # seconds between expired-name clean-ups by one broker's idle wait()
+
+
+def _lease_params(leases: Sequence[Lease]) -> dict[str, list[str]]:
+    return {"ids": [x.id for x in leases], "tokens": [x.token for x in leases]}
+
+
+class PostgresBroker:
+    """A broker on a PostgreSQL database (see the module docstring for the URL)."""
+
+    capabilities = Capabilities(inline=False, transactional_enqueue=True)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.config = PostgresConfig.from_url(url)
+        self._q = queries(self.config.schema)
+        self._pool: AsyncConnectionPool | None = None
+        self._listener: Listener | None = None
+        self._open_lock = asyncio.Lock()
+        self._sync = SyncSide(self.config, self._q, self._errors, self._check_version)
+        self._last_gc = 0.0
+        self._turn = 0
+
+    def __repr__(self) -> str:
+        return f"<PostgresBroker {self.config.where} schema={self.config.schema}>"
+
+    # -- errors and connections ------------------------------------------------------------
+
+    def _unavailable(self, what: str, exc: BaseException) -> BrokerUnavailable:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return BrokerUnavailable(
+            f"PostgreSQL broker at {self.config.where} (schema {self.config.schema!r}): "
+            f"{what} failed: {detail}. Check that the server is running and reachable and "
+            "that the URL is right; nothing was done, retry later"
+        )
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except _NET_ERRORS as exc:
+            raise self._unavailable(what, exc) from exc
+        except psycopg.Error as exc:
+            raise BrokerError(
+                f"PostgreSQL broker at {self.config.where} (schema {self.config.schema!r}): "
+                f"{what} failed: {exc}"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, what: str) -> AsyncIterator[psycopg.AsyncConnection]:
+        pool = self._opened()
+        with self._errors(what):
+            # getconn/putconn rather than pool.connection(): every statement here is
+            # autocommit or its own transaction block, and this is the hot path
+            conn = await pool.getconn()
+            try:
+                yield conn
+            finally:
+                await pool.putconn(conn)
+
+    def _opened(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise BrokerError(
+                f"PostgreSQL broker {self.config.where} (schema {self.config.schema!r}) is not "
+                "open: call open() first"
+            )
+        return self._pool
+
+    async def _one(self, what: str, sql: str, params: dict[str, Any] | None = None) -> Any:
+        async with self._conn(what) as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchone()
+
+    async def _exec(self, what: str, sql: str, params: dict[str, Any] | None = None) -> None:
+        async with self._conn(what) as conn:
+            await conn.execute(sql, params)
+
+    async def _all(self, what: str, sql: str, params: dict[str, Any] | None = None) -> list:
+        async with self._conn(what) as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    @staticmethod
+    async def _check(conn: psycopg.AsyncConnection) -> None:
+        # An idle connection has nothing to read; if its socket is readable the server sent
+        # a FATAL (pg_terminate_backend, restart) or closed it. Only then pay a round trip.
+        if conn.closed or _has_input(conn.pgconn.socket):
+            await AsyncConnectionPool.check_connection(conn)
+
+    def _pool_kwargs(self) -> dict[str, Any]:
+        return {"autocommit": True, "prepare_threshold": self.config.prepare_threshold}
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the pool and create or migrate the schema. Idempotent."""
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            cfg = self.config
+            pool = AsyncConnectionPool(
+                cfg.conninfo,
+                min_size=cfg.pool_min,
+                max_size=cfg.pool_max,
+                timeout=cfg.pool_timeout,
+                kwargs=self._pool_kwargs(),
+                check=self._check,
+                open=False,
+                name=f"offload-{cfg.schema}",
+            )
+            try:
+                with self._errors("connecting"):
+                    await pool.open(wait=cfg.pool_min > 0, timeout=cfg.pool_timeout)
+                    async with pool.connection() as conn:
+                        await self._migrate(conn)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            self._sync.migrated = True
+
+    async def close(self) -> None:
+        """Close the pool and the LISTEN connection. Leased tasks stay leased."""
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+        await asyncio.to_thread(self._sync.close)
+
+    async def _migrate(self, conn: psycopg.AsyncConnection) -> None:
+        q = self._q
+        try:
+            version = (await (await conn.execute(q.version)).fetchone())[0]
+        except psycopg.errors.UndefinedTable:
+            version = 0
+        if version == LATEST_VERSION:
+            return
+        async with conn.transaction():
+            await conn.execute(q.bootstrap)  # takes the advisory lock first
+            version = (await (await conn.execute(q.version)).fetchone())[0]
+            self._check_version(version)
+            for v, sql in q.migrations[version:]:
+                await conn.execute(sql)
+                await conn.execute(q.record_version, (v,))
+
+    def _check_version(self, version: int) -> None:
+        if version > LATEST_VERSION:
+            raise BrokerError(
+                f"PostgreSQL schema {self.config.schema!r} at {self.config.where} is at version "
+                f"{version}, newer than this offload understands ({LATEST_VERSION}): upgrade "
+                "offload on this machine"
+            )
+
+    # -- queues -----------------------------------------------------------------------------
+
+    async def declare(self, policies: Sequence[QueuePolicy]) -> None:
+        if not policies:
+            return
+        last = {p.name: p for p in policies}  # the last writer wins within a batch, too
+        ps = [last[name] for name in sorted(last)]
+        params = {
+            "names": [p.name for p in ps],
+            "rates": [p.rate for p in ps],
+            "buckets": [p.bucket for p in ps],
+            "max_concurrents": [p.max_concurrent for p in ps],
+            "leases": [p.lease for p in ps],
+            "dedup_windows": [p.dedup_window for p in ps],
+        }
+        await self._all("declaring queues", self._q.declare, params)
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        await self._all(
+            "pausing a queue", self._q.set_paused, {"queue": queue, "paused": bool(paused)}
+        )
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def enqueue(
+        self, tasks: Sequence[NewTask], *, connection: psycopg.AsyncConnection | None = None
+    ) -> list[bool]:
+        """Store tasks durably; per task, True when created, False for a duplicate name.
+
+        With ``connection`` (the application's own ``psycopg.AsyncConnection``) the insert
+        runs in the caller's transaction and nothing is committed here: the tasks exist, and
+        workers are notified, only if the caller commits.
+        """
+        if not tasks:
+            return []
+        if connection is None:
+            async with self._conn("enqueueing") as conn:
+                if by_copy(tasks):
+                    async with conn.transaction():
+                        return await self._copy(conn, tasks)
+                return await self._insert(conn, tasks)
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise ConfigError(
+                f"enqueue(connection={connection!r}): pass a psycopg.AsyncConnection "
+                "(use enqueue_blocking for a sync psycopg.Connection)"
+            )
+        self._opened()
+        # no transaction() here: that would commit on the caller's behalf
+        with self._errors("enqueueing in the caller's transaction"):
+            if by_copy(tasks):
+                return await self._copy(connection, tasks)
+            return await self._insert(connection, tasks)
+
+    async def _insert(self, conn: psycopg.AsyncConnection, tasks: Sequence[NewTask]) -> list:
+        sql, params = enqueue_statement(self._q, tasks)
+        cur = await conn.execute(sql, params)
+        return created(tasks, await cur.fetchall())
+
+    async def _copy(self, conn: psycopg.AsyncConnection, tasks: Sequence[NewTask]) -> list:
+        q = self._q
+        now = (await (await conn.execute(q.now)).fetchone())[0]
+        async with conn.cursor().copy(q.enqueue_copy) as copy:
+            for row in copy_rows(tasks, now):
+                await copy.write_row(row)
+        await conn.execute(q.notify, {"queues": sorted({t.queue for t in tasks})})
+        return [True] * len(tasks)
+
+    def enqueue_blocking(
+        self, tasks: Sequence[NewTask], *, connection: psycopg.Connection | None = None
+    ) -> list[bool]:
+        """The synchronous twin of :meth:`enqueue` (the same statements), safe from any
+        thread and usable without open().
+
+        With ``connection`` (the application's own ``psycopg.Connection``) it runs in the
+        caller's transaction without committing; without one it uses the broker's own sync
+        pool, opened (and the schema migrated) on first use, and is durable when it returns.
+        """
+        return self._sync.enqueue(tasks, connection)
+
+    async def claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
+        if limit <= 0 or not queues:
+            return []
+        self._turn += 1  # which queue goes first in this claim's round-robin
+        params = {"queues": list(dict.fromkeys(queues)), "limit": int(limit), "turn": self._turn}
+        q = self._q
+        async with self._conn("claiming") as conn:
+            # lock + claim + commit in one round trip; see the module docstring for why two
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute(q.claim_lock, params)
+                cur = await conn.execute(q.claim, params)
+            rows = await cur.fetchall()
+        return [
+            Claimed(
+                id=r[0],
+                queue=r[1],
+                name=r[2],
+                payload=r[3],
+                attempt=r[4],
+                first_attempt_at=r[5],
+                enqueued_at=r[6],
+                now=r[7],
+                token=r[8],
+                lease_until=r[9],
+            )
+            for r in rows
+        ]
+
+    async def ack(self, leases: Sequence[Lease]) -> None:
+        if leases:
+            await self._all("acking", self._q.ack, _lease_params(leases))
+
+    async def retry(self, lease: Lease, delay: float, error: str) -> bool:
+        params = {"id": lease.id, "token": lease.token, "delay": float(delay), "error": error}
+        return await self._one("retrying", self._q.retry, params) is not None
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        if leases:
+            await self._all("releasing", self._q.release, _lease_params(leases))
+
+    async def dead_letter(self, lease: Lease, error: str, traceback: str) -> bool:
+        params = {"id": lease.id, "token": lease.token, "error": error, "traceback": traceback}
+        return await self._one("dead-lettering", self._q.dead_letter, params) is not None
+
+    async def extend(self, leases: Sequence[Lease]) -> list[bool]:
+        if not leases:
+            return []
+        rows = await self._all("extending leases", self._q.extend, _lease_params(leases))
+        held = {(r[0], r[1]) for r in rows}
+        return [(x.id, x.token) in held for x in leases]
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a task of ``queues`` may be claimable, or ``timeout`` seconds.
+
+        Wakes on a NOTIFY from any process, and at the next due time read from the tables.
+        """
+        if timeout <= 0 or not queues:
+            return
+        listener = await self._listening()
+        entry = listener.register(frozenset(queues))
+        try:
+            row = await self._one("waiting", self._q.next_due, {"queues": list(queues)})
+            due = row[0] if row else None
+            if due is not None and due <= 0:
+                return
+            if time.monotonic() - self._last_gc > _GC_EVERY:
+                self._last_gc = time.monotonic()
+                await self._exec("forgetting expired names", self._q.gc_names)
+            budget = timeout if due is None else min(timeout, due + 0.001)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry[1].wait(), budget)
+        finally:
+            listener.unregister(entry)
+
+    async def _listening(self) -> Listener:
+        self._opened()
+        if self._listener is None:
+            self._listener = Listener(self.config.listen_conninfo, channel(self.config.schema))
+        if not self._listener.alive:
+            with self._errors("listening for new tasks"):
+                await self._listener.start()
+        return self._listener
+
+    # -- inspection and administration ------------------------------------------------------
+
+    async def stats(self, queue: str) -> QueueStats:
+        r = await self._one("reading stats", self._q.stats, {"queue": queue})
+        return QueueStats(queue, ready=r[0], scheduled=r[1], leased=r[2], dead=r[3], paused=r[4])
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._all(
+            "listing dead letters", self._q.dead_letters, {"queue": queue, "limit": int(limit)}
+        )
+        return [DeadLetter(*r) for r in rows]
+
+    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        params = {"queue": queue, "ids": None if ids is None else list(ids)}
+        return (await self._one("requeueing dead letters", self._q.requeue_dead, params))[0]
+
+    async def purge(self, queue: str) -> int:
+        return (await self._one("purging", self._q.purge, {"queue": queue}))[0]
+
+    async def delete(self, queue: str, *, id: str | None = None, name: str | None = None) -> bool:
+        if id is None and name is None:
+            raise ConfigError("delete(queue, id=..., name=...): give id or name")
+        params = {"queue": queue, "id": id, "name": name}
+        return (await self._one("deleting a task", self._q.delete, params))[0] > 0
+
+    async def record(self, metrics: Sequence[TaskMetrics]) -> None:
+        if not metrics:
+            return
+        merged: dict[str, TaskMetrics] = {}
+        for m in metrics:  # one row per task: ON CONFLICT may touch a row only once
+            acc = merged.setdefault(m.task, TaskMetrics(m.task))
+            acc.count += m.count
+            acc.failures += m.failures
+            acc.wall_total += m.wall_total
+            acc.wall_max = max(acc.wall_max, m.wall_max)
+            acc.cpu_total += m.cpu_total
+            acc.cpu_max = max(acc.cpu_max, m.cpu_max)
+            acc.mem_peak_max = max(acc.mem_peak_max, m.mem_peak_max)
+            for k, v in m.extra.items():  # as record.sql: *_max keys keep the largest
+                old = acc.extra.get(k)
+                if old is None:
+                    acc.extra[k] = float(v)
+                else:
+                    acc.extra[k] = max(old, float(v)) if k.endswith("_max") else old + float(v)
+        ms = list(merged.values())
+        params = {
+            "tasks": [m.task for m in ms],
+            "counts": [m.count for m in ms],
+            "failures": [m.failures for m in ms],
+            "wall_totals": [float(m.wall_total) for m in ms],
+            "wall_maxes": [float(m.wall_max) for m in ms],
+            "cpu_totals": [float(m.cpu_total) for m in ms],
+            "cpu_maxes": [float(m.cpu_max) for m in ms],
+            "mem_peak_maxes": [int(m.mem_peak_max) for m in ms],
+            "extras": [Jsonb(m.extra) for m in ms],
+        }
+        await self._exec("recording metrics", self._q.record, params)
+
+    async def metrics(self) -> list[TaskMetrics]:
+        rows = await self._all("reading metrics", self._q.metrics)
+        return [
+            TaskMetrics(
+                task=r[0],
+                count=r[1],
+                failures=r[2],
+                wall_total=r[3],
+                wall_max=r[4],
+                cpu_total=r[5],
+                cpu_max=r[6],
+                mem_peak_max=r[7],
+                extra={k: float(v) for k, v in r[8].items()},
+            )
+            for r in rows
+        ]
+
+    async def now(self) -> float:
+        return (await self._one("reading the clock", self._q.now))[0]

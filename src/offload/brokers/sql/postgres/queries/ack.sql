@@ -1,0 +1,26 @@
+-- ack: delete finished tasks whose lease (id, token) is still held; stale tokens match
+-- nothing. A named task's name stays reserved for its queue's dedup_window. A queue with
+-- max_concurrent is notified: a slot came free for an idle worker.
+WITH now_ AS (
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS t
+),
+gone AS (
+    DELETE FROM {schema}.tasks t
+    USING unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
+    WHERE t.id = l.id AND t.token = l.token AND t.state = 'leased'
+    RETURNING t.queue, t.name
+),
+names AS (
+    UPDATE {schema}.names n
+    SET expires_at = now_.t + coalesce(q.dedup_window, 3600)
+    FROM gone g
+    CROSS JOIN now_
+    LEFT JOIN {schema}.queues q ON q.name = g.queue
+    WHERE g.name IS NOT NULL AND n.queue = g.queue AND n.name = g.name
+),
+woken AS (
+    SELECT pg_notify({channel}, q.name)
+    FROM {schema}.queues q
+    WHERE q.max_concurrent IS NOT NULL AND q.name IN (SELECT queue FROM gone)
+)
+SELECT count(*) FROM gone WHERE (SELECT count(*) FROM woken) >= 0

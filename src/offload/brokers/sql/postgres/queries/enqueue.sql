@@ -1,0 +1,43 @@
+-- enqueue: insert a batch of tasks; returns the ids created (a duplicate name is left out).
+-- The same text runs on the broker's pool and, for transactional enqueue, on the caller's
+-- own connection inside the caller's transaction: the NOTIFY is sent at commit, never on
+-- rollback. Parameters are parallel arrays, one element per task.
+WITH now_ AS (
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS t
+),
+input AS (
+    SELECT *
+    FROM unnest(%(ids)s::text[], %(queues)s::text[], %(names)s::text[], %(payloads)s::bytea[],
+                %(etas)s::float8[], %(delays)s::float8[])
+         WITH ORDINALITY AS i(id, queue, name, payload, eta, delay, ord)
+),
+-- the first task of each (queue, name) in the batch competes for the name; later ones
+-- of the same batch are duplicates of it
+firsts AS (
+    SELECT DISTINCT ON (queue, name) id, queue, name
+    FROM input
+    WHERE name IS NOT NULL
+    ORDER BY queue, name, ord
+),
+-- take a free name, or a reservation whose dedup window has passed; the row lock of
+-- ON CONFLICT DO UPDATE serialises racing enqueues and acks of the same name
+reserved AS (
+    INSERT INTO {schema}.names AS n (queue, name, expires_at)
+    SELECT queue, name, NULL FROM firsts
+    ON CONFLICT (queue, name) DO UPDATE SET expires_at = NULL
+        WHERE n.expires_at <= extract(epoch FROM clock_timestamp())
+    RETURNING n.queue, n.name
+),
+ins AS (
+    INSERT INTO {schema}.tasks (id, queue, name, payload, state, visible_at, enqueued_at)
+    SELECT i.id, i.queue, i.name, i.payload, 'ready', coalesce(i.eta, now_.t + i.delay), now_.t
+    FROM input i CROSS JOIN now_
+    WHERE i.name IS NULL
+       OR i.id IN (SELECT f.id FROM firsts f JOIN reserved r USING (queue, name))
+    ORDER BY i.ord
+    RETURNING id, queue
+),
+woken AS (
+    SELECT pg_notify({channel}, q.queue) FROM (SELECT DISTINCT queue FROM ins) q
+)
+SELECT id FROM ins WHERE (SELECT count(*) FROM woken) >= 0

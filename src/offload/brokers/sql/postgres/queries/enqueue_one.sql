@@ -1,0 +1,19 @@
+-- enqueue_one: enqueue.sql for a single task with plain parameters (the common one-by-one
+-- send; no arrays to build or unnest). Returns one row when created, none for a duplicate
+-- name. Same rules, same NOTIFY at commit.
+WITH reserved AS (
+    INSERT INTO {schema}.names AS n (queue, name, expires_at)
+    SELECT %(queue)s::text, %(name)s::text, NULL WHERE %(name)s::text IS NOT NULL
+    ON CONFLICT (queue, name) DO UPDATE SET expires_at = NULL
+        WHERE n.expires_at <= extract(epoch FROM clock_timestamp())
+    RETURNING 1
+),
+ins AS (
+    INSERT INTO {schema}.tasks (id, queue, name, payload, state, visible_at, enqueued_at)
+    SELECT %(id)s::text, %(queue)s::text, %(name)s::text, %(payload)s::bytea, 'ready',
+           coalesce(%(eta)s::float8, now_.t + %(delay)s::float8), now_.t
+    FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) now_
+    WHERE %(name)s::text IS NULL OR EXISTS (SELECT FROM reserved)
+    RETURNING queue
+)
+SELECT pg_notify({channel}, queue) FROM ins

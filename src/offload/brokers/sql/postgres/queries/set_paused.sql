@@ -1,0 +1,8 @@
+-- set_paused: pause or resume a queue (an undeclared one gets a row with default policy).
+-- Resuming wakes the queue's idle workers.
+WITH up AS (
+    INSERT INTO {schema}.queues AS q (name, paused) VALUES (%(queue)s::text, %(paused)s::bool)
+    ON CONFLICT (name) DO UPDATE SET paused = excluded.paused
+    RETURNING q.name, q.paused
+)
+SELECT CASE WHEN NOT up.paused THEN pg_notify({channel}, up.name)::text END FROM up
