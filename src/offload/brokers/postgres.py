@@ -94,6 +94,8 @@ from .postgres_sql import (
 from .postgres_sql import has_input as _has_input
 from .postgres_sync import SyncSide
 
+_ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
+
 __all__ = ["PostgresBroker"]
 
 _NET_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed, OSError)
@@ -360,8 +362,15 @@ class PostgresBroker:
         ]
 
     async def ack(self, leases: Sequence[Lease]) -> None:
-        if leases:
-            await self._all("acking", self._q.ack, _lease_params(leases))
+        # Acks commit without waiting for the WAL flush, like claims: an ack lost in a
+        # server crash only runs a finished task again (at-least-once), and a worker's
+        # claim+ack cycle stops paying a disk flush per batch.
+        if not leases:
+            return
+        async with self._conn("acking") as conn:
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute(_ASYNC_COMMIT)
+                await conn.execute(self._q.ack, _lease_params(leases))
 
     async def retry(self, lease: Lease, delay: float, error: str) -> bool:
         params = {"id": lease.id, "token": lease.token, "delay": float(delay), "error": error}
