@@ -154,7 +154,14 @@ class Broker(Protocol):
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Store tasks durably before returning. Per task: True when created, False when
         its ``name`` already exists in the queue or finished within its dedup window (the
-        others of the batch are still created)."""
+        others of the batch are still created).
+
+        Brokers with ``Capabilities.transactional_enqueue`` also take ``connection=``, the
+        application's own database connection, and then enqueue inside its transaction
+        without committing. Any broker may add a synchronous
+        ``enqueue_blocking(tasks, *, connection=None) -> list[bool]`` running the same
+        script or SQL with a synchronous client; the App's sync facade prefers it, so a
+        web request pays one round trip and no thread hop."""
 
     async def claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
         """Lease up to ``limit`` due tasks from ``queues``, honouring pause, rate and
