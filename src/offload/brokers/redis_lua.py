@@ -1,0 +1,300 @@
+"""The Redis broker's Lua scripts, key layout and reply decoding (no I/O).
+
+Every state change of the Redis broker is one script from ``lua/*.lua``, called by SHA
+(``EVALSHA``, loading it on ``NOSCRIPT``). The scripts are the single source of truth; the
+Python around them only builds arguments and decodes replies, for the async broker and
+for the synchronous producer path alike.
+
+Key layout (``P`` the URL's ``?prefix=``, default ``offload``; ``Q`` the queue)::
+
+    {P:Q}:q       hash  policy (rate, cap, mc, lease, dedup), paused, bucket (tok, ts), seq
+    {P:Q}:due     zset  ready tasks by visible_at (a future score: scheduled)
+    {P:Q}:leased  zset  leased tasks by lease expiry
+    {P:Q}:tasks   hash  id -> record (msgpack: state, attempts, ..., payload)
+    {P:Q}:dead    zset  dead tasks by failed_at
+    {P:Q}:names   hash  name -> id while the named task exists
+    {P:Q}:nexp    zset  name -> end of its dedup window after the task was removed
+    {P:Q}:wake    list  wake-up tokens that idle workers BLPOP
+    {P}:metrics   hash  "<task>\\x1f<measure>" -> number, for every task function
+
+The hash tag ``{P:Q}`` puts all of a queue's keys in one cluster slot, so every script
+runs unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import BrokerURLError
+from .base import Claimed, DeadLetter, NewTask, QueueStats, TaskMetrics
+
+__all__ = [
+    "CommandPacker",
+    "QueueKeys",
+    "Script",
+    "claimed_from",
+    "dead_from",
+    "enqueue_args",
+    "enqueue_calls",
+    "metrics_from",
+    "scripts",
+    "split_url",
+]
+
+_LUA = Path(__file__).with_name("lua")
+_QUEUE_SCRIPTS = (
+    "ack", "claim", "dead_letter", "dead_letters", "declare", "delete", "enqueue", "extend",
+    "pause", "peek", "purge", "release", "requeue_dead", "retry", "stats",
+)  # fmt: skip
+_ENQUEUE_CHUNK = 1000  # tasks per script call: bounds the time one script holds Redis
+_SEP = "\x1f"
+_US = 1_000_000  # the scripts' times are integer microseconds
+_METRIC_FIELDS = (
+    "count",
+    "failures",
+    "wall_total",
+    "wall_max",
+    "cpu_total",
+    "cpu_max",
+    "mem_peak_max",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One Lua script: its source and the SHA1 that ``EVALSHA`` calls it by."""
+
+    name: str
+    source: str
+    sha: str
+
+
+_DEFINES = re.compile(r"^local (?:function )?([\w, ]+?)(?: =|\()", re.M)
+
+
+def _with_lib(lib: str, body: str) -> str:
+    """``body`` preceded by the blocks of ``_lib.lua`` it uses, directly or not, in file
+    order: Redis runs a script's whole text on every call, so unused helpers cost time."""
+    blocks = [b for b in lib.split("\n\n") if _DEFINES.search(b)]
+    names = [
+        {n.strip() for m in _DEFINES.finditer(b) for n in m.group(1).split(",")} for b in blocks
+    ]
+    used: set[int] = set()
+    text = body
+    while True:
+        code = re.sub(r"--[^\n]*", "", text)
+        new = {
+            i
+            for i, ns in enumerate(names)
+            if i not in used and any(re.search(rf"(?<![\w.]){n}\b", code) for n in ns)
+        }
+        if not new:
+            break
+        used |= new
+        text = "".join(blocks[i] for i in new)
+    return "\n\n".join([*(blocks[i] for i in sorted(used)), body])
+
+
+@cache
+def scripts() -> dict[str, Script]:
+    """Every script by name, read once from ``lua/`` (per-queue ones with ``_lib.lua``)."""
+    lib = (_LUA / "_lib.lua").read_text()
+    out = {}
+    for name in [*_QUEUE_SCRIPTS, "record"]:
+        body = (_LUA / f"{name}.lua").read_text()
+        source = body if name == "record" else _with_lib(lib, body)
+        out[name] = Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The eight keys of one queue, in the order every per-queue script expects."""
+
+    queue: str
+    keys: tuple[str, ...]
+
+    @classmethod
+    def of(cls, prefix: str, queue: str) -> QueueKeys:
+        tag = f"{{{prefix}:{queue}}}"
+        names = ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake")
+        return cls(queue, tuple(f"{tag}:{n}" for n in names))
+
+    @property
+    def wake(self) -> str:
+        return self.keys[7]
+
+
+def _bulk(x: Any) -> bytes:
+    if isinstance(x, str):
+        x = x.encode()
+    elif not isinstance(x, (bytes, bytearray, memoryview)):
+        x = repr(x).encode()
+    return b"$%d\r\n%s\r\n" % (len(x), x)
+
+
+class CommandPacker:
+    """Encodes ``EVALSHA sha numkeys keys... args...`` in the wire protocol, the constant
+    head (script and keys) once per queue: a hot path's packing costs a microsecond."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, tuple[str, ...]], tuple[int, bytes]] = {}
+
+    def evalsha(self, script: Script, keys: tuple[str, ...], args: Sequence[Any]) -> bytes:
+        head = self._heads.get((script.sha, keys))
+        if head is None:
+            parts = ["EVALSHA", script.sha, str(len(keys)), *keys]
+            head = self._heads[(script.sha, keys)] = (len(parts), b"".join(map(_bulk, parts)))
+        n, prefix = head
+        return b"*%d\r\n%s%s" % (n + len(args), prefix, b"".join(map(_bulk, args)))
+
+
+def metrics_key(prefix: str) -> str:
+    return f"{{{prefix}}}:metrics"
+
+
+def _s(b: bytes | str) -> str:
+    return b.decode() if isinstance(b, bytes) else b
+
+
+def claimed_from(queue: str, reply: list) -> list[Claimed]:
+    """Decode claim.lua's reply: {now, lease_until, (id, name, payload, attempts,
+    first_attempt_at, enqueued_at, token)*}, times in integer microseconds."""
+    now, until = reply[0] / _US, reply[1] / _US
+    out = []
+    for i in range(2, len(reply), 7):
+        id_, name, payload, attempts, first, enq, token = reply[i : i + 7]
+        out.append(
+            Claimed(
+                id_.decode(),
+                queue,
+                None if name is None else name.decode(),
+                payload,
+                attempts,
+                first / _US,
+                enq / _US,
+                now,
+                token.decode(),
+                until,
+            )
+        )
+    return out
+
+
+def stats_from(queue: str, reply: list) -> QueueStats:
+    ready, scheduled, leased, dead, paused = reply
+    return QueueStats(queue, ready, scheduled, leased, dead, bool(paused))
+
+
+def dead_from(queue: str, reply: list) -> list[DeadLetter]:
+    out = []
+    for i in range(0, len(reply), 7):
+        id_, name, payload, attempts, error, tb, failed = reply[i : i + 7]
+        out.append(
+            DeadLetter(
+                id_.decode(),
+                queue,
+                None if name is None else name.decode(errors="replace"),
+                payload,
+                attempts,
+                error.decode(errors="replace"),
+                tb.decode(errors="replace"),
+                failed / _US,
+            )
+        )
+    return out
+
+
+def record_args(m: TaskMetrics) -> list[str | float | int]:
+    args: list[str | float | int] = [
+        m.task,
+        m.count,
+        m.failures,
+        m.wall_total,
+        m.wall_max,
+        m.cpu_total,
+        m.cpu_max,
+        m.mem_peak_max,
+    ]
+    for k, v in m.extra.items():
+        args += [k, float(v)]
+    return args
+
+
+def metrics_from(raw: dict) -> list[TaskMetrics]:
+    """Group the metrics hash's "<task>\\x1f<measure>" fields back into TaskMetrics."""
+    by_task: dict[str, TaskMetrics] = {}
+    for field, value in raw.items():
+        task, _, measure = _s(field).rpartition(_SEP)
+        m = by_task.get(task)
+        if m is None:
+            m = by_task[task] = TaskMetrics(task)
+        v = float(value)
+        if measure.startswith("x."):
+            m.extra[measure[2:]] = v
+        elif measure in ("count", "failures", "mem_peak_max"):
+            setattr(m, measure, int(v))
+        elif measure in _METRIC_FIELDS:
+            setattr(m, measure, v)
+    return sorted(by_task.values(), key=lambda m: m.task)
+
+
+def split_url(url: str) -> tuple[str, str, bool, str]:
+    """(redis-py URL, key prefix, cluster?, "host:port") from an offload broker URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    cluster = scheme.endswith("+cluster")
+    base_scheme = scheme.removesuffix("+cluster")
+    if base_scheme not in ("redis", "rediss"):
+        raise BrokerURLError(f"broker URL {url!r}: not a redis:// or rediss:// URL")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "offload"
+    rest = []
+    for k, v in query:
+        if k == "prefix":
+            prefix = v
+        else:
+            rest.append((k, v))
+    if not prefix or any(c in prefix for c in "{}"):
+        raise BrokerURLError(
+            f"broker URL {url!r}: prefix {prefix!r} must be non-empty, without braces"
+        )
+    try:
+        where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+    except ValueError as exc:
+        raise BrokerURLError(f"broker URL {url!r}: {exc}") from None
+    clean = urlunsplit((base_scheme, parts.netloc, parts.path, urlencode(rest), ""))
+    return clean, prefix, cluster, where
+
+
+def enqueue_args(tasks: Sequence[NewTask]) -> list:
+    """enqueue.lua's arguments: id, name, payload, eta, delay per task."""
+    args: list = []
+    for t in tasks:
+        args += [
+            t.id,
+            t.name or "",
+            t.payload,
+            "" if t.eta is None else repr(float(t.eta)),
+            repr(float(t.delay or 0.0)),
+        ]
+    return args
+
+
+def enqueue_calls(tasks: Sequence[NewTask]) -> list[tuple[str, list[int]]]:
+    """Task indices per script call: grouped by queue, at most _ENQUEUE_CHUNK a call."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(t.queue, []).append(i)
+    return [
+        (q, idx[j : j + _ENQUEUE_CHUNK])
+        for q, idx in groups.items()
+        for j in range(0, len(idx), _ENQUEUE_CHUNK)
+    ]

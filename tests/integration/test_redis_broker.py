@@ -1,0 +1,353 @@
+"""Redis-specific behaviour of the Redis broker, on the machine's real Redis.
+
+The semantics every broker shares are in tests/conformance; these tests cover what only
+Redis has: scripts called by SHA, the hash-tag key layout, records damaged by hand,
+blocking on the server, and connection failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import msgspec
+import pytest
+
+from offload.brokers import NewTask, broker_from_url
+from offload.core.envelope import new_id
+from offload.core.policy import QueuePolicy
+from offload.errors import BrokerUnavailable
+from tests.conftest import make_url
+
+redis = pytest.importorskip("redis")
+from redis.cluster import key_slot  # noqa: E402
+
+from offload.brokers.redis import RedisBroker  # noqa: E402
+from offload.brokers.redis_lua import QueueKeys, metrics_key  # noqa: E402
+
+
+@pytest.fixture
+def url(tmp_path):
+    u = make_url("redis", tmp_path)
+    yield u
+    from tests.conftest import _drop_redis_prefix
+
+    _drop_redis_prefix(u)
+
+
+@pytest.fixture
+async def broker(url):
+    b = broker_from_url(url)
+    await b.open()
+    await b.declare([QueuePolicy("q", lease=5.0)])
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+def raw():
+    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    yield r
+    r.close()
+
+
+def task(queue="q", payload=b"p", **kw) -> NewTask:
+    return NewTask(new_id(), queue, payload, **kw)
+
+
+async def test_scripts_reload_after_script_flush(broker, raw):
+    assert await broker.enqueue([task()]) == [True]
+    raw.script_flush()
+    assert await broker.enqueue([task(), task()]) == [True, True]
+    raw.script_flush()
+    claimed = await broker.claim(["q"], 10)
+    assert len(claimed) == 3
+    raw.script_flush()
+    await broker.ack([c.lease for c in claimed[:2]])
+    raw.script_flush()
+    assert broker.enqueue_blocking([task()]) == [True]
+    raw.script_flush()
+    assert broker.enqueue_blocking([task()]) == [True]
+    stats = await broker.stats("q")
+    assert (stats.ready, stats.leased) == (2, 1)
+
+
+async def test_every_key_of_a_queue_shares_one_slot(broker, raw):
+    assert isinstance(broker, RedisBroker)
+    keys = QueueKeys.of(broker.prefix, "q").keys
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    # and the keys the scripts really wrote are exactly those
+    await broker.enqueue([task(name="n1"), task(delay=30)])
+    c = await broker.claim(["q"], 1)
+    await broker.dead_letter(c[0].lease, "boom", "tb")
+    await broker.enqueue([task()])
+    written = {k.decode() for k in raw.scan_iter(match=f"*{broker.prefix}:q*")}
+    assert written and written <= set(keys)
+    assert {key_slot(k.encode()) for k in written} == {key_slot(keys[0].encode())}
+    other = QueueKeys.of(broker.prefix, "other").keys
+    assert len({key_slot(k.encode()) for k in other}) == 1
+    assert metrics_key(broker.prefix).startswith("{")
+
+
+async def test_unreadable_records_are_dead_lettered_by_the_claim(broker, raw):
+    keys = QueueKeys.of(broker.prefix, "q")
+    k_due, k_tasks = keys.keys[1], keys.keys[3]
+    good = task(payload=b"\x00\xffnot an envelope")  # opaque bytes: returned as they are
+    assert await broker.enqueue([good]) == [True]
+    # garbage written straight into the task hash, indexed as due before the good task
+    raw.hset(k_tasks, "garbage", b"\xc1\xc1 not msgpack")
+    raw.zadd(k_due, {"garbage": 1})
+    # a record missing fields (three msgpack values instead of ten)
+    raw.hset(k_tasks, "short", msgspec.msgpack.encode("r") + b"\x00\x00")
+    raw.zadd(k_due, {"short": 2})
+    # a record whose fields have the wrong types
+    raw.hset(k_tasks, "typed", b"".join(msgspec.msgpack.encode(x) for x in [1] * 10))
+    raw.zadd(k_due, {"typed": 3})
+    # an index entry with no record at all
+    raw.zadd(k_due, {"ghost": 4})
+
+    claimed = await broker.claim(["q"], 10)
+    assert [c.id for c in claimed] == [good.id]
+    assert claimed[0].payload == good.payload
+    dead = {d.id: d for d in await broker.dead_letters("q")}
+    assert set(dead) == {"garbage", "short", "typed"}
+    assert "not msgpack" in dead["garbage"].error
+    assert dead["garbage"].payload == b"\xc1\xc1 not msgpack"
+    assert "missing fields" in dead["short"].error
+    assert "wrong type" in dead["typed"].error
+    assert raw.zscore(k_due, "ghost") is None
+    stats = await broker.stats("q")
+    assert (stats.ready, stats.leased, stats.dead) == (0, 1, 3)
+    # requeued, a buried record carries its raw bytes as an opaque payload
+    assert await broker.requeue_dead("q", ["garbage"]) == 1
+    again = await broker.claim(["q"], 10)
+    assert [(c.id, c.payload) for c in again] == [("garbage", b"\xc1\xc1 not msgpack")]
+    # ack/retry/extend on a record damaged while leased report a lost lease
+    raw.hset(k_tasks, good.id, b"garbage")
+    assert await broker.extend([claimed[0].lease]) == [False]
+    assert await broker.retry(claimed[0].lease, 0, "x") is False
+    await broker.ack([claimed[0].lease])
+    assert await broker.delete("q", id="garbage") is True
+
+
+async def test_wait_blocks_on_the_server(broker):
+    cpu, t = time.process_time(), time.monotonic()
+    await broker.wait(["q"], 0.5)
+    elapsed, used = time.monotonic() - t, time.process_time() - cpu
+    assert 0.45 <= elapsed < 1.0
+    assert used < 0.05, f"wait() used {used:.3f}s of CPU: it polls"
+
+
+async def test_wait_wakes_on_an_enqueue_from_another_process(broker, url):
+    other = RedisBroker(url)
+
+    def send_later():
+        time.sleep(0.2)
+        other.enqueue_blocking([task()])
+
+    th = threading.Thread(target=send_later)
+    t = time.monotonic()
+    th.start()
+    await broker.wait(["q", "q2"], 5)
+    woke = time.monotonic() - t
+    th.join()
+    await other.close()
+    assert 0.15 < woke < 0.3
+    assert len(await broker.claim(["q"], 10)) == 1
+
+
+async def test_wait_wakes_when_an_eta_comes_due(broker):
+    await broker.enqueue([task(delay=0.3)])
+    t = time.monotonic()
+    while not await broker.claim(["q"], 1):
+        await broker.wait(["q"], 5)
+        assert time.monotonic() - t < 1
+    # Redis's own BLPOP timeout ticks at 1/hz (100 ms); the broker must be sharper.
+    assert 0.29 <= time.monotonic() - t < 0.33
+
+
+async def test_wait_and_claim_honour_a_saturated_queue(broker):
+    await broker.declare([QueuePolicy("mc", max_concurrent=1, lease=5.0)])
+    await broker.enqueue([task("mc"), task("mc")])
+    first = await broker.claim(["mc"], 10)
+    assert len(first) == 1
+    assert await broker.claim(["mc"], 10) == []
+
+    async def ack_later():
+        await asyncio.sleep(0.2)
+        await broker.ack([first[0].lease])
+
+    t = time.monotonic()
+    acker = asyncio.create_task(ack_later())
+    await broker.wait(["mc"], 3)
+    await acker
+    assert time.monotonic() - t < 0.5
+    assert len(await broker.claim(["mc"], 10)) == 1
+
+
+async def test_enqueue_is_idempotent_by_id(broker):
+    t = task(name="once")
+    assert await broker.enqueue([t, t]) == [True, True]
+    assert await broker.enqueue([t]) == [True]
+    assert broker.enqueue_blocking([t]) == [True]
+    assert (await broker.stats("q")).ready == 1
+
+
+async def test_enqueue_blocking_from_many_threads(broker):
+    errors = []
+
+    def send(n):
+        try:
+            for _ in range(n):
+                assert broker.enqueue_blocking([task()]) == [True]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(200,)) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert (await broker.stats("q")).ready == 800
+
+
+async def test_claims_are_spread_over_queues(broker):
+    await broker.enqueue([task("a") for _ in range(10)] + [task("b") for _ in range(10)])
+    got = await broker.claim(["a", "b"], 10)
+    assert sorted(c.queue for c in got) == ["a"] * 5 + ["b"] * 5
+    await broker.enqueue([task("c") for _ in range(3)])
+    got = await broker.claim(["a", "c"], 10)  # c has 3: a gets what c leaves
+    assert sorted(c.queue for c in got) == ["a"] * 5 + ["c"] * 3
+
+
+async def test_connection_refused_is_broker_unavailable_quickly():
+    b = RedisBroker("redis://127.0.0.1:1/0?prefix=nowhere")
+    t = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1\b"):
+        await b.open()
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1\b"):
+        b.enqueue_blocking([task()])
+    with pytest.raises(BrokerUnavailable, match="running"):
+        await b.enqueue([task()])
+    with pytest.raises(BrokerUnavailable):
+        await b.stats("q")
+    assert time.monotonic() - t < 2
+    await b.close()
+
+
+def test_url_options():
+    b = RedisBroker("redis://127.0.0.1:6379/0?prefix=app1&socket_keepalive=true")
+    assert b.prefix == "app1"
+    assert not b.capabilities.cluster and not b.capabilities.inline
+    assert RedisBroker("redis+cluster://127.0.0.1:7101").capabilities.cluster
+    assert RedisBroker("redis://localhost").prefix == "offload"
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A redis-server of this test's own, with appendonly and fsync always, restartable."""
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.skip("redis-server not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+
+    class Server:
+        proc = None
+
+        def start(self):
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    if redis.Redis(port=port).ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            raise RuntimeError("redis-server did not start")
+
+        def stop(self):
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    srv = Server()
+    srv.port = port
+    srv.start()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()
+
+
+async def test_server_restart(own_server):
+    url = f"redis://127.0.0.1:{own_server.port}/0?prefix=restart"
+    b = broker_from_url(url)
+    await b.open()
+    sent = [task() for _ in range(50)]
+    assert await b.enqueue(sent[:25]) == [True] * 25
+    for t in sent[25:]:
+        assert b.enqueue_blocking([t]) == [True]
+    leased = await b.claim(["q"], 5)
+
+    own_server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=str(own_server.port)):
+        await b.enqueue([task()])
+    with pytest.raises(BrokerUnavailable):
+        b.enqueue_blocking([task()])
+    with pytest.raises(BrokerUnavailable):
+        await b.claim(["q"], 10)
+    with pytest.raises(BrokerUnavailable):
+        await b.wait(["q"], 1)
+    assert time.monotonic() - t0 < 2, "an outage must be reported quickly"
+
+    own_server.start()  # appendonly + fsync always: every enqueue that returned survives
+    # the first call after the restart reconnects (and reloads the scripts) by itself
+    assert b.enqueue_blocking([task()]) == [True]
+    assert await b.enqueue([task()]) == [True]
+    stats = await b.stats("q")
+    assert (stats.ready + stats.leased, stats.leased) == (52, 5)
+    await b.ack([c.lease for c in leased])
+    got = await b.claim(["q"], 100)
+    assert {c.id for c in got} >= {t.id for t in sent} - {c.id for c in leased}
+    await b.close()
+
+
+async def test_a_cancelled_wait_keeps_its_connection_and_hands_on_its_wake_up(own_server):
+    url = f"redis://127.0.0.1:{own_server.port}/0?prefix=cancel"
+    a, b = broker_from_url(url), broker_from_url(url)
+    await a.open()
+    await b.open()
+    raw = redis.Redis(port=own_server.port)
+    try:
+        before = raw.info("stats")["total_connections_received"]
+        for _ in range(20):  # a worker stops waiting whenever one of its slots frees
+            w = asyncio.create_task(a.wait(["q"], 5))
+            await asyncio.sleep(0.01)
+            w.cancel()
+            await asyncio.gather(w, return_exceptions=True)
+        assert raw.info("stats")["total_connections_received"] - before <= 3
+
+        first = asyncio.create_task(a.wait(["q"], 5))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(b.wait(["q"], 5))
+        await asyncio.sleep(0.05)
+        # the token goes to the longest-blocked client, `first`, which is cancelled at once
+        raw.lpush(QueueKeys.of("cancel", "q").wake, "1")
+        first.cancel()
+        t = time.monotonic()
+        await asyncio.wait_for(second, 1)
+        assert time.monotonic() - t < 0.3
+        await asyncio.gather(first, return_exceptions=True)
+    finally:
+        raw.close()
+        await a.close()
+        await b.close()
