@@ -37,3 +37,13 @@ def work(key: str, seconds: float = 0.0) -> None:
 @app.task(queue="q", name="noop")
 async def noop(key: str) -> None:
     record("end", key)
+
+
+@app.task(queue="q", name="crash")
+async def crash(key: str) -> None:
+    """A short async task for the kill-every-2s crash test."""
+    import asyncio
+
+    record("start", key)
+    await asyncio.sleep(float(os.environ.get("PROC_CRASH_SLEEP", "0.02")))
+    record("end", key)

@@ -151,5 +151,5 @@ def test_max_concurrent_holds_across_two_processes(harness):
     for _, d in marks:
         live += d
         peak = max(peak, live)
+    # each worker alone could run 4 at once: a cap enforced per worker would show 4 here
     assert peak == 2, peak
-    assert len({e[2] for e in ev}) == 2  # both processes did work
