@@ -103,6 +103,8 @@ class Worker:
         self._slot_free: asyncio.Event | None = None
         self._ack_wanted: asyncio.Event | None = None
         self._closed = asyncio.Event()
+        self._down_since: float | None = None
+        self._backoff = 0.0
         self._threads = ThreadPool(concurrency)
         self._policies = {q: app._policy(q) for q in self.queues}
 
@@ -152,7 +154,9 @@ class Worker:
                     # inside a driver call could be swallowed there and hang the group.
                     self._closed.set()
                     self._ack_wanted.set()
-            await self._flush()
+            if not await self._flush():
+                log.warning("broker unreachable at shutdown: %d acks not recorded; those "
+                            "tasks will run again after their lease", len(self._acks))
             await self._flush_metrics()
         finally:
             self.app._loop_brokers.pop(loop, None)
@@ -175,9 +179,12 @@ class Worker:
                 try:
                     claimed = await broker.claim(self.queues, min(free, CLAIM_BATCH))
                 except BrokerError as exc:
-                    log.warning("claim failed, retrying in 1s: %s", exc)
-                    await self._sleep_or_stop(1.0)
+                    await self._sleep_or_stop(self._outage(exc))
                     continue
+                if self._down_since is not None:
+                    log.warning("broker reachable again after %.1fs; claiming resumed",
+                                time.monotonic() - self._down_since)
+                    self._down_since, self._backoff = None, 0.0
                 if claimed:
                     self.stats.claimed += len(claimed)
                     for c in claimed:
@@ -188,10 +195,23 @@ class Worker:
                     await asyncio.sleep(0)  # let the handlers we just started run
                     continue
                 if self.burst and not self._running:
-                    await self._flush()
-                    if await self._queues_empty():
-                        return
+                    try:
+                        if await self._flush() and await self._queues_empty():
+                            return
+                    except BrokerError as exc:
+                        await self._sleep_or_stop(self._outage(exc))
+                        continue
             await self._idle(free > 0)
+
+    def _outage(self, exc: BrokerError) -> float:
+        """One log line when the broker goes away (and one when it is back), not one per
+        retry; retries back off from 0.1 s to 2 s."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("broker unreachable, retrying with backoff (running tasks go on; "
+                        "their acks wait): %s", exc)
+        self._backoff = min(2.0, max(0.1, self._backoff * 2))
+        return self._backoff
 
     async def _idle(self, can_claim: bool) -> None:
         """Sleep until a slot frees, new work may be there, or we are asked to stop."""
@@ -203,11 +223,17 @@ class Worker:
             timeout = 0.05 if self.burst else 1.0
             waiters.append(asyncio.ensure_future(self._broker.wait(self.queues, timeout)))
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+        for w in done:
+            exc = w.exception() if not w.cancelled() else None
+            if isinstance(exc, BrokerError):
+                await self._sleep_or_stop(self._outage(exc))
+            elif exc is not None:
+                raise exc
 
     async def _queues_empty(self) -> bool:
         assert self._broker
@@ -364,14 +390,16 @@ class Worker:
         self._forget(run)
         self.stats.retried += 1
         if not run.lost:
-            self._spawn_verdict(self._broker.retry(c.lease, delay, _trim(error)))  # type: ignore[union-attr]
+            lease, err = c.lease, _trim(error)
+            self._spawn_verdict(lambda: self._broker.retry(lease, delay, err))  # type: ignore[union-attr]
         self.hooks.retried(c, delay, error)
 
     def _finish_dead(self, run: _Running, error: str, tb: str) -> None:
         self._forget(run)
         self.stats.dead += 1
         if not run.lost:
-            self._spawn_verdict(self._broker.dead_letter(run.claim.lease, _trim(error), tb))  # type: ignore[union-attr]
+            lease, err = run.claim.lease, _trim(error)
+            self._spawn_verdict(lambda: self._broker.dead_letter(lease, err, tb))  # type: ignore[union-attr]
         self.hooks.dead(run.claim, error)
 
     def _forget(self, run: _Running) -> None:
@@ -380,38 +408,51 @@ class Worker:
             run.info.cancel()  # release the context's deadline timer
         self._slot_free.set()  # type: ignore[union-attr]
 
-    def _spawn_verdict(self, coro: Any) -> None:
+    def _spawn_verdict(self, send: Any) -> None:
         # Retries and dead letters are rare; they go out at once, in order, before the
-        # next flush of acks, so they are never lost behind a batch.
-        self._pending_verdicts.append(coro)
+        # next flush of acks, and are kept (as factories, so they can be sent again)
+        # while the broker is unreachable.
+        self._pending_verdicts.append(send)
         self._ack_wanted.set()  # type: ignore[union-attr]
 
     # -- background jobs ------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
         assert self._ack_wanted
+        pause = 0.0
         while not self._closed.is_set():
             await self._ack_wanted.wait()
             self._ack_wanted.clear()
-            await self._flush()
+            if await self._flush():
+                pause = 0.0
+            else:  # the broker is away: keep the acks and try again, backing off
+                pause = min(2.0, max(0.1, pause * 2))
+                await self._sleep_or_stop(pause)
+                self._ack_wanted.set()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Send pending verdicts and acks; False (keeping what failed) if the broker is
+        unreachable. An ack that arrives after its lease expired is ignored by the broker,
+        so retrying is always safe."""
         broker = self._broker
         assert broker is not None
         while self._pending_verdicts:
-            coro = self._pending_verdicts.pop(0)
+            coro = self._pending_verdicts[0]
             try:
-                await coro
+                await coro()
             except BrokerError as exc:
-                log.warning("could not record a task's verdict (its lease will expire and "
-                            "it will run again): %s", exc)
+                log.debug("verdict not recorded yet: %s", exc)
+                return False
+            self._pending_verdicts.pop(0)
         while self._acks:
             batch, self._acks = self._acks, []
             try:
                 await broker.ack(batch)
             except BrokerError as exc:
-                log.warning("ack of %d tasks failed (they will run again after their "
-                            "lease): %s", len(batch), exc)
+                self._acks = batch + self._acks
+                log.debug("ack of %d tasks not recorded yet: %s", len(batch), exc)
+                return False
+        return True
 
     async def _heartbeat_loop(self) -> None:
         broker = self._broker
@@ -428,7 +469,7 @@ class Worker:
             try:
                 held = await broker.extend([r.claim.lease for r in runs])
             except BrokerError as exc:
-                log.warning("heartbeat failed (will retry): %s", exc)
+                self._outage(exc)  # logged once per outage; the claim loop logs recovery
                 continue
             for r, ok in zip(runs, held, strict=True):
                 if not ok and not r.lost:
