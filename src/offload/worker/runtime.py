@@ -103,6 +103,7 @@ class Worker:
         self._slot_free: asyncio.Event | None = None
         self._ack_wanted: asyncio.Event | None = None
         self._closed = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._down_since: float | None = None
         self._backoff = 0.0
         self._threads = ThreadPool(concurrency)
@@ -434,6 +435,10 @@ class Worker:
         """Send pending verdicts and acks; False (keeping what failed) if the broker is
         unreachable. An ack that arrives after its lease expired is ignored by the broker,
         so retrying is always safe."""
+        async with self._flush_lock:  # the flusher and a burst worker's check may race
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
         broker = self._broker
         assert broker is not None
         while self._pending_verdicts:
