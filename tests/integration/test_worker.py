@@ -439,3 +439,29 @@ def test_send_with_a_context_inherits_its_deadline(broker_url):
     assert env.id == h.id
     assert t_before + 1.5 < env_deadline < t_before + 2.5  # the earlier of the two
     app.close()
+
+
+def test_an_idle_worker_wakes_within_milliseconds(broker_url):
+    app = make_app(broker_url)
+    lags: list[float] = []
+
+    @app.task(queue="q", name="ping")
+    async def ping(sent: float) -> None:
+        lags.append(time.time() - sent)
+
+    async def main():
+        w = Worker(app, concurrency=4)
+        t = asyncio.ensure_future(w.run())
+        await asyncio.sleep(0.5)  # idle: blocked in the broker's wait, not polling
+        for _ in range(20):
+            await ping.send_async(time.time())
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(0.2)
+        w.stop()
+        await t
+
+    asyncio.run(main())
+    lags.sort()
+    assert len(lags) == 20
+    assert lags[10] < 0.02 and lags[-1] < 0.25, lags
+    app.close()
