@@ -58,7 +58,8 @@ def main() -> int:
         f"front: {len(users)} signup requests ({len(users) - opts.users} double-submits) "
         f"in {front_s:.2f}s; enqueue time per request p50 "
         f"{latencies[len(latencies) // 2] * 1e3:.2f} ms, p99 "
-        f"{latencies[int(len(latencies) * 0.99)] * 1e3:.2f} ms")
+        f"{latencies[int(len(latencies) * 0.99)] * 1e3:.2f} ms"
+    )
 
     # 2. A worker drains every queue, then exits (burst).
     t0 = time.perf_counter()
@@ -77,36 +78,53 @@ def main() -> int:
         if p.max_concurrent:
             pol.append(f"max {p.max_concurrent} at once")
         pol.append(f"retry limit {p.retry.limit}")
-        table.add_row(name, str(s.ready), str(s.scheduled), str(s.leased), str(s.dead),
-                      ", ".join(pol))
+        table.add_row(
+            name, str(s.ready), str(s.scheduled), str(s.leased), str(s.dead), ", ".join(pol)
+        )
     console.print(table)
 
     mt = Table(title="measured per task function")
     for col in ("task", "runs", "failures", "wall avg ms", "cpu avg ms"):
         mt.add_column(col, justify="left" if col == "task" else "right")
     for m in sorted(app.metrics(), key=lambda m: m.task):
-        mt.add_row(m.task, str(m.count), str(m.failures),
-                   f"{m.wall_total / m.count * 1e3:.1f}", f"{m.cpu_total / m.count * 1e3:.1f}")
+        mt.add_row(
+            m.task,
+            str(m.count),
+            str(m.failures),
+            f"{m.wall_total / m.count * 1e3:.1f}",
+            f"{m.cpu_total / m.count * 1e3:.1f}",
+        )
     console.print(mt)
 
     dead = app.dead_letters("payments")
-    console.print(f"worker: {stats.claimed} claims, {stats.succeeded} succeeded, "
-                  f"{stats.retried} retries, {stats.dead} dead-lettered")
+    console.print(
+        f"worker: {stats.claimed} claims, {stats.succeeded} succeeded, "
+        f"{stats.retried} retries, {stats.dead} dead-lettered"
+    )
     emails = opts.users
-    console.print(f"named tasks: {len(users) - emails} double-submits charged and welcomed "
-                  "once (de-duplicated at send)")
-    console.print(f"emails: {emails} welcome emails through a "
-                  f"20/s queue: at least {(emails - 5) / 20:.1f}s by the token bucket")
+    console.print(
+        f"named tasks: {len(users) - emails} double-submits charged and welcomed "
+        "once (de-duplicated at send)"
+    )
+    console.print(
+        f"emails: {emails} welcome emails through a "
+        f"20/s queue: at least {(emails - 5) / 20:.1f}s by the token bucket"
+    )
     for d in dead[:3]:
-        console.print(f"  dead letter: {d.task}{tuple(d.args or ())} after {d.attempts} "
-                      f"attempts: {d.error}", highlight=False)
+        console.print(
+            f"  dead letter: {d.task}{tuple(d.args or ())} after {d.attempts} attempts: {d.error}",
+            highlight=False,
+        )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    console.print(f"peak RSS of this process: {peak_mb:.0f} MB (index_document holds "
-                  f"{demo_app.INDEX_MB} MB per run, at most 2 at once: the job to move to a "
-                  "high-memory pool)")
+    console.print(
+        f"peak RSS of this process: {peak_mb:.0f} MB (index_document holds "
+        f"{demo_app.INDEX_MB} MB per run, at most 2 at once: the job to move to a "
+        "high-memory pool)"
+    )
     app.close()
-    leftover = sum(app.stats(q).ready + app.stats(q).scheduled + app.stats(q).leased
-                   for q in app.queues)
+    leftover = sum(
+        app.stats(q).ready + app.stats(q).scheduled + app.stats(q).leased for q in app.queues
+    )
     app.close()
     if tmp is not None:
         tmp.cleanup()

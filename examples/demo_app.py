@@ -24,10 +24,20 @@ from offload import App, Fail, Retry, current_task
 
 app = App("demo", broker=os.environ.get("OFFLOAD_BROKER", "sqlite:///demo.db"))
 
-app.queue("emails", rate="20/s", bucket_size=5, max_concurrent=4, lease=30,
-          retry=Retry(limit=3, min_backoff=0.1, max_backoff=1.0, max_doublings=2))
-app.queue("payments", max_concurrent=8, lease=30,
-          retry=Retry(limit=6, min_backoff=0.05, max_backoff=0.5, max_doublings=3))
+app.queue(
+    "emails",
+    rate="20/s",
+    bucket_size=5,
+    max_concurrent=4,
+    lease=30,
+    retry=Retry(limit=3, min_backoff=0.1, max_backoff=1.0, max_doublings=2),
+)
+app.queue(
+    "payments",
+    max_concurrent=8,
+    lease=30,
+    retry=Retry(limit=6, min_backoff=0.05, max_backoff=0.5, max_doublings=3),
+)
 app.queue("indexing", max_concurrent=2, lease=60)
 
 INDEX_MB = int(os.environ.get("DEMO_INDEX_MB", "64"))
@@ -74,8 +84,7 @@ def front_signup(user_id: int) -> None:
     index_document.send(user_id)  # re-indexing twice is harmless: no name needed
     try:
         # Named: a double-submitted form charges once and welcomes once.
-        charge_card.send_with(args=(user_id,), kwargs={"cents": 1999},
-                              name=f"charge-{user_id}")
+        charge_card.send_with(args=(user_id,), kwargs={"cents": 1999}, name=f"charge-{user_id}")
         send_welcome.send_with(args=(user_id, email), name=f"welcome-{user_id}")
     except TaskAlreadyExists:
         pass  # the first submission's tasks are already on their way

@@ -86,8 +86,13 @@ class App:
     ) -> QueuePolicy:
         """Declare (or redeclare) a queue and its policy; enforced by the broker globally."""
         policy = QueuePolicy(
-            name, rate=rate, bucket_size=bucket_size, max_concurrent=max_concurrent,
-            lease=lease, retry=RetryPolicy.from_retry(retry), dedup_window=dedup_window,
+            name,
+            rate=rate,
+            bucket_size=bucket_size,
+            max_concurrent=max_concurrent,
+            lease=lease,
+            retry=RetryPolicy.from_retry(retry),
+            dedup_window=dedup_window,
         )
         with self._lock:
             self._queues[name] = policy
@@ -243,8 +248,20 @@ class App:
                 task, args, kwargs = env.task, env.args, env.kwargs
             except (msgspec.DecodeError, msgspec.ValidationError):
                 pass
-            out.append(DeadLetterInfo(d.id, d.queue, d.name, task, d.attempts, d.error,
-                                      d.traceback, d.failed_at, args, kwargs))
+            out.append(
+                DeadLetterInfo(
+                    d.id,
+                    d.queue,
+                    d.name,
+                    task,
+                    d.attempts,
+                    d.error,
+                    d.traceback,
+                    d.failed_at,
+                    args,
+                    kwargs,
+                )
+            )
         return out
 
     def requeue_dead(self, queue: str, id: str | None = None) -> int:

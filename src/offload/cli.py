@@ -42,15 +42,17 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise _bad("MODULE:APP", f"{spec!r}: no module named {exc.name!r} (run from the "
-                       "directory that contains it, or set PYTHONPATH)") from None
+            raise _bad(
+                "MODULE:APP",
+                f"{spec!r}: no module named {exc.name!r} (run from the "
+                "directory that contains it, or set PYTHONPATH)",
+            ) from None
         raise
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise _bad("MODULE:APP", f"{spec!r}: module {module_name!r} has no attribute "
-                                     f"{attr!r}")
+            raise _bad("MODULE:APP", f"{spec!r}: module {module_name!r} has no attribute {attr!r}")
     if not isinstance(obj, App):
         raise _bad("MODULE:APP", f"{spec!r} is a {type(obj).__name__}, not an offload.App")
     return obj
@@ -98,34 +100,64 @@ def _queue_list(app: App, queues: str | None) -> list[str] | None:
     return names
 
 
-def _run_worker(app: App, queues: list[str] | None, concurrency: int, grace: float,
-                burst: bool) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s", stream=sys.stderr)
-    worker = Worker(app, queues=queues, concurrency=concurrency, grace=grace, burst=burst,
-                    install_signal_handlers=True)
+def _run_worker(
+    app: App, queues: list[str] | None, concurrency: int, grace: float, burst: bool
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    worker = Worker(
+        app,
+        queues=queues,
+        concurrency=concurrency,
+        grace=grace,
+        burst=burst,
+        install_signal_handlers=True,
+    )
     names = ", ".join(worker.queues)
     logging.getLogger("offload.worker").info(
-        "worker pid %d on %s, queues: %s, concurrency %d", os.getpid(), app.broker_url, names,
-        concurrency)
+        "worker pid %d on %s, queues: %s, concurrency %d",
+        os.getpid(),
+        app.broker_url,
+        names,
+        concurrency,
+    )
     t0 = time.monotonic()
     stats = asyncio.run(worker.run())
     took = time.monotonic() - t0
     logging.getLogger("offload.worker").info(
         "stopped after %.1fs: %d claimed, %d succeeded, %d retried, %d dead, %d released",
-        took, stats.claimed, stats.succeeded, stats.retried, stats.dead, stats.released)
+        took,
+        stats.claimed,
+        stats.succeeded,
+        stats.retried,
+        stats.dead,
+        stats.released,
+    )
 
 
 @main.command()
 @app_arg
 @click.option("--queues", "-q", help="Comma-separated queues to serve (default: all).")
-@click.option("--concurrency", "-c", default=32, show_default=True, type=click.IntRange(1),
-              help="Tasks in flight at once.")
-@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0),
-              help="Seconds running tasks get to finish on SIGTERM.")
+@click.option(
+    "--concurrency",
+    "-c",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tasks in flight at once.",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds running tasks get to finish on SIGTERM.",
+)
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
-def worker(app_spec: str, queues: str | None, concurrency: int, grace: float,
-           burst: bool) -> None:
+def worker(app_spec: str, queues: str | None, concurrency: int, grace: float, burst: bool) -> None:
     """Run a worker for some or all of the app's queues."""
     app = load_app(app_spec)
     _run_worker(app, _queue_list(app, queues), concurrency, grace, burst)
@@ -144,21 +176,30 @@ def run(app_spec: str, concurrency: int, grace: float) -> None:
 @main.command()
 @app_arg
 @click.argument("task")
-@click.option("--args", "args_json", help='Positional arguments as a JSON array: \'["a", 1]\'.')
-@click.option("--kwargs", "kwargs_json", help='Keyword arguments as a JSON object.')
+@click.option("--args", "args_json", help="Positional arguments as a JSON array: '[\"a\", 1]'.")
+@click.option("--kwargs", "kwargs_json", help="Keyword arguments as a JSON object.")
 @click.option("--name", help="Unique task name (de-duplicates).")
 @click.option("--delay", type=click.FloatRange(0), help="Seconds before it may run.")
 @click.option("--queue", help="Send to this queue instead of the task's own.")
-def send(app_spec: str, task: str, args_json: str | None, kwargs_json: str | None,
-         name: str | None, delay: float | None, queue: str | None) -> None:
+def send(
+    app_spec: str,
+    task: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    name: str | None,
+    delay: float | None,
+    queue: str | None,
+) -> None:
     """Enqueue one call of TASK (its registered name, e.g. myapp.tasks.send_email)."""
     app = load_app(app_spec)
     args = _json_arg(args_json, "--args", list)
     kwargs = _json_arg(kwargs_json, "--kwargs", dict)
     tf = _find_task(app, task)
     h = tf.send_with(args, kwargs, name=name, delay=delay, queue=queue)
-    console.print(f"enqueued {h.task} as {h.id} on queue {h.queue}"
-                  + (f" (name {h.name})" if h.name else ""), highlight=False)
+    console.print(
+        f"enqueued {h.task} as {h.id} on queue {h.queue}" + (f" (name {h.name})" if h.name else ""),
+        highlight=False,
+    )
 
 
 def _find_task(app: App, task: str):
@@ -180,25 +221,54 @@ def queues(app_spec: str, as_json: bool) -> None:
     rows = []
     for name, p in sorted(app.queues.items()):
         s = app.stats(name)
-        rows.append({"queue": name, "ready": s.ready, "scheduled": s.scheduled,
-                     "leased": s.leased, "dead": s.dead, "paused": s.paused,
-                     "rate": p.rate, "bucket": p.bucket, "max_concurrent": p.max_concurrent,
-                     "lease": p.lease, "retry_limit": p.retry.limit})
+        rows.append(
+            {
+                "queue": name,
+                "ready": s.ready,
+                "scheduled": s.scheduled,
+                "leased": s.leased,
+                "dead": s.dead,
+                "paused": s.paused,
+                "rate": p.rate,
+                "bucket": p.bucket,
+                "max_concurrent": p.max_concurrent,
+                "lease": p.lease,
+                "retry_limit": p.retry.limit,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"{app.name} on {app.broker_url}")
-    for col in ("queue", "ready", "sched", "leased", "dead", "paused", "rate/s", "max conc",
-                "lease s", "retries"):
+    for col in (
+        "queue",
+        "ready",
+        "sched",
+        "leased",
+        "dead",
+        "paused",
+        "rate/s",
+        "max conc",
+        "lease s",
+        "retries",
+    ):
         if col == "queue":
             table.add_column(col, no_wrap=True, min_width=max(len(r["queue"]) for r in rows))
         else:
             table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["queue"], str(r["ready"]), str(r["scheduled"]), str(r["leased"]),
-                      str(r["dead"]), "yes" if r["paused"] else "",
-                      _fmt(r["rate"]), _fmt(r["max_concurrent"]), _fmt(r["lease"]),
-                      _fmt(r["retry_limit"]))
+        table.add_row(
+            r["queue"],
+            str(r["ready"]),
+            str(r["scheduled"]),
+            str(r["leased"]),
+            str(r["dead"]),
+            "yes" if r["paused"] else "",
+            _fmt(r["rate"]),
+            _fmt(r["max_concurrent"]),
+            _fmt(r["lease"]),
+            _fmt(r["retry_limit"]),
+        )
     console.print(table)
 
 
@@ -220,11 +290,26 @@ def dead(app_spec: str, queue: str, limit: int, as_json: bool) -> None:
     app = load_app(app_spec)
     items = app.dead_letters(queue, limit)
     if as_json:
-        click.echo(json.dumps([{"id": d.id, "name": d.name, "task": d.task,
-                                "attempts": d.attempts, "error": d.error,
-                                "traceback": d.traceback, "failed_at": d.failed_at,
-                                "args": d.args, "kwargs": d.kwargs} for d in items],
-                              indent=2, default=repr))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": d.id,
+                        "name": d.name,
+                        "task": d.task,
+                        "attempts": d.attempts,
+                        "error": d.error,
+                        "traceback": d.traceback,
+                        "failed_at": d.failed_at,
+                        "args": d.args,
+                        "kwargs": d.kwargs,
+                    }
+                    for d in items
+                ],
+                indent=2,
+                default=repr,
+            )
+        )
         return
     console.print(f"[bold]{len(items)} dead letter(s) in {queue}[/bold]")
     for d in items:
@@ -296,21 +381,33 @@ def delete(app_spec: str, queue: str, task_id: str | None, name: str | None) -> 
 def metrics(app_spec: str, as_json: bool) -> None:
     """Per task function: runs, failures, wall and CPU time measured by the workers."""
     ms = load_app(app_spec).metrics()
-    rows = [{"task": m.task, "count": m.count, "failures": m.failures,
-             "wall_avg": m.wall_total / m.count if m.count else 0.0, "wall_max": m.wall_max,
-             "cpu_avg": m.cpu_total / m.count if m.count else 0.0, "cpu_max": m.cpu_max}
-            for m in sorted(ms, key=lambda m: m.task)]
+    rows = [
+        {
+            "task": m.task,
+            "count": m.count,
+            "failures": m.failures,
+            "wall_avg": m.wall_total / m.count if m.count else 0.0,
+            "wall_max": m.wall_max,
+            "cpu_avg": m.cpu_total / m.count if m.count else 0.0,
+            "cpu_max": m.cpu_max,
+        }
+        for m in sorted(ms, key=lambda m: m.task)
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="task metrics")
     for col in ("task", "count", "failures", "wall avg ms", "wall max ms", "cpu avg ms"):
-        table.add_column(col, justify="left" if col == "task" else "right",
-                         no_wrap=col == "task")
+        table.add_column(col, justify="left" if col == "task" else "right", no_wrap=col == "task")
     for r in rows:
-        table.add_row(r["task"], str(r["count"]), str(r["failures"]),
-                      f"{r['wall_avg'] * 1e3:.2f}", f"{r['wall_max'] * 1e3:.2f}",
-                      f"{r['cpu_avg'] * 1e3:.2f}")
+        table.add_row(
+            r["task"],
+            str(r["count"]),
+            str(r["failures"]),
+            f"{r['wall_avg'] * 1e3:.2f}",
+            f"{r['wall_max'] * 1e3:.2f}",
+            f"{r['cpu_avg'] * 1e3:.2f}",
+        )
     console.print(table)
 
 

@@ -43,11 +43,28 @@ class TaskHandle:
 class TaskInfo:
     """What a running handler knows about its own task (see :func:`current_task`)."""
 
-    __slots__ = ("_cancelled", "_ctx", "_deadline", "attempt", "headers", "id", "name",
-                 "queue", "task")
+    __slots__ = (
+        "_cancelled",
+        "_ctx",
+        "_deadline",
+        "attempt",
+        "headers",
+        "id",
+        "name",
+        "queue",
+        "task",
+    )
 
-    def __init__(self, id: str, task: str, queue: str, name: str | None, attempt: int,
-                 headers: dict[str, str] | None = None, deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        task: str,
+        queue: str,
+        name: str | None,
+        attempt: int,
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.id = id
         self.task = task
         self.queue = queue
@@ -59,8 +76,10 @@ class TaskInfo:
         self._cancelled = False
 
     def __repr__(self) -> str:
-        return (f"TaskInfo(id={self.id!r}, task={self.task!r}, queue={self.queue!r}, "
-                f"name={self.name!r}, attempt={self.attempt})")
+        return (
+            f"TaskInfo(id={self.id!r}, task={self.task!r}, queue={self.queue!r}, "
+            f"name={self.name!r}, attempt={self.attempt})"
+        )
 
     @property
     def retries(self) -> int:
@@ -76,8 +95,9 @@ class TaskInfo:
             from . import chan
 
             if self._deadline is not None:
-                ctx, cancel = chan.with_timeout(chan.background(),
-                                                max(0.0, self._deadline - time.time()))
+                ctx, cancel = chan.with_timeout(
+                    chan.background(), max(0.0, self._deadline - time.time())
+                )
             else:
                 ctx, cancel = chan.with_cancel(chan.background())
             self._ctx = (ctx, cancel)
@@ -169,11 +189,22 @@ class TaskFunction:
                 if deadline is None:
                     deadline = _dt.datetime.fromtimestamp(ctx_deadline, _dt.UTC)
                 else:
-                    as_epoch = (_env.to_epoch(deadline) if isinstance(deadline, _dt.datetime)
-                                else time.time() + float(deadline))
+                    as_epoch = (
+                        _env.to_epoch(deadline)
+                        if isinstance(deadline, _dt.datetime)
+                        else time.time() + float(deadline)
+                    )
                     deadline = _dt.datetime.fromtimestamp(min(as_epoch, ctx_deadline), _dt.UTC)
-        new = self.build(args, kwargs, name=name, delay=delay, eta=eta, queue=queue,
-                         headers=headers, deadline=deadline)
+        new = self.build(
+            args,
+            kwargs,
+            name=name,
+            delay=delay,
+            eta=eta,
+            queue=queue,
+            headers=headers,
+            deadline=deadline,
+        )
         created = self.app._enqueue([new], connection=connection)
         if not created[0]:
             raise TaskAlreadyExists(
@@ -238,8 +269,7 @@ class TaskFunction:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise BadArguments(
-                f"{self.name}{self.signature}: {exc} (sent args={list(args)!r}, "
-                f"kwargs={kwargs!r})"
+                f"{self.name}{self.signature}: {exc} (sent args={list(args)!r}, kwargs={kwargs!r})"
             ) from None
         qname = queue or self.queue
         self.app._policy(qname)  # raises UnknownQueue with the list of queues
@@ -254,8 +284,14 @@ class TaskFunction:
         eta_s = _env.to_epoch(eta) if eta is not None else None
         hdrs = _inherit_headers(headers, deadline)
         env = _env.Envelope(
-            id=_env.new_id(), task=self.name, queue=qname, args=list(args), kwargs=kwargs,
-            name=name, headers=hdrs, sent_at=time.time(),
+            id=_env.new_id(),
+            task=self.name,
+            queue=qname,
+            args=list(args),
+            kwargs=kwargs,
+            name=name,
+            headers=hdrs,
+            sent_at=time.time(),
         )
         return NewTask(env.id, qname, _env.encode(env), name, eta_s, float(delay or 0.0))
 

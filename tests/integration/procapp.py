@@ -12,8 +12,9 @@ app = App("proc", broker=os.environ.get("OFFLOAD_BROKER", "sqlite:///proc.db"))
 app.queue(
     "q",
     lease=float(os.environ.get("PROC_LEASE", "1.0")),
-    max_concurrent=int(os.environ["PROC_MAX_CONCURRENT"]) if os.environ.get(
-        "PROC_MAX_CONCURRENT") else None,
+    max_concurrent=int(os.environ["PROC_MAX_CONCURRENT"])
+    if os.environ.get("PROC_MAX_CONCURRENT")
+    else None,
     retry=Retry(limit=10, min_backoff=0.05, max_backoff=0.2),
 )
 

@@ -51,7 +51,8 @@ def test_kill_9_every_two_seconds_loses_nothing(harness):  # noqa: F811
     ends_by: dict[str, list[int]] = {}
     for ev, key, pid, t, _attempt in h.events():
         (starts if ev == "start" else ends_by).setdefault(key, []).append(
-            (pid, t) if ev == "start" else pid)
+            (pid, t) if ev == "start" else pid
+        )
     assert set(ends_by) == set(keys)  # none lost
     twice = {k: v for k, v in starts.items() if len(v) > 1}
     for key, runs in twice.items():

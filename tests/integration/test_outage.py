@@ -88,11 +88,12 @@ def test_postgres_backends_terminated_mid_run(tmp_path):
             n = conn.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND backend_type = 'client backend'").fetchone()[0]
+                "AND backend_type = 'client backend'"
+            ).fetchone()[0]
         assert n >= 2
 
     try:
-        ok, failed, outputs = _run_outage(h, terminate)
+        ok, failed, _outputs = _run_outage(h, terminate)
     finally:
         h.close()
         from tests.conftest import _drop_pg_schema

@@ -44,7 +44,10 @@ class Harness:
     def worker(self, *args: str) -> subprocess.Popen:
         p = subprocess.Popen(
             [sys.executable, "-m", "offload", "worker", "tests.integration.procapp:app", *args],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         self.procs.append(p)
         return p
@@ -145,8 +148,7 @@ def test_max_concurrent_holds_across_two_processes(harness):
     assert a.wait(60) == 0 and b.wait(60) == 0
     ev = h.events()
     assert len([e for e in ev if e[0] == "end"]) == 12
-    marks = sorted([(e[3], 1 if e[0] == "start" else -1) for e in ev],
-                   key=lambda m: (m[0], m[1]))
+    marks = sorted([(e[3], 1 if e[0] == "start" else -1) for e in ev], key=lambda m: (m[0], m[1]))
     live = peak = 0
     for _, d in marks:
         live += d

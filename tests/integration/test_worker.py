@@ -37,8 +37,7 @@ def test_async_and_sync_handlers_run_and_see_their_task(broker_url):
     @app.task(queue="q", name="s")
     def s(x: int, *, y: str = "") -> None:
         info = current_task()
-        seen.append(("s", x + len(y), info.name, info.attempt,
-                     threading.current_thread().name))
+        seen.append(("s", x + len(y), info.name, info.attempt, threading.current_thread().name))
 
     a.send(1)
     s.send_with(args=(2,), kwargs={"y": "ab"}, name="named-s")
@@ -55,8 +54,9 @@ def test_async_and_sync_handlers_run_and_see_their_task(broker_url):
 
 
 def test_retry_gaps_follow_the_backoff_formula(broker_url):
-    app = make_app(broker_url, retry=Retry(limit=3, min_backoff=0.2, max_backoff=0.5,
-                                           max_doublings=1))
+    app = make_app(
+        broker_url, retry=Retry(limit=3, min_backoff=0.2, max_backoff=0.5, max_doublings=1)
+    )
     starts: list[float] = []
 
     @app.task(queue="q", name="flaky")
@@ -136,9 +136,11 @@ def test_a_type_error_inside_the_handler_is_retried_not_a_bad_call(broker_url, i
         return len(x)  # TypeError raised inside the handler: its own bug, retried
 
     if is_async:
+
         async def handler(x: int) -> None:
             body(x)
     else:
+
         def handler(x: int) -> None:
             body(x)
 
@@ -181,8 +183,12 @@ def test_garbage_payload_is_dead_lettered_and_the_worker_goes_on(broker_url):
     async def inject():
         b = broker_from_url(broker_url)
         await b.open()
-        await b.enqueue([NewTask("garbage1", "q", b"\xc1\x00not msgpack"),
-                         NewTask("garbage2", "q", b"\x93\x01\x02\x03")])
+        await b.enqueue(
+            [
+                NewTask("garbage1", "q", b"\xc1\x00not msgpack"),
+                NewTask("garbage2", "q", b"\x93\x01\x02\x03"),
+            ]
+        )
         await b.close()
 
     asyncio.run(inject())

@@ -52,16 +52,22 @@ def test_layers_only_import_downwards():
             if isinstance(node, ast.ImportFrom) and node.level > 0:
                 depth = len(rel.parts) - 1
                 parts = list(rel.parts[:-1])[: max(0, depth - (node.level - 1))]
-                target = (parts + (node.module or "").split("."))[0] if parts else (
-                    node.module or "").split(".")[0]
+                target = (
+                    (parts + (node.module or "").split("."))[0]
+                    if parts
+                    else (node.module or "").split(".")[0]
+                )
                 if not target:
                     continue
                 tl = _layer(pathlib.Path(target + ".py")) if target else layer
                 if tl not in allowed:
                     bad.append(f"{rel}:{node.lineno} ({layer}) imports {target} ({tl})")
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                        else [node.module or ""])
+                mods = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
                 for m in mods:
                     if m.startswith("offload."):
                         target = m.split(".")[1]

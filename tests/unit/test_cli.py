@@ -67,26 +67,32 @@ def test_send_queues_dead_requeue_pause_purge(cli):
     assert json.loads(r.output)[0]["task"] == "cli.send_email"
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["queues", "tests.nope:app"], "no module named 'tests.nope'"),
-    (["queues", "tests.cliapp:missing"], "has no attribute 'missing'"),
-    (["queues", "tests.cliapp:not_an_app"], "not an offload.App"),
-    (["send", APP, "nosuch"], "task 'nosuch' is not registered"),
-    (["send", APP, "send_email", "--args", "[oops"], "invalid JSON '[oops'"),
-    (["send", APP, "send_email", "--args", '{"a": 1}'], "must be a JSON array"),
-    (["send", APP, "send_email", "--kwargs", "[1]"], "must be a JSON object"),
-    (["send", APP, "send_email", "--args", "[]"], "missing a required argument: 'to'"),
-    (["send", APP, "send_email", "--args", '["x"]', "--queue", "nope"], "'nope' is not declared"),
-    (["send", APP, "send_email", "--args", '["x"]', "--delay", "-1"], "-1"),
-    (["pause", APP, "nope"], "queue 'nope' is not declared"),
-    (["dead", APP, "nope"], "queue 'nope' is not declared"),
-    (["worker", APP, "--queues", "emails,nope"], "queue 'nope' is not declared"),
-    (["worker", APP, "--concurrency", "0"], "0"),
-    (["delete", APP, "emails"], "exactly one of --id or --name"),
-    (["delete", APP, "emails", "--id", "zzz"], "no task 'zzz'"),
-    (["requeue", APP, "emails", "zzz"], "no dead task 'zzz'"),
-    (["queues", "tests.cliapp_badpolicy:app"], "rate '20/x': unit must be s, m or h"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["queues", "tests.nope:app"], "no module named 'tests.nope'"),
+        (["queues", "tests.cliapp:missing"], "has no attribute 'missing'"),
+        (["queues", "tests.cliapp:not_an_app"], "not an offload.App"),
+        (["send", APP, "nosuch"], "task 'nosuch' is not registered"),
+        (["send", APP, "send_email", "--args", "[oops"], "invalid JSON '[oops'"),
+        (["send", APP, "send_email", "--args", '{"a": 1}'], "must be a JSON array"),
+        (["send", APP, "send_email", "--kwargs", "[1]"], "must be a JSON object"),
+        (["send", APP, "send_email", "--args", "[]"], "missing a required argument: 'to'"),
+        (
+            ["send", APP, "send_email", "--args", '["x"]', "--queue", "nope"],
+            "'nope' is not declared",
+        ),
+        (["send", APP, "send_email", "--args", '["x"]', "--delay", "-1"], "-1"),
+        (["pause", APP, "nope"], "queue 'nope' is not declared"),
+        (["dead", APP, "nope"], "queue 'nope' is not declared"),
+        (["worker", APP, "--queues", "emails,nope"], "queue 'nope' is not declared"),
+        (["worker", APP, "--concurrency", "0"], "0"),
+        (["delete", APP, "emails"], "exactly one of --id or --name"),
+        (["delete", APP, "emails", "--id", "zzz"], "no task 'zzz'"),
+        (["requeue", APP, "emails", "zzz"], "no dead task 'zzz'"),
+        (["queues", "tests.cliapp_badpolicy:app"], "rate '20/x': unit must be s, m or h"),
+    ],
+)
 def test_bad_input_is_one_clear_line(cli, args, needle):
     r = cli(*args)
     assert r.exit_code != 0
@@ -95,15 +101,31 @@ def test_bad_input_is_one_clear_line(cli, args, needle):
 
 
 def test_every_command_has_help(cli):
-    for cmd in ("worker", "run", "send", "queues", "dead", "requeue", "pause", "resume",
-                "purge", "delete", "metrics"):
+    for cmd in (
+        "worker",
+        "run",
+        "send",
+        "queues",
+        "dead",
+        "requeue",
+        "pause",
+        "resume",
+        "purge",
+        "delete",
+        "metrics",
+    ):
         r = cli(cmd, "--help")
         assert r.exit_code == 0 and "Usage:" in r.output, cmd
 
 
 def test_console_script_runs(tmp_path):
     env = {**os.environ, "OFFLOAD_BROKER": f"sqlite:///{tmp_path / 'c.db'}"}
-    out = subprocess.run([sys.executable, "-m", "offload", "queues", APP, "--json"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "offload", "queues", APP, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert {q["queue"] for q in json.loads(out.stdout)} == {"default", "emails"}

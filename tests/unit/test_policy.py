@@ -24,8 +24,9 @@ def test_backoff_matches_the_design_example():
     n=st.integers(1, 200),
 )
 def test_backoff_formula_properties(min_b, extra, doublings, n):
-    p = RetryPolicy(limit=None, min_backoff=min_b, max_backoff=min_b + extra,
-                    max_doublings=doublings)
+    p = RetryPolicy(
+        limit=None, min_backoff=min_b, max_backoff=min_b + extra, max_doublings=doublings
+    )
     d = p.backoff(n)
     assert min_b <= d <= p.max_backoff + 1e-9
     # never shrinks
@@ -43,8 +44,12 @@ def test_limit_counts_retries_after_the_first_attempt(limit, retries):
     assert p.exhausted(retries, age=0.0) == (retries >= limit)
 
 
-@given(limit=st.integers(0, 10), age_limit=st.floats(0, 100), retries=st.integers(0, 20),
-       age=st.floats(0, 200))
+@given(
+    limit=st.integers(0, 10),
+    age_limit=st.floats(0, 100),
+    retries=st.integers(0, 20),
+    age=st.floats(0, 200),
+)
 def test_limit_and_age_limit_must_both_be_exceeded(limit, age_limit, retries, age):
     p = RetryPolicy(limit=limit, age_limit=age_limit)
     assert p.exhausted(retries, age) == (retries >= limit and age >= age_limit)
@@ -55,38 +60,56 @@ def test_unlimited_never_exhausts():
 
 
 def test_public_retry_spelling_maps_to_policy():
-    p = RetryPolicy.from_retry(Retry(limit=3, min_backoff=0.1, max_backoff=1.0,
-                                     max_doublings=2, age_limit=None))
+    p = RetryPolicy.from_retry(
+        Retry(limit=3, min_backoff=0.1, max_backoff=1.0, max_doublings=2, age_limit=None)
+    )
     assert (p.limit, p.min_backoff, p.max_backoff, p.max_doublings, p.age_limit) == (
-        3, 0.1, 1.0, 2, None)
+        3,
+        0.1,
+        1.0,
+        2,
+        None,
+    )
     assert RetryPolicy.from_retry(Retry(limit=None)).limit is None
     assert RetryPolicy.from_retry(Retry()).limit == RetryPolicy().limit
 
 
-@pytest.mark.parametrize(("text", "per_s"), [("20/s", 20), ("60/m", 1), ("3600/h", 1),
-                                              ("0.5/s", 0.5), (" 10 / min ", 10 / 60), (7, 7)])
+@pytest.mark.parametrize(
+    ("text", "per_s"),
+    [("20/s", 20), ("60/m", 1), ("3600/h", 1), ("0.5/s", 0.5), (" 10 / min ", 10 / 60), (7, 7)],
+)
 def test_parse_rate(text, per_s):
     assert math.isclose(parse_rate(text), per_s)
 
 
-@pytest.mark.parametrize(("bad", "needle"), [
-    ("20/x", "unit must be s, m or h"), ("fast", "N/s"), ("0/s", "more than zero"),
-    (-1, "more than zero"), (True, "string like"), ([1], "string like"),
-])
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ("20/x", "unit must be s, m or h"),
+        ("fast", "N/s"),
+        ("0/s", "more than zero"),
+        (-1, "more than zero"),
+        (True, "string like"),
+        ([1], "string like"),
+    ],
+)
 def test_bad_rate_names_the_value(bad, needle):
     with pytest.raises(PolicyError, match=needle) as info:
         parse_rate(bad)
     assert repr(bad) in str(info.value)
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"max_concurrent": 0}, "max_concurrent 0"),
-    ({"bucket_size": 0, "rate": "1/s"}, "bucket_size 0"),
-    ({"lease": 0.001}, "lease"),
-    ({"lease": "long"}, "lease 'long'"),
-    ({"dedup_window": -1}, "dedup_window -1"),
-    ({"retry": "yes"}, "retry 'yes'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"max_concurrent": 0}, "max_concurrent 0"),
+        ({"bucket_size": 0, "rate": "1/s"}, "bucket_size 0"),
+        ({"lease": 0.001}, "lease"),
+        ({"lease": "long"}, "lease 'long'"),
+        ({"dedup_window": -1}, "dedup_window -1"),
+        ({"retry": "yes"}, "retry 'yes'"),
+    ],
+)
 def test_bad_policy_values_name_the_field(kwargs, needle):
     with pytest.raises(PolicyError, match=needle):
         QueuePolicy("q", **kwargs)

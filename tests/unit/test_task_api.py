@@ -30,15 +30,19 @@ def test_task_names_default_to_module_qualname(app):
 
 def test_local_functions_need_a_name(app):
     with pytest.raises(Exception, match="inside a function"):
+
         @app.task
         def inner(): ...
 
 
-@pytest.mark.parametrize(("args", "kwargs", "needle"), [
-    ((), {}, "missing a required argument: 'to'"),
-    (("a", "b", "c"), {}, "too many positional"),
-    (("a",), {"nope": 1}, "unexpected keyword"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "needle"),
+    [
+        ((), {}, "missing a required argument: 'to'"),
+        (("a", "b", "c"), {}, "too many positional"),
+        (("a",), {"nope": 1}, "unexpected keyword"),
+    ],
+)
 def test_bad_arguments_fail_at_send(app, args, kwargs, needle):
     @app.task(queue="emails", name="send_email")
     def send_email(to: str, subject: str = "") -> None: ...

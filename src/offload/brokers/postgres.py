@@ -367,10 +367,9 @@ class PostgresBroker:
         # claim+ack cycle stops paying a disk flush per batch.
         if not leases:
             return
-        async with self._conn("acking") as conn:
-            async with conn.pipeline(), conn.transaction():
-                await conn.execute(_ASYNC_COMMIT)
-                await conn.execute(self._q.ack, _lease_params(leases))
+        async with self._conn("acking") as conn, conn.pipeline(), conn.transaction():
+            await conn.execute(_ASYNC_COMMIT)
+            await conn.execute(self._q.ack, _lease_params(leases))
 
     async def retry(self, lease: Lease, delay: float, error: str) -> bool:
         params = {"id": lease.id, "token": lease.token, "delay": float(delay), "error": error}

@@ -15,8 +15,16 @@ from ..errors import PolicyError
 __all__ = ["QueuePolicy", "RetryPolicy", "parse_rate"]
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
-_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
-          "h": 3600.0, "hour": 3600.0}
+_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 
 def parse_rate(rate: str | float | int | None, *, where: str = "rate") -> float | None:
@@ -169,8 +177,9 @@ class QueuePolicy:
             raise PolicyError(f"{where}: lease {self.lease!r} must be at least 0.05 seconds")
         object.__setattr__(self, "lease", lease)
         object.__setattr__(
-            self, "dedup_window", _nonneg(f"{where}: dedup_window", self.dedup_window,
-                                          allow_none=False)
+            self,
+            "dedup_window",
+            _nonneg(f"{where}: dedup_window", self.dedup_window, allow_none=False),
         )
         if not isinstance(self.retry, RetryPolicy):
             object.__setattr__(self, "retry", RetryPolicy.from_retry(self.retry))

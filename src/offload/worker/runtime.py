@@ -156,8 +156,11 @@ class Worker:
                     self._closed.set()
                     self._ack_wanted.set()
             if not await self._flush():
-                log.warning("broker unreachable at shutdown: %d acks not recorded; those "
-                            "tasks will run again after their lease", len(self._acks))
+                log.warning(
+                    "broker unreachable at shutdown: %d acks not recorded; those "
+                    "tasks will run again after their lease",
+                    len(self._acks),
+                )
             await self._flush_metrics()
         finally:
             self.app._loop_brokers.pop(loop, None)
@@ -183,8 +186,10 @@ class Worker:
                     await self._sleep_or_stop(self._outage(exc))
                     continue
                 if self._down_since is not None:
-                    log.warning("broker reachable again after %.1fs; claiming resumed",
-                                time.monotonic() - self._down_since)
+                    log.warning(
+                        "broker reachable again after %.1fs; claiming resumed",
+                        time.monotonic() - self._down_since,
+                    )
                     self._down_since, self._backoff = None, 0.0
                 if claimed:
                     self.stats.claimed += len(claimed)
@@ -209,8 +214,11 @@ class Worker:
         retry; retries back off from 0.1 s to 2 s."""
         if self._down_since is None:
             self._down_since = time.monotonic()
-            log.warning("broker unreachable, retrying with backoff (running tasks go on; "
-                        "their acks wait): %s", exc)
+            log.warning(
+                "broker unreachable, retrying with backoff (running tasks go on; "
+                "their acks wait): %s",
+                exc,
+            )
         self._backoff = min(2.0, max(0.1, self._backoff * 2))
         return self._backoff
 
@@ -218,8 +226,10 @@ class Worker:
         """Sleep until a slot frees, new work may be there, or we are asked to stop."""
         assert self._broker and self._stop_event and self._slot_free
         self._slot_free.clear()
-        waiters = [asyncio.ensure_future(self._stop_event.wait()),
-                   asyncio.ensure_future(self._slot_free.wait())]
+        waiters = [
+            asyncio.ensure_future(self._stop_event.wait()),
+            asyncio.ensure_future(self._slot_free.wait()),
+        ]
         if can_claim:
             timeout = 0.05 if self.burst else 1.0
             waiters.append(asyncio.ensure_future(self._broker.wait(self.queues, timeout)))
@@ -268,9 +278,11 @@ class Worker:
         if c.attempt >= 2 and policy.exhausted(c.attempt - 2, c.now - c.first_attempt_at):
             # Earlier attempts ended without a verdict: the worker running them died.
             self._finish_dead(
-                run, f"retry policy exhausted after {c.attempt - 1} attempts whose worker "
+                run,
+                f"retry policy exhausted after {c.attempt - 1} attempts whose worker "
                 "died or lost its lease before finishing (crash, kill -9, or out of memory?)",
-                "")
+                "",
+            )
             return
         try:
             args, kwargs = tf.convert_args(env.args, env.kwargs)
@@ -362,10 +374,16 @@ class Worker:
             log.warning(
                 "task function %r is not registered in app %r on this worker; releasing "
                 "it for other workers (dead-lettered once its retry policy is exhausted)",
-                name, self.app.name)
+                name,
+                self.app.name,
+            )
         self._finish_retry(
-            run, None, f"unknown task function {name!r}: no worker that claimed it has it "
-            "registered (deploy the code that defines it, or delete the task)", "")
+            run,
+            None,
+            f"unknown task function {name!r}: no worker that claimed it has it "
+            "registered (deploy the code that defines it, or delete the task)",
+            "",
+        )
 
     # -- verdicts ---------------------------------------------------------------------------
 
@@ -384,8 +402,9 @@ class Worker:
         policy = self._policies[c.queue].retry
         age = c.now - c.first_attempt_at + (time.perf_counter() - run.started)
         if policy.exhausted(c.attempt - 1, age):
-            self._finish_dead(run, f"{error} (retry policy exhausted after {c.attempt} "
-                              "attempts)", tb)
+            self._finish_dead(
+                run, f"{error} (retry policy exhausted after {c.attempt} attempts)", tb
+            )
             return
         delay = policy.backoff(c.attempt) if after is None else max(0.0, float(after))
         self._forget(run)
@@ -479,8 +498,11 @@ class Worker:
             for r, ok in zip(runs, held, strict=True):
                 if not ok and not r.lost:
                     r.lost = True
-                    log.warning("lost the lease of task %s (%s); its result will be "
-                                "discarded", r.claim.id, r.task.name if r.task else "?")
+                    log.warning(
+                        "lost the lease of task %s (%s); its result will be discarded",
+                        r.claim.id,
+                        r.task.name if r.task else "?",
+                    )
                     if r.info is not None:
                         r.info.cancel()
 
@@ -516,8 +538,10 @@ class Worker:
             if left <= 0:
                 break
             self._slot_free.clear()
-            waiters = [asyncio.ensure_future(self._slot_free.wait()),
-                       asyncio.ensure_future(self._hurry.wait())]
+            waiters = [
+                asyncio.ensure_future(self._slot_free.wait()),
+                asyncio.ensure_future(self._hurry.wait()),
+            ]
             await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
@@ -535,8 +559,11 @@ class Worker:
                 try:
                     await self._broker.release(leases)  # type: ignore[union-attr]
                 except BrokerError as exc:
-                    log.warning("could not release %d tasks (they run again after their "
-                                "lease): %s", len(leases), exc)
+                    log.warning(
+                        "could not release %d tasks (they run again after their lease): %s",
+                        len(leases),
+                        exc,
+                    )
             self.stats.released += len(leases)
             log.info("released %d unfinished tasks for other workers", len(leases))
 
@@ -582,4 +609,3 @@ class _Timed:
 
 def _trim(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-

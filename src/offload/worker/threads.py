@@ -31,8 +31,9 @@ class ThreadPool:
     def submit(self, fn: Callable[[], Any]) -> None:
         with self._lock:
             if self._idle == 0 and len(self._threads) < self._size:
-                t = threading.Thread(target=self._loop, name=f"{self._name}-{len(self._threads)}",
-                                     daemon=True)
+                t = threading.Thread(
+                    target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
                 self._threads.append(t)
                 t.start()
             else:
