@@ -78,8 +78,11 @@ def test_redis_restart_mid_run_loses_no_returned_enqueue(own_server, tmp_path): 
 
 
 def test_postgres_backends_terminated_mid_run(tmp_path):
-    url = make_url("postgres", tmp_path)
     import psycopg
+
+    base = make_url("postgres", tmp_path)
+    app_name = "offload_outage_" + base.rsplit("schema=", 1)[1]
+    url = f"{base}&application_name={app_name}"  # so we kill only this test's backends
 
     h = Harness(url, tmp_path, PROC_LEASE="2.0")
 
@@ -87,8 +90,8 @@ def test_postgres_backends_terminated_mid_run(tmp_path):
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             n = conn.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND backend_type = 'client backend'"
+                "WHERE application_name = %s",
+                (app_name,),
             ).fetchone()[0]
         assert n >= 2
 
@@ -98,7 +101,7 @@ def test_postgres_backends_terminated_mid_run(tmp_path):
         h.close()
         from tests.conftest import _drop_pg_schema
 
-        _drop_pg_schema(url)
+        _drop_pg_schema(base)
     assert len(ok) > 200
     # a send whose connection was killed under it fails loudly, never silently
     assert all("PostgreSQL" in msg or "postgres" in msg.lower() for _, msg in failed)
