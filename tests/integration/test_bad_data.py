@@ -13,8 +13,6 @@ import pytest
 
 from offload.brokers import broker_from_url
 
-from .test_processes import harness  # noqa: F401  (fixture)
-
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
 
@@ -85,9 +83,7 @@ def _inject(url: str, kind: str, payloads: dict[str, bytes]) -> None:
         asyncio.run(enqueue_raw())
 
 
-def test_garbage_in_storage_is_dead_lettered_and_never_unpickled(  # noqa: F811
-    harness, broker_kind, tmp_path
-):
+def test_garbage_in_storage_is_dead_lettered_and_never_unpickled(harness, broker_kind, tmp_path):
     h = harness(PROC_LEASE="5")
     h.app.open()  # creates the schema
     marker = tmp_path / "pwned"

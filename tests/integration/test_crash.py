@@ -13,14 +13,12 @@ import time
 
 import pytest
 
-from .test_processes import harness  # noqa: F401  (the fixture)
-
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 N_TASKS = int(os.environ.get("OFFLOAD_CRASH_TASKS", "20000"))
 
 
-def test_kill_9_every_two_seconds_loses_nothing(harness):  # noqa: F811
+def test_kill_9_every_two_seconds_loses_nothing(harness):
     h = harness(PROC_LEASE="1.0")
     keys = [f"k{i}" for i in range(N_TASKS)]
     for i in range(0, N_TASKS, 1000):
@@ -64,7 +62,7 @@ def test_kill_9_every_two_seconds_loses_nothing(harness):  # noqa: F811
     print(f"{len(killed)} kills, {len(twice)} of {N_TASKS} tasks ran twice (in flight at a kill)")
 
 
-def test_a_task_ten_leases_long_runs_once_across_three_workers(harness):  # noqa: F811
+def test_a_task_ten_leases_long_runs_once_across_three_workers(harness):
     h = harness(PROC_LEASE="0.3")
     h.mod.work.send("long", 3.0)
     workers = [h.worker("-c", "2", "--burst") for _ in range(3)]

@@ -14,7 +14,7 @@ import pytest
 from offload.errors import BrokerUnavailable
 from tests.conftest import POSTGRES_URL, make_url
 
-from .test_processes import Harness
+from .harness import Harness
 from .test_redis_broker import own_server  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
