@@ -1,0 +1,78 @@
+"""saq on Redis. Worker: ``saq peer_saq.settings --workers 1`` (one process), concurrency 10
+(its default). No batch send API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from _common import REC, Peer, async_paced, bench_url, main, redis_flush
+from saq import Queue
+
+URL = bench_url("redis://127.0.0.1:6379/15")
+
+
+async def noop(ctx, *, sent: float = 0.0) -> None:
+    REC.hit(sent)
+
+
+queue = Queue.from_url(URL, name="bench")
+settings = {"queue": queue, "functions": [noop], "concurrency": 10}
+
+
+class SaqPeer(Peer):
+    name = "saq"
+    worker_note = "--workers 1, concurrency 10"
+    url = URL
+
+    def setup(self) -> None:
+        redis_flush(URL)
+
+    teardown = setup
+
+    async def _loop(self, n: int, sent: float = 0.0) -> float:
+        q = Queue.from_url(URL, name="bench")
+        await q.connect()
+        await q.enqueue("noop", sent=0.0)
+        t = time.perf_counter()
+        for _ in range(n):
+            await q.enqueue("noop", sent=sent)
+        el = time.perf_counter() - t
+        await q.disconnect()
+        return el
+
+    def enqueue(self, n: int) -> float:
+        return asyncio.run(self._loop(n))
+
+    def ping(self) -> None:
+        async def go() -> None:
+            q = Queue.from_url(URL, name="bench")
+            await q.connect()
+            await q.enqueue("noop", sent=-1.0)
+            await q.disconnect()
+
+        asyncio.run(go())
+
+    def paced(self, n: int, rate: float) -> None:
+        async def go() -> None:
+            q = Queue.from_url(URL, name="bench")
+            await q.connect()
+            await async_paced(lambda s: q.enqueue("noop", sent=s), n, rate)
+            await q.disconnect()
+
+        asyncio.run(go())
+
+    def worker_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "saq", "peer_saq.settings", "--workers", "1", "--quiet"]
+
+
+def make(args):
+    return SaqPeer()
+
+
+if __name__ == "__main__":
+    import peer_saq
+
+    main(peer_saq.make, URL)
