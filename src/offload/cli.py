@@ -12,15 +12,38 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from .app import App
 from .errors import OffloadError
 from .worker import Worker
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _rich(stderr: bool = False):
+    """rich is imported on first output, not at start-up: a worker process never prints a
+    table, and the import would cost it ~2 MB of resident memory."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+class _LazyConsole:
+    def __init__(self, stderr: bool = False) -> None:
+        self._stderr, self._console = stderr, None
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._console is None:
+            self._console = _rich(self._stderr)
+        self._console.print(*args, **kwargs)
+
+
+console = _LazyConsole()
+err_console = _LazyConsole(stderr=True)
+
+
+def Table(*args: Any, **kwargs: Any) -> Any:  # rich.s class, imported lazily
+    from rich.table import Table as _Table
+
+    return _Table(*args, **kwargs)
 
 __all__ = ["load_app", "main"]
 

@@ -37,7 +37,7 @@ __all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger("offload.worker")
 
-CLAIM_BATCH = 100  # most tasks claimed per round trip
+CLAIM_BATCH = 250  # most tasks claimed per round trip
 ACK_BATCH = 500
 
 
