@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
-from _common import REC  # noqa: E402
+from _common import REC
 
-from offload import App  # noqa: E402
+from offload import App
 
 app = App("bench")
 

@@ -437,12 +437,12 @@ DEFAULT_METHOD = f"""{MARK_START}
   RQ `enqueue_many`, procrastinate `batch_defer`, pgqueuer list `enqueue`); "n/a" where the
   system has none.
 - **processed/s (1 worker process)**: N tasks are queued first, then one worker process is
-  started. The rate is measured by the tasks themselves: (count − 1) / (end of the last task
-  − start of the first), so worker start-up and shutdown are excluded. The worker is
+  started. The rate is measured by the tasks themselves: (count - 1) / (end of the last task
+  - start of the first), so worker start-up and shutdown are excluded. The worker is
   started with each system's fastest documented setup for no-op tasks (column "setup").
 - **latency p50/p99**: a worker is started and warmed up with one task; after it has been
   idle 3 s its RSS is read; then the producer sends 1,000 tasks at a steady 100 tasks/s,
-  stamping `time.time()` in the arguments; each task records `time.time() − sent` at its
+  stamping `time.time()` in the arguments; each task records `time.time() - sent` at its
   start (same host, same clock).
 - **idle worker RSS**: `VmRSS` from `/proc/<pid>/status` of the worker process, summed over
   its child processes when the system's CLI forks (Dramatiq, taskiq: supervisor + worker).
@@ -450,8 +450,8 @@ DEFAULT_METHOD = f"""{MARK_START}
   (bulk-prefilled, then one worker started). With 1,000 the whole queue is measured (a few
   tens of ms, so the median of 5 runs is shown); with 1,000,000 the first N tasks, while
   the rest are still queued. The target compares equal work: N tasks with N queued (the
-  processed/s column) against the first N of 1,000,000 queued. If prefilling 1,000,000 is projected to take too long on a
-  broker, 200,000 are used and the table says so.
+  processed/s column) against the first N of 1,000,000 queued. If prefilling 1,000,000 is
+  projected to take too long on a broker, 200,000 are used and the table says so.
 - **Raw baselines** in the same run: redis-py `LPUSH` one by one, single-row `INSERT` +
   commit on PostgreSQL, sqlite3 `INSERT` + `COMMIT` in WAL mode with synchronous=NORMAL (the
   durability of offload's and huey's SQLite defaults).
@@ -577,7 +577,8 @@ for row, b in enumerate(brokers):
         ax.tick_params(axis="x", labelsize=7)
         ax.set_title(f"{titles[b]}: {title}", fontsize=9, pad=11)
         if len(steps) > 1:
-            bv = val("baseline", "enqueue") if "baseline" in res and "error" not in res["baseline"] else None
+            has_base = "baseline" in res and "error" not in res["baseline"]
+            bv = val("baseline", "enqueue") if has_base else None
             if bv:
                 ax.axvline(bv, color="gray", ls="--", lw=1)
                 ax.text(bv, 1.01, f"raw baseline {bv:,.0f}/s", fontsize=6, color="gray",
