@@ -186,7 +186,7 @@ class Worker:
         env["BENCH_EXPECT"] = str(expect)
         env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.log = open(out + ".log", "w")
+        self.log = open(out + ".log", "w")  # noqa: SIM115  (closed in stop())
         self.started = time.time()
         self.proc = subprocess.Popen(
             peer.worker_cmd(), cwd=peer.worker_cwd, env=env, stdout=self.log,

@@ -1,6 +1,7 @@
 """pgqueuer on PostgreSQL (psycopg 3 async driver), in its own schema ``pgqueuer_bench``
 (``pgq install --schema``; dropped after each step). Worker: ``PgQueuer.run(batch_size=100)``
-(what ``pgq run --batch-size 100`` does; one process). Bulk: ``Queries.enqueue`` with lists, 1,000 per call.
+(what ``pgq run --batch-size 100`` does; one process). Bulk: ``Queries.enqueue`` with
+lists, 1,000 per call.
 """
 
 from __future__ import annotations
