@@ -27,10 +27,12 @@ import msgspec
 from .. import hooks as _hooks
 from ..app import App
 from ..brokers import broker_from_url
-from ..brokers.base import Broker, Claimed, Lease, TaskMetrics
+from ..brokers.base import Broker, Claimed, TaskMetrics
 from ..core import envelope as _env
 from ..errors import BadArguments, BrokerError, Fail, Retry
 from ..task import TaskFunction, TaskInfo, _current
+from .eager import Resumed
+from .outbox import Outbox
 from .threads import ThreadPool
 
 __all__ = ["Worker", "WorkerStats"]
@@ -38,7 +40,6 @@ __all__ = ["Worker", "WorkerStats"]
 log = logging.getLogger("offload.worker")
 
 CLAIM_BATCH = 250  # most tasks claimed per round trip
-ACK_BATCH = 500
 
 
 @dataclass(slots=True)
@@ -91,8 +92,7 @@ class Worker:
         self.stats = WorkerStats()
         self._signals = install_signal_handlers
         self._running: dict[str, _Running] = {}
-        self._acks: list[Lease] = []
-        self._pending_verdicts: list[Any] = []
+        self._outbox = Outbox()
         self._metrics: dict[str, TaskMetrics] = {}
         self._unknown_logged: set[str] = set()
         self._broker: Broker | None = None
@@ -101,9 +101,7 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         self._hurry: asyncio.Event | None = None
         self._slot_free: asyncio.Event | None = None
-        self._ack_wanted: asyncio.Event | None = None
         self._closed = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
         self._down_since: float | None = None
         self._backoff = 0.0
         self._threads = ThreadPool(concurrency)
@@ -132,7 +130,7 @@ class Worker:
         """Run until stopped (or, with ``burst``, until the queues are empty)."""
         self._loop = loop = asyncio.get_running_loop()
         self._stop_event, self._hurry = asyncio.Event(), asyncio.Event()
-        self._slot_free, self._ack_wanted = asyncio.Event(), asyncio.Event()
+        self._slot_free = asyncio.Event()
         self._closed = asyncio.Event()
         if self._stopping:
             self._stop_event.set()
@@ -154,12 +152,12 @@ class Worker:
                     # Background jobs end by flag, not by cancellation: a cancel landing
                     # inside a driver call could be swallowed there and hang the group.
                     self._closed.set()
-                    self._ack_wanted.set()
+                    self._outbox.wanted.set()
             if not await self._flush():
                 log.warning(
                     "broker unreachable at shutdown: %d acks not recorded; those "
                     "tasks will run again after their lease",
-                    len(self._acks),
+                    len(self._outbox.acks),
                 )
             await self._flush_metrics()
         finally:
@@ -338,7 +336,7 @@ class Worker:
             _current.reset(token)
 
     async def _continue(self, run: _Running, coro: Any, first: Any, cpu: float) -> None:
-        resumed = _Resumed(coro, first, cpu)
+        resumed = Resumed(coro, first, cpu)
         try:
             await resumed
         except asyncio.CancelledError as exc:
@@ -414,9 +412,7 @@ class Worker:
         self._forget(run)
         self.stats.succeeded += 1
         if not run.lost:
-            self._acks.append(run.claim.lease)
-            if len(self._acks) == 1 or len(self._acks) >= ACK_BATCH:
-                self._ack_wanted.set()  # type: ignore[union-attr]
+            self._outbox.ack(run.claim.lease)
         if run.info is not None:
             self.hooks.succeeded(run.info)
 
@@ -452,54 +448,24 @@ class Worker:
         self._slot_free.set()  # type: ignore[union-attr]
 
     def _spawn_verdict(self, send: Any) -> None:
-        # Retries and dead letters are rare; they go out at once, in order, before the
-        # next flush of acks, and are kept (as factories, so they can be sent again)
-        # while the broker is unreachable.
-        self._pending_verdicts.append(send)
-        self._ack_wanted.set()  # type: ignore[union-attr]
+        self._outbox.verdict(send)
 
     # -- background jobs ------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        assert self._ack_wanted
         pause = 0.0
         while not self._closed.is_set():
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
+            await self._outbox.wanted.wait()
+            self._outbox.wanted.clear()
             if await self._flush():
                 pause = 0.0
             else:  # the broker is away: keep the acks and try again, backing off
                 pause = min(2.0, max(0.1, pause * 2))
                 await self._sleep_or_stop(pause)
-                self._ack_wanted.set()
+                self._outbox.wanted.set()
 
     async def _flush(self) -> bool:
-        """Send pending verdicts and acks; False (keeping what failed) if the broker is
-        unreachable. An ack that arrives after its lease expired is ignored by the broker,
-        so retrying is always safe."""
-        async with self._flush_lock:  # the flusher and a burst worker's check may race
-            return await self._flush_locked()
-
-    async def _flush_locked(self) -> bool:
-        broker = self._broker
-        assert broker is not None
-        while self._pending_verdicts:
-            coro = self._pending_verdicts[0]
-            try:
-                await coro()
-            except BrokerError as exc:
-                log.debug("verdict not recorded yet: %s", exc)
-                return False
-            self._pending_verdicts.pop(0)
-        while self._acks:
-            batch, self._acks = self._acks, []
-            try:
-                await broker.ack(batch)
-            except BrokerError as exc:
-                self._acks = batch + self._acks
-                log.debug("ack of %d tasks not recorded yet: %s", len(batch), exc)
-                return False
-        return True
+        return await self._outbox.flush(self._broker)  # type: ignore[arg-type]
 
     async def _heartbeat_loop(self) -> None:
         broker = self._broker
@@ -589,45 +555,6 @@ class Worker:
                     )
             self.stats.released += len(leases)
             log.info("released %d unfinished tasks for other workers", len(leases))
-
-
-class _Resumed:
-    """Drives a coroutine whose first step already ran, yielding what it yielded (so the
-    Task waits on the same futures) and summing the CPU time of its own steps."""
-
-    __slots__ = ("_coro", "_first", "cpu")
-
-    def __init__(self, coro: Any, first: Any, cpu: float) -> None:
-        self._coro, self._first, self.cpu = coro, first, cpu
-
-    def __await__(self) -> Any:
-        coro, tt = self._coro, time.thread_time
-        y = self._first
-        while True:
-            try:
-                value = yield y
-            except BaseException as exc:  # cancellation and throw() go to the handler
-                t0 = tt()
-                try:
-                    y = coro.throw(exc)
-                except StopIteration as stop:
-                    self.cpu += tt() - t0
-                    return stop.value
-                except BaseException:
-                    self.cpu += tt() - t0
-                    raise
-                self.cpu += tt() - t0
-                continue
-            t0 = tt()
-            try:
-                y = coro.send(value)
-            except StopIteration as stop:
-                self.cpu += tt() - t0
-                return stop.value
-            except BaseException:
-                self.cpu += tt() - t0
-                raise
-            self.cpu += tt() - t0
 
 
 def _trim(text: str, limit: int = 2000) -> str:

@@ -1,0 +1,48 @@
+"""Eager async handlers: the worker runs a handler's first step itself and hands the rest
+to an ``asyncio.Task`` only if it suspends. ``Resumed`` is that rest."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["Resumed"]
+
+
+class Resumed:
+    """Drives a coroutine whose first step already ran, yielding what it yielded (so the
+    Task waits on the same futures) and summing the CPU time of its own steps."""
+
+    __slots__ = ("_coro", "_first", "cpu")
+
+    def __init__(self, coro: Any, first: Any, cpu: float) -> None:
+        self._coro, self._first, self.cpu = coro, first, cpu
+
+    def __await__(self) -> Any:
+        coro, tt = self._coro, time.thread_time
+        y = self._first
+        while True:
+            try:
+                value = yield y
+            except BaseException as exc:  # cancellation and throw() go to the handler
+                t0 = tt()
+                try:
+                    y = coro.throw(exc)
+                except StopIteration as stop:
+                    self.cpu += tt() - t0
+                    return stop.value
+                except BaseException:
+                    self.cpu += tt() - t0
+                    raise
+                self.cpu += tt() - t0
+                continue
+            t0 = tt()
+            try:
+                y = coro.send(value)
+            except StopIteration as stop:
+                self.cpu += tt() - t0
+                return stop.value
+            except BaseException:
+                self.cpu += tt() - t0
+                raise
+            self.cpu += tt() - t0
