@@ -45,6 +45,7 @@ def Table(*args: Any, **kwargs: Any) -> Any:  # rich.s class, imported lazily
 
     return _Table(*args, **kwargs)
 
+
 __all__ = ["load_app", "main"]
 
 

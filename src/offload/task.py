@@ -149,6 +149,7 @@ class TaskFunction:
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self._converters: dict[str, Any] | None = None
+        self._check = _binding_checker(self.signature)
 
     def __repr__(self) -> str:
         return f"<TaskFunction {self.name} queue={self.queue!r}>"
@@ -266,10 +267,11 @@ class TaskFunction:
         if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
             raise BadArguments(f"{self.name}: args must be a list or tuple, got {args!r}")
         try:
-            self.signature.bind(*args, **kwargs)
+            self._check(*args, **kwargs)
         except TypeError as exc:
+            why = str(exc).removeprefix("call() ")
             raise BadArguments(
-                f"{self.name}{self.signature}: {exc} (sent args={list(args)!r}, kwargs={kwargs!r})"
+                f"{self.name}{self.signature}: {why} (sent args={list(args)!r}, kwargs={kwargs!r})"
             ) from None
         qname = queue or self.queue
         self.app._policy(qname)  # raises UnknownQueue with the list of queues
@@ -337,11 +339,41 @@ class TaskFunction:
         return out
 
 
+class _Default:
+    def __repr__(self) -> str:  # renders as a name in the generated source below
+        return "_DEFAULT"
+
+
+_DEFAULT = _Default()
+
+
+def _binding_checker(sig: inspect.Signature) -> Callable[..., None]:
+    """A do-nothing function with ``sig``'s parameters, so checking a call's arguments
+    costs one native call (~0.2 us) instead of ``Signature.bind`` (~5 us): sends of many
+    tasks spend their time on the wire, not here. Falls back to ``bind``."""
+    params = [
+        p.replace(
+            annotation=inspect.Parameter.empty,
+            default=_DEFAULT if p.default is not p.empty else p.empty,
+        )
+        for p in sig.parameters.values()
+    ]
+    try:
+        text = str(sig.replace(parameters=params, return_annotation=sig.empty))
+        ns: dict[str, Any] = {}
+        exec(f"def call{text}: pass", {"_DEFAULT": _DEFAULT}, ns)
+        return ns["call"]
+    except Exception:
+        return sig.bind
+
+
 def _inherit_headers(
     headers: Mapping[str, str] | None, deadline: float | _dt.datetime | None
 ) -> dict[str, str]:
     """Headers for a new task; a task sent from inside a handler inherits its deadline,
     so the remaining time budget follows the work across hops."""
+    if not headers and deadline is None and _current.get() is None:
+        return {}
     hdrs = {str(k): str(v) for k, v in (headers or {}).items()}
     dl: float | None = None
     if deadline is not None:

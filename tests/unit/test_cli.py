@@ -77,7 +77,7 @@ def test_send_queues_dead_requeue_pause_purge(cli):
         (["send", APP, "send_email", "--args", "[oops"], "invalid JSON '[oops'"),
         (["send", APP, "send_email", "--args", '{"a": 1}'], "must be a JSON array"),
         (["send", APP, "send_email", "--kwargs", "[1]"], "must be a JSON object"),
-        (["send", APP, "send_email", "--args", "[]"], "missing a required argument: 'to'"),
+        (["send", APP, "send_email", "--args", "[]"], "1 required positional argument: 'to'"),
         (
             ["send", APP, "send_email", "--args", '["x"]', "--queue", "nope"],
             "'nope' is not declared",

@@ -38,8 +38,8 @@ def test_local_functions_need_a_name(app):
 @pytest.mark.parametrize(
     ("args", "kwargs", "needle"),
     [
-        ((), {}, "missing a required argument: 'to'"),
-        (("a", "b", "c"), {}, "too many positional"),
+        ((), {}, "missing 1 required positional argument: 'to'"),
+        (("a", "b", "c"), {}, "takes from 1 to 2 positional arguments but 3 were given"),
         (("a",), {"nope": 1}, "unexpected keyword"),
     ],
 )
