@@ -25,24 +25,13 @@ class Resumed:
             try:
                 value = yield y
             except BaseException as exc:  # cancellation and throw() go to the handler
-                t0 = tt()
-                try:
-                    y = coro.throw(exc)
-                except StopIteration as stop:
-                    self.cpu += tt() - t0
-                    return stop.value
-                except BaseException:
-                    self.cpu += tt() - t0
-                    raise
-                self.cpu += tt() - t0
-                continue
+                step, arg = coro.throw, exc
+            else:
+                step, arg = coro.send, value
             t0 = tt()
             try:
-                y = coro.send(value)
+                y = step(arg)
             except StopIteration as stop:
-                self.cpu += tt() - t0
                 return stop.value
-            except BaseException:
+            finally:
                 self.cpu += tt() - t0
-                raise
-            self.cpu += tt() - t0
