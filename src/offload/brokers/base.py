@@ -130,6 +130,12 @@ class TaskMetrics:
     mem_peak_max: int = 0  # bytes; 0 when not measured
     extra: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def from_row(cls, row: Sequence, extra: dict[str, float]) -> TaskMetrics:
+        """From a stored row in field order (task, count, failures, wall_total, wall_max,
+        cpu_total, cpu_max, mem_peak_max), the SQL brokers' column order."""
+        return cls(*row[:8], extra=extra)
+
 
 @runtime_checkable
 class Broker(Protocol):

@@ -482,20 +482,7 @@ class PostgresBroker:
 
     async def metrics(self) -> list[TaskMetrics]:
         rows = await self._all("reading metrics", self._q.metrics)
-        return [
-            TaskMetrics(
-                task=r[0],
-                count=r[1],
-                failures=r[2],
-                wall_total=r[3],
-                wall_max=r[4],
-                cpu_total=r[5],
-                cpu_max=r[6],
-                mem_peak_max=r[7],
-                extra={k: float(v) for k, v in r[8].items()},
-            )
-            for r in rows
-        ]
+        return [TaskMetrics.from_row(r, {k: float(v) for k, v in r[8].items()}) for r in rows]
 
     async def now(self) -> float:
         return (await self._one("reading the clock", self._q.now))[0]

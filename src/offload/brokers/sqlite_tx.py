@@ -265,17 +265,5 @@ def _merge_extra(stored: dict[str, float], new: dict[str, float]) -> dict[str, f
 
 
 def metrics(conn: sqlite3.Connection, now: float) -> list[TaskMetrics]:
-    return [
-        TaskMetrics(
-            task=r[0],
-            count=r[1],
-            failures=r[2],
-            wall_total=r[3],
-            wall_max=r[4],
-            cpu_total=r[5],
-            cpu_max=r[6],
-            mem_peak_max=r[7],
-            extra=json.loads(r[8]),
-        )
-        for r in conn.execute(queries().metrics).fetchall()
-    ]
+    rows = conn.execute(queries().metrics).fetchall()
+    return [TaskMetrics.from_row(r, json.loads(r[8])) for r in rows]
