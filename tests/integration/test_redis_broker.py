@@ -8,6 +8,7 @@ blocking on the server, and connection failures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -351,3 +352,140 @@ async def test_a_cancelled_wait_keeps_its_connection_and_hands_on_its_wake_up(ow
         raw.close()
         await a.close()
         await b.close()
+
+
+# -- hand-offs: enqueue leases a task straight to a parked worker ------------------------
+
+
+async def _parked(b: RedisBroker, queues: list[str], timeout: float = 5.0) -> asyncio.Task:
+    """A wait() of ``b``, once it is blocked on the server (parked)."""
+    w = asyncio.create_task(b.wait(queues, timeout))
+    await asyncio.sleep(0.05)
+    assert not w.done()
+    return w
+
+
+async def test_an_enqueue_hands_the_task_to_a_parked_worker(broker, url):
+    other, rival = RedisBroker(url), RedisBroker(url)
+    await rival.open()
+    try:
+        w = await _parked(broker, ["q"])
+        sent = task()
+        other.enqueue_blocking([sent])
+        await asyncio.wait_for(w, 1)
+        # Leased to the parked worker by the enqueue itself: a rival's claim finds nothing.
+        assert (await broker.stats("q")).leased == 1
+        assert await rival.claim(["q"], 10) == []
+        got = await broker.claim(["q"], 10)
+        assert [(c.id, c.attempt, c.payload) for c in got] == [(sent.id, 1, b"p")]
+        await broker.ack([got[0].lease])
+        assert (await broker.stats("q")).leased == 0
+    finally:
+        await other.close()
+        await rival.close()
+
+
+async def test_a_paused_or_rate_limited_queue_hands_nothing_off(broker, url):
+    other = RedisBroker(url)
+    try:
+        await broker.set_paused("q", True)
+        w = await _parked(broker, ["q"], 0.5)
+        other.enqueue_blocking([task()])
+        await asyncio.wait_for(w, 1)
+        s = await broker.stats("q")
+        assert (s.ready, s.leased) == (1, 0)
+        assert await broker.claim(["q"], 10) == []
+
+        await broker.declare([QueuePolicy("r", rate=1.0, bucket_size=1)])
+        w = await _parked(broker, ["r"])
+        other.enqueue_blocking([task("r"), task("r")])  # one token: one hand-off at most
+        await asyncio.wait_for(w, 1)
+        s = await broker.stats("r")
+        assert (s.ready, s.leased) == (1, 1)
+        assert len(await broker.claim(["r"], 10)) == 1
+    finally:
+        await other.close()
+
+
+async def test_cancelled_waits_lose_no_hand_off(broker, url):
+    """Waits cancelled at every point (as a worker does whenever a slot frees) while a
+    producer sends: every task is claimed at once, none waits for its lease to run out."""
+    n = 600
+    producer = RedisBroker(url)
+
+    def produce():
+        for i in range(n):
+            producer.enqueue_blocking([task(payload=b"%d" % i)])
+            if i % 3 == 0:
+                time.sleep(0.001)
+
+    th = threading.Thread(target=produce)
+    th.start()
+    seen: set[bytes] = set()
+    delays = [0.0002, 0.0005, 0.001, 0.002, 0.005, 1.0]
+    i = 0
+    deadline = time.monotonic() + 30
+    while len(seen) < n and time.monotonic() < deadline:
+        got = await broker.claim(["q"], 1 + i % 7)
+        if got:
+            seen.update(c.payload for c in got)
+            await broker.ack([c.lease for c in got])
+            continue
+        i += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(broker.wait(["q"], 1.0), delays[i % len(delays)])
+    th.join()
+    await producer.close()
+    assert len(seen) == n, f"{n - len(seen)} tasks stuck (leased, never handed over)"
+    s = await broker.stats("q")
+    assert (s.ready, s.leased) == (0, 0)
+
+
+async def test_close_gives_back_what_was_handed_over(url):
+    a, other = RedisBroker(url), RedisBroker(url)
+    await a.open()
+    await other.open()
+    try:
+        w = await _parked(a, ["q"])
+        w.cancel()  # parked, then stopped waiting: a hand-off lands in the inbox unread
+        await asyncio.gather(w, return_exceptions=True)
+        sent = task()
+        await other.enqueue([sent])
+        assert (await other.stats("q")).leased == 1
+        await a.close()
+        got = await other.claim(["q"], 10)  # at once: no lease had to run out
+        assert [(c.id, c.attempt) for c in got] == [(sent.id, 1)]
+    finally:
+        await other.close()
+
+
+async def test_a_claim_unparks_the_worker_from_every_queue(broker, url):
+    other = RedisBroker(url)
+    try:
+        w = await _parked(broker, ["q", "q2"])
+        other.enqueue_blocking([task("q2")])
+        await asyncio.wait_for(w, 1)
+        assert [c.queue for c in await broker.claim(["q", "q2"], 10)] == ["q2"]
+        # no longer parked on q either: the next task there waits for a claim, unleased
+        other.enqueue_blocking([task("q")])
+        s = await broker.stats("q")
+        assert (s.ready, s.leased) == (1, 0)
+    finally:
+        await other.close()
+
+
+async def test_a_worker_that_died_parked_gets_no_hand_off(url):
+    a, other = RedisBroker(url), RedisBroker(url)
+    await a.open()
+    await other.open()
+    try:
+        await a.wait(["q"], 0.05)  # parked for the wait plus 1 s
+        assert a._parked == {"q"}
+        await a._client().aclose()  # dies: no claim, no close
+        await asyncio.sleep(1.2)
+        other.enqueue_blocking([task()])
+        s = await other.stats("q")
+        assert (s.ready, s.leased) == (1, 0)
+    finally:
+        a._r = None
+        await other.close()

@@ -4,7 +4,13 @@ Every state change is one atomic Lua script (``lua/*.lua``, see :mod:`.redis_lua
 key layout), run on the server's clock and called by SHA (loaded again on ``NOSCRIPT``,
 e.g. after a restart). Idle workers block in ``BLPOP`` on a per-queue wake list that
 enqueue, retry, release, resume and (for a saturated queue) ack push to, for as long as a
-read-only script computes from the next due eta, lease expiry or rate-limit token.
+script computes from the next due eta, lease expiry or rate-limit token.
+
+An idle worker on a single server also *parks* (``peek.lua``) and blocks on its own inbox:
+enqueue then leases a task due now straight to it (``hand_off`` in ``_lib.lua``), so the
+BLPOP that wakes the worker already carries its claim: one hop from send to start instead
+of a wake-up and a claim. The worker's next claim unparks it and takes back anything
+handed to it meanwhile; :meth:`RedisBroker.close` gives such tasks back.
 
 A connection failure raises :class:`~offload.errors.BrokerUnavailable` naming the server;
 the next call connects again. Writes are never retried blindly (a repeated claim would
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,6 +56,7 @@ from .redis_lua import (
     dead_from,
     enqueue_args,
     enqueue_calls,
+    handed_from,
     metrics_from,
     metrics_key,
     record_args,
@@ -90,6 +98,12 @@ class RedisBroker:
         self._fast: Any = None
         self._fast_lock = asyncio.Lock()
         self._cleanups: set[asyncio.Future] = set()
+        # Hand-offs: this broker's worker id, the queues it is parked on, and tasks
+        # handed to it that the next claim returns.
+        self._wid = os.urandom(8).hex()
+        self._parked: set[str] = set()
+        self._handed: list[Claimed] = []
+        self._inbox_queue: dict[str, str] = {}
         self._read_retry = _AsyncRetry(
             ExponentialBackoff(cap=0.25, base=0.01), 3, supported_errors=(BrokerUnavailable,)
         )
@@ -124,6 +138,8 @@ class RedisBroker:
     async def close(self) -> None:
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
+        if self._r is not None and (self._parked or self._handed):
+            await self._give_back()
         r, self._r = self._r, None
         fast, self._fast = self._fast, None
         if fast is not None:
@@ -134,6 +150,19 @@ class RedisBroker:
             s, self._sync = self._sync, None
         if s is not None:
             s.close()
+
+    async def _give_back(self) -> None:
+        """Unpark, and release what was handed to this worker but never returned by claim:
+        otherwise those tasks would wait for their lease to end."""
+        handed, self._handed = self._handed, []
+        try:
+            if self._parked:
+                calls = [(q, (0, self._wid)) for q in sorted(self._parked)]
+                await self._eval_many("claim", calls)  # limit 0: unpark, release the inbox
+                self._parked.clear()
+            await self.release([c.lease for c in handed])
+        except BrokerError:
+            pass  # unreachable: those leases run out and the tasks are claimed again
 
     async def _load_scripts(self) -> None:
         for s in self._scripts.values():
@@ -200,7 +229,8 @@ class RedisBroker:
         try:
             pipe = r.pipeline(transaction=False)
             for queue, args in calls:
-                pipe.execute_command("EVALSHA", s.sha, 8, *self._qkeys(queue).keys, *args)
+                keys = self._qkeys(queue).keys
+                pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
@@ -258,8 +288,26 @@ class RedisBroker:
     async def claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
         if limit <= 0 or not queues:
             return []
-        if len(queues) == 1:
-            return claimed_from(queues[0], await self._eval("claim", queues[0], (limit,)))
+        handed: list[Claimed] = []
+        if self._handed:
+            handed, self._handed = self._handed[:limit], self._handed[limit:]
+            if not self._parked:  # the hand-off unparked us: no round trip needed
+                return handed
+            limit -= len(handed)
+        return handed + await self._claim(queues, limit)
+
+    def _claim_args(self, queue: str, limit: int) -> tuple[Any, ...]:
+        return (limit, self._wid) if queue in self._parked else (limit,)
+
+    async def _claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
+        # Parked on a queue not asked for now (a caller changed its queues): unpark there
+        # too, with limit 0, which gives back anything handed to us on it.
+        extra = [(q, (0, self._wid)) for q in self._parked if q not in queues]
+        if len(queues) == 1 and not extra:
+            q = queues[0]
+            got = claimed_from(q, await self._eval("claim", q, self._claim_args(q, limit)))
+            self._parked.clear()
+            return got
         # Spread the limit over the queues, starting at a rotating one so none starves;
         # a second round gives what empty queues left to those that filled their share.
         n = len(queues)
@@ -268,11 +316,15 @@ class RedisBroker:
         shares = {q: limit // n + (1 if i < limit % n else 0) for i, q in enumerate(order)}
         out: list[Claimed] = []
         full: list[str] = []
-        calls = [(q, (s,)) for q, s in shares.items() if s > 0]
-        for (q, (s,)), reply in zip(calls, await self._eval_many("claim", calls), strict=True):
+        parked = self._parked
+        calls = [(q, self._claim_args(q, s)) for q, s in shares.items() if s > 0 or q in parked]
+        calls += extra
+        replies = await self._eval_many("claim", calls)
+        self._parked.clear()
+        for (q, (s, *_)), reply in zip(calls, replies, strict=True):
             got = claimed_from(q, reply)
             out += got
-            if len(got) == s:
+            if len(got) >= s > 0:
                 full.append(q)
         left = limit - len(out)
         if left > 0 and full:
@@ -321,13 +373,25 @@ class RedisBroker:
         if not queues:
             await asyncio.sleep(max(0.0, timeout))
             return
-        delays = await self._read(lambda: self._eval_many("peek", [(q, ()) for q in queues]))
+        if self._handed:
+            return  # handed to us already: the next claim returns them
+        timeout = min(timeout, _MAX_BLOCK)
+        # Park (single server): until the next claim, enqueue may lease a task to us.
+        park = () if self._cluster else (self._wid, int((timeout + 1.0) * 1e6))
+        before = set(self._parked)
+        if park:
+            # Counted as parked before the call: if it is cancelled, the script may still
+            # have run, and the next claim must unpark us and take what we were handed.
+            self._parked.update(queues)
+        delays = await self._read(lambda: self._eval_many("peek", [(q, park) for q in queues]))
+        for q, d in zip(queues, delays, strict=True):
+            if d == 0 and q not in before:
+                self._parked.discard(q)  # not parked: something is claimable there now
         soonest = min((d / 1e6 for d in delays if d >= 0), default=None)
         if soonest is not None:
             if soonest <= 0:
                 return
             timeout = min(timeout, soonest)
-        timeout = min(timeout, _MAX_BLOCK)
         if timeout < 0.001:  # BLPOP 0 would block forever
             await asyncio.sleep(max(0.0, timeout))
             return
@@ -336,7 +400,13 @@ class RedisBroker:
             if self._cluster:
                 await blpop_cluster(self._client(), wake, timeout)
             else:
-                await blpop(self._client(), wake, timeout, self._cleanups)
+                inboxes = [self._qkeys(q).inbox(self._wid) for q in self._parked]
+                for q in self._parked:
+                    self._inbox_queue[self._qkeys(q).inbox(self._wid)] = q
+                keys = [*inboxes, *wake]
+                popped = await blpop(self._client(), keys, timeout, self._cleanups, self._abandoned)
+                if popped:
+                    self._take_handoff(popped)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:  # e.g. an ACL that denies CLIENT ID / CLIENT UNBLOCK
@@ -344,6 +414,21 @@ class RedisBroker:
                 f"Redis at {self._where} refused a blocking wait: {exc}; the broker needs "
                 "BLPOP, CLIENT ID and CLIENT UNBLOCK on its connections"
             ) from exc
+
+    def _take_handoff(self, popped: tuple[bytes, bytes]) -> bool:
+        """Keep a hand-off that a BLPOP of wait() took for the next claim (the enqueue that
+        made it unparked us from its queue). False for a wake-up token."""
+        queue = self._inbox_queue.get(popped[0].decode())
+        if queue is None:
+            return False
+        self._handed += handed_from(queue, popped[1])
+        self._parked.discard(queue)
+        return True
+
+    async def _abandoned(self, popped: tuple[bytes, bytes]) -> None:
+        # A wake-up token taken by a wait nobody awaits any more: another idle worker's.
+        if not self._take_handoff(popped):
+            await self._client().execute_command("LPUSH", popped[0], popped[1])
 
     async def stats(self, queue: str) -> QueueStats:
         return stats_from(queue, await self._read(lambda: self._eval("stats", queue)))

@@ -15,6 +15,8 @@ Key layout (``P`` the URL's ``?prefix=``, default ``offload``; ``Q`` the queue):
     {P:Q}:names   hash  name -> id while the named task exists
     {P:Q}:nexp    zset  name -> end of its dedup window after the task was removed
     {P:Q}:wake    list  wake-up tokens that idle workers BLPOP
+    {P:Q}:parked  zset  ids of idle workers blocked on their inbox -> park deadline
+    {P:Q}:inbox:W list  tasks enqueue leased to parked worker W (see handed_from)
     {P}:metrics   hash  "<task>\\x1f<measure>" -> number, for every task function
 
 The hash tag ``{P:Q}`` puts all of a queue's keys in one cluster slot, so every script
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +46,7 @@ __all__ = [
     "dead_from",
     "enqueue_args",
     "enqueue_calls",
+    "handed_from",
     "metrics_from",
     "scripts",
     "split_url",
@@ -55,6 +59,7 @@ _QUEUE_SCRIPTS = (
 )  # fmt: skip
 _ENQUEUE_CHUNK = 1000  # tasks per script call: bounds the time one script holds Redis
 _SEP = "\x1f"
+_LEN = struct.Struct(">I")
 _US = 1_000_000  # the scripts' times are integer microseconds
 _METRIC_FIELDS = (
     "count",
@@ -116,7 +121,7 @@ def scripts() -> dict[str, Script]:
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
-    """The eight keys of one queue, in the order every per-queue script expects."""
+    """The nine keys of one queue, in the order every per-queue script expects."""
 
     queue: str
     keys: tuple[str, ...]
@@ -124,12 +129,16 @@ class QueueKeys:
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         tag = f"{{{prefix}:{queue}}}"
-        names = ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake")
+        names = ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake", "parked")
         return cls(queue, tuple(f"{tag}:{n}" for n in names))
 
     @property
     def wake(self) -> str:
         return self.keys[7]
+
+    def inbox(self, worker: str) -> str:
+        """Where enqueue pushes the tasks it leased to ``worker`` while it was parked."""
+        return f"{self.keys[7][:-4]}inbox:{worker}"
 
 
 def _bulk(x: Any) -> bytes:
@@ -186,6 +195,23 @@ def claimed_from(queue: str, reply: list) -> list[Claimed]:
             )
         )
     return out
+
+
+def handed_from(queue: str, blob: bytes) -> list[Claimed]:
+    """Decode a hand-off from a parked worker's inbox: claim.lua's reply fields, each as a
+    4-byte big-endian length and the bytes (encode_fields in ``_lib.lua``)."""
+    fields: list[bytes] = []
+    pos, end = 0, len(blob)
+    while pos < end:
+        (n,) = _LEN.unpack_from(blob, pos)
+        pos += 4
+        fields.append(blob[pos : pos + n])
+        pos += n
+    reply: list[Any] = [int(fields[0]), int(fields[1])]
+    for i in range(2, len(fields), 7):
+        id_, name, payload, attempts, first, enq, token = fields[i : i + 7]
+        reply += [id_, name or None, payload, int(attempts), int(first), int(enq), token]
+    return claimed_from(queue, reply)
 
 
 def stats_from(queue: str, reply: list) -> QueueStats:

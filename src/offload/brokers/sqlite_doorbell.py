@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +38,10 @@ def wake_dir(db_path: str) -> str:
     preferred = db_path + ".wake"
     if len(os.fsencode(preferred)) + 1 + _SOCK_NAME_LEN <= _MAX_PATH:
         return preferred
+    # only long paths get here: hashlib and tempfile are imported for them alone
+    import hashlib
+    import tempfile
+
     digest = hashlib.sha256(os.fsencode(os.path.realpath(db_path))).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"offload-wake-{digest}")
 

@@ -14,7 +14,6 @@ short randomised sleep (50 us doubling up to 1 ms) until ``busy_timeout`` has pa
 from __future__ import annotations
 
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -209,6 +208,8 @@ class Store:
                     deadline = now + self.busy_timeout_ms / 1000.0
                 if now >= deadline:
                     raise
+            import random  # only under contention: a worker never locked out never needs it
+
             time.sleep(nap * (0.5 + random.random()))
             nap = min(nap * 2, _MAX_NAP)
 

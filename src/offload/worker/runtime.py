@@ -236,7 +236,10 @@ class Worker:
         finally:
             for w in waiters:
                 w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            # Only an unfinished broker wait must settle before the next claim; the event
+            # waits end on their own, and the claim that follows a wake-up goes first.
+            if can_claim and not waiters[-1].done():
+                await asyncio.gather(waiters[-1], return_exceptions=True)
         for w in done:
             exc = w.exception() if not w.cancelled() else None
             if isinstance(exc, BrokerError):

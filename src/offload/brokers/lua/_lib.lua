@@ -10,12 +10,20 @@
 --   names   hash: name -> id, while a named task exists (any state)
 --   nexp    zset: name -> end of its dedup window, after the task was removed
 --   wake    list: tokens that idle workers BLPOP on
+--   parked  zset: worker id -> deadline, for idle workers blocked on their inbox
+--
+-- A parked worker's inbox, the list `{<prefix>:<queue>}:inbox:<worker id>`, is not among
+-- KEYS (its name is only known inside the script) but shares the queue's hash tag, so it
+-- lives in the queue's slot: enqueue leases a task to a parked worker and pushes it there,
+-- and the worker's BLPOP on the inbox is its claim (one hop instead of a wake-up and a
+-- claim).
 --
 -- Times are whole microseconds since the epoch on the server's clock (TIME): exact in a
 -- Lua number and in a zset score, and returned to the client as integers. Policy durations
 -- (lease, dedup, rate) are stored in seconds, as declared.
 local K_Q, K_DUE, K_LEASED, K_TASKS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_DEAD, K_NAMES, K_NEXP, K_WAKE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_PARKED = KEYS[9]
 
 local DEFAULT_LEASE, DEFAULT_DEDUP = 60, 3600
 local US = 1000000
@@ -109,6 +117,17 @@ local function wake()
   end
 end
 
+-- A leased record back to ready, at once and without counting the attempt.
+local function release_record(id, r, now)
+  r.s, r.k, r.a = 'r', '', math.max(0, r.a - 1)
+  if r.a == 0 then
+    r.f = 0
+  end
+  save(id, r)
+  redis.call('ZREM', K_LEASED, id)
+  redis.call('ZADD', K_DUE, now, id)
+end
+
 -- Dead-letter a record these scripts cannot read, keeping its raw bytes as the payload.
 local function bury_corrupt(id, raw, why, now)
   save(id, { s = 'd', a = 0, f = 0, e = 0, k = '', n = '', p = raw,
@@ -158,4 +177,205 @@ local function held_leases()
     end
   end
   return out
+end
+
+-- A claim's reply fields appended to `out`: id, name|false, payload, attempts,
+-- first_attempt_at, enqueued_at, token.
+local function append_claimed(out, id, r)
+  local n = #out
+  out[n + 1] = id
+  out[n + 2] = r.n ~= '' and r.n or false
+  out[n + 3] = r.p
+  out[n + 4] = r.a
+  out[n + 5] = r.f
+  out[n + 6] = r.e
+  out[n + 7] = r.k
+end
+
+-- claim(limit) proper, shared by claim.lua and the hand-off in enqueue.lua: lease up to
+-- `limit` claimable tasks, oldest visible_at first. Claimable: in `due` with score <= now,
+-- or in `leased` with an expired lease (its worker died). Honours pause, max_concurrent and
+-- the token bucket. `kept` ({id, record} leases the caller already holds, see unpark) come
+-- first, their leases renewed. Returns {now, lease_until, then the fields of append_claimed
+-- per task}.
+local function claim_batch(now, t, limit, kept)
+  local q = redis.call('HMGET', K_Q, 'paused', 'rate', 'cap', 'mc', 'lease', 'tok', 'ts')
+  local until_ = now + (tonumber(q[5]) or DEFAULT_LEASE) * US
+  local out = { now, until_ }
+  for _, h in ipairs(kept) do
+    redis.call('ZADD', K_LEASED, until_, h[1])
+    append_claimed(out, h[1], h[2])
+  end
+  if q[1] == '1' or limit <= 0 then
+    return out
+  end
+  local mc, active = tonumber(q[4]), 0
+  if mc then
+    active = redis.call('ZCOUNT', K_LEASED, bound(now, true), '+inf')
+    limit = math.min(limit, mc - active)
+  end
+  local rate, tokens = tonumber(q[2]), nil
+  if rate then
+    local cap = tonumber(q[3]) or 1
+    tokens = tonumber(q[6])
+    local ts = tonumber(q[7])
+    if tokens == nil or ts == nil then
+      tokens = cap
+    else
+      tokens = math.min(cap, tokens + math.max(0, now - ts) / US * rate)
+    end
+    limit = math.min(limit, math.floor(tokens))
+  end
+  if limit <= 0 then
+    return out
+  end
+  -- Candidates from both sets, merged by score.
+  local d = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local l = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local ids, from_due = {}, {}
+  local di, li = 1, 1
+  while #ids < limit and (di <= #d or li <= #l) do
+    if li > #l or (di <= #d and tonumber(d[di + 1]) <= tonumber(l[li + 1])) then
+      ids[#ids + 1] = d[di]
+      from_due[d[di]] = true
+      di = di + 2
+    else
+      ids[#ids + 1] = l[li]
+      li = li + 2
+    end
+  end
+  local bad = {}
+  local recs = load_many(ids, bad)
+  local prefix = t[1] .. t[2] .. '.' .. redis.call('HINCRBY', K_Q, 'seq', 1) .. '.'
+  local hset, zadd, zrem, orphans_due, orphans_leased = {}, {}, {}, {}, {}
+  local claimed = 0
+  for _, id in ipairs(ids) do
+    local r = recs[id]
+    if r then
+      claimed = claimed + 1
+      r.s, r.a, r.k = 'l', r.a + 1, prefix .. claimed
+      if r.f == 0 then
+        r.f = now
+      end
+      hset[#hset + 1] = id
+      hset[#hset + 1] = pack(r)
+      zadd[#zadd + 1] = until_
+      zadd[#zadd + 1] = id
+      if from_due[id] then
+        zrem[#zrem + 1] = id
+      end
+      append_claimed(out, id, r)
+    elseif r == nil then -- an index entry without a record: drop it
+      local o = from_due[id] and orphans_due or orphans_leased
+      o[#o + 1] = id
+    end
+  end
+  call_many('HSET', K_TASKS, hset)
+  call_many('ZADD', K_LEASED, zadd)
+  call_many('ZREM', K_DUE, zrem)
+  call_many('ZREM', K_DUE, orphans_due)
+  call_many('ZREM', K_LEASED, orphans_leased)
+  for _, b in ipairs(bad) do
+    bury_corrupt(b[1], b[3], b[2], now)
+  end
+  if tokens ~= nil and claimed > 0 then
+    tokens = tokens - claimed
+    redis.call('HSET', K_Q, 'tok', tokens, 'ts', now)
+  end
+  if #ids < limit then
+    -- This claim drained what was due: a leftover token would only wake someone for nothing.
+    redis.call('DEL', K_WAKE)
+  elseif (tokens == nil or tokens >= 1) and (mc == nil or active + claimed < mc)
+      and any_due(now) then
+    -- Work is left that another idle worker could take now: pass the baton.
+    wake()
+  end
+  return out
+end
+
+local function inbox_key(wid)
+  return string.sub(K_WAKE, 1, -5) .. 'inbox:' .. wid
+end
+
+-- A hand-off as it sits in an inbox: every field of a claim reply as a 4-byte big-endian
+-- length and the bytes (numbers as integer text, false as ''), read back by the broker's
+-- Python (redis_lua.handed_from) and by unpark below.
+local function encode_fields(t)
+  local parts = {}
+  for i, v in ipairs(t) do
+    if type(v) == 'number' then
+      v = string.format('%.0f', v)
+    elseif v == false then
+      v = ''
+    end
+    parts[i] = struct.pack('>I4', #v) .. v
+  end
+  return table.concat(parts)
+end
+
+local function decode_fields(blob)
+  local f, pos = {}, 1
+  while pos <= #blob do
+    local n, at = struct.unpack('>I4', blob, pos)
+    f[#f + 1] = string.sub(blob, at, at + n - 1)
+    pos = at + n
+  end
+  return f
+end
+
+-- Lease up to `n` claimable tasks to as many parked workers, one each, newest parked
+-- first, and push each to its worker's inbox. Returns whether any was handed over.
+local function hand_off(now, t, n)
+  local parked = redis.call('ZREVRANGEBYSCORE', K_PARKED, '+inf', bound(now, true),
+    'LIMIT', 0, math.min(n, 8))
+  local handed = false
+  for _, wid in ipairs(parked) do
+    local out = claim_batch(now, t, 1, {})
+    if #out == 2 then
+      break
+    end
+    redis.call('ZREM', K_PARKED, wid)
+    local inbox = inbox_key(wid)
+    redis.call('RPUSH', inbox, encode_fields(out))
+    -- a worker that died parked leaves its inbox behind: gone once its leases ran out
+    redis.call('PEXPIRE', inbox, math.floor((out[2] - now) / 1000) + 60000)
+    handed = true
+  end
+  if #parked > 0 then
+    redis.call('ZREMRANGEBYSCORE', K_PARKED, '-inf', now) -- parked workers that died
+  end
+  return handed
+end
+
+-- Worker `wid` stops being parked: take back what its inbox holds. Returns up to `limit`
+-- {id, record} of the tasks it still holds a lease on; the rest go back to `due`.
+local function unpark(wid, now, limit)
+  redis.call('ZREM', K_PARKED, wid)
+  local kept = {}
+  local inbox = inbox_key(wid)
+  local blobs = redis.call('LRANGE', inbox, 0, -1)
+  if #blobs == 0 then
+    return kept
+  end
+  redis.call('DEL', inbox)
+  local released = false
+  for _, blob in ipairs(blobs) do
+    local f = decode_fields(blob)
+    for i = 3, #f, 7 do
+      local id, token = f[i], f[i + 6]
+      local r = load(id)
+      if r and r.s == 'l' and r.k == token then
+        if #kept < limit then
+          kept[#kept + 1] = { id, r }
+        else
+          release_record(id, r, now)
+          released = true
+        end
+      end
+    end
+  end
+  if released then
+    wake()
+  end
+  return kept
 end

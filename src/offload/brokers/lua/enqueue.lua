@@ -1,8 +1,9 @@
 -- enqueue(id, name, payload, eta, delay, ...): five arguments per task. `eta` is epoch
 -- seconds ('' : now + `delay` seconds); `name` '' : none. Returns per task 1 (created, or
 -- that id exists already: enqueue is idempotent by id) or 0 (the name exists in the queue
--- or is inside its dedup window).
-local now = clock()
+-- or is inside its dedup window). A task due now goes straight to a parked worker when
+-- one is waiting (hand_off), else wakes one.
+local now, t = clock()
 
 local function visible_at(i)
   local eta = tonumber(ARGV[i + 3])
@@ -19,8 +20,11 @@ end
 if #ARGV == 5 and ARGV[2] == '' then
   -- One unnamed task, the common one-by-one send: as few calls as possible.
   if redis.call('HSETNX', K_TASKS, ARGV[1], record(1)) == 1 then
-    redis.call('ZADD', K_DUE, visible_at(1), ARGV[1])
-    wake()
+    local at = visible_at(1)
+    redis.call('ZADD', K_DUE, at, ARGV[1])
+    if at > now or not hand_off(now, t, 1) then
+      wake()
+    end
   end
   return { 1 }
 end
@@ -31,6 +35,7 @@ for i = 1, #ARGV, 5 do
 end
 local exists = redis.call('HMGET', K_TASKS, unpack(ids))
 local out, hset, zadd, taken, seen = {}, {}, {}, {}, {}
+local due_now = 0
 for j = 1, #ids do
   local i = j * 5 - 4
   local id, name = ARGV[i], ARGV[i + 1]
@@ -51,8 +56,12 @@ for j = 1, #ids do
     if ok == 1 then
       hset[#hset + 1] = id
       hset[#hset + 1] = record(i)
-      zadd[#zadd + 1] = visible_at(i)
+      local at = visible_at(i)
+      zadd[#zadd + 1] = at
       zadd[#zadd + 1] = id
+      if at <= now then
+        due_now = due_now + 1
+      end
       if name ~= '' then
         taken[name] = true
         redis.call('HSET', K_NAMES, name, id)
@@ -65,6 +74,8 @@ end
 if #hset > 0 then
   call_many('HSET', K_TASKS, hset)
   call_many('ZADD', K_DUE, zadd)
-  wake()
+  if due_now == 0 or not hand_off(now, t, due_now) then
+    wake()
+  end
 end
 return out

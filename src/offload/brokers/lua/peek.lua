@@ -1,9 +1,17 @@
--- peek(): microseconds until a task of this queue may become claimable: 0 now, -1 not
--- foreseeable (empty, paused, or saturated with nothing expiring). Read only.
+-- peek(wid, ttl): microseconds until a task of this queue may become claimable: 0 now, -1
+-- not foreseeable (empty, paused, or saturated with nothing expiring). Given a worker id,
+-- unless the answer is 0, the worker is also parked for `ttl` microseconds: enqueue may
+-- then lease a task to it and push it to its inbox (hand_off in _lib.lua).
 local now = clock()
+local function park(delay)
+  if delay ~= 0 and ARGV[1] and ARGV[1] ~= '' then
+    redis.call('ZADD', K_PARKED, now + tonumber(ARGV[2]), ARGV[1])
+  end
+  return delay
+end
 local q = redis.call('HMGET', K_Q, 'paused', 'rate', 'cap', 'mc', 'tok', 'ts')
 if q[1] == '1' then
-  return -1
+  return park(-1)
 end
 local d = redis.call('ZRANGE', K_DUE, 0, 0, 'WITHSCORES')
 local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
@@ -15,7 +23,7 @@ if #l > 0 and (at == nil or tonumber(l[2]) < at) then
   at = tonumber(l[2])
 end
 if at == nil then
-  return -1
+  return park(-1)
 end
 local mc = tonumber(q[4])
 if mc and redis.call('ZCOUNT', K_LEASED, bound(now, true), '+inf') >= mc then
@@ -33,4 +41,4 @@ if rate then
     end
   end
 end
-return math.max(0, at - now)
+return park(math.max(0, at - now))

@@ -5,21 +5,8 @@ if #held == 0 then
   return 0
 end
 local now = clock()
-local ids, hset, zadd = {}, {}, {}
-for i, h in ipairs(held) do
-  local id, r = h[1], h[2]
-  r.s, r.k, r.a = 'r', '', math.max(0, r.a - 1)
-  if r.a == 0 then
-    r.f = 0
-  end
-  ids[i] = id
-  hset[#hset + 1] = id
-  hset[#hset + 1] = pack(r)
-  zadd[#zadd + 1] = now
-  zadd[#zadd + 1] = id
+for _, h in ipairs(held) do
+  release_record(h[1], h[2], now)
 end
-call_many('HSET', K_TASKS, hset)
-call_many('ZREM', K_LEASED, ids)
-call_many('ZADD', K_DUE, zadd)
 wake()
 return #held

@@ -1,0 +1,110 @@
+"""An idle worker imports only what it runs: every module costs resident memory in every
+worker process, for as long as it lives.
+
+Each check runs a fresh interpreter (this one has imported pytest and half the library) and
+reads the module table it ends with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# What an idle worker needs none of. The stdlib ones came with importlib.resources (reading
+# the SQLite broker's SQL), hashlib/tempfile (the doorbell's rare long-path case) and random
+# (jitter under lock contention): about 1.8 MB of resident memory together.
+NOT_IN_AN_IDLE_WORKER = {
+    "hashlib",
+    "importlib.readers",
+    "importlib.resources",
+    "pathlib",
+    "random",
+    "shutil",
+    "tempfile",
+    "zipfile",
+}
+# Never loaded by a worker or a plain ``import offload``: terminal output of the other
+# commands, the channel library and the conformance suite.
+NEVER_IN_A_WORKER = {"rich", "offload.chan", "offload.testing"}
+
+APP = '''
+import atexit
+import os
+import sys
+
+from offload import App
+
+app = App("footprint")
+
+
+@app.task
+async def noop() -> None:
+    """Never sent: the worker only looks for work and finds none."""
+
+
+@atexit.register
+def _dump() -> None:
+    # at exit: after the broker was opened, its SQL read and the claim loop ran
+    with open(os.environ["FOOTPRINT_OUT"], "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+'''
+
+
+def _env(tmp_path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _modules_after(code: str, tmp_path) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code) + "\nprint('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_idle_sqlite_worker_imports_nothing_it_does_not_use(tmp_path):
+    (tmp_path / "footapp.py").write_text(APP)
+    db, dump = tmp_path / "idle.db", tmp_path / "modules.txt"
+    env = _env(tmp_path) | {"OFFLOAD_BROKER": f"sqlite:///{db}", "FOOTPRINT_OUT": str(dump)}
+    out = subprocess.run(
+        [sys.executable, "-m", "offload", "worker", "footapp:app", "--burst"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "stopped after" in out.stderr  # the worker ran its loop, then found no work
+    modules = set(dump.read_text().split())
+    # the broker really opened: its schema and queries were read and the file exists
+    assert {"offload.worker.runtime", "offload.brokers.sqlite_sql", "sqlite3"} <= modules
+    assert db.exists()
+    assert sorted(modules & (NOT_IN_AN_IDLE_WORKER | NEVER_IN_A_WORKER)) == []
+
+
+def test_plain_import_loads_neither_the_cli_nor_its_output(tmp_path):
+    modules = _modules_after("import sys\nimport offload", tmp_path)
+    assert "offload.app" in modules
+    assert sorted(modules & (NEVER_IN_A_WORKER | {"click", "offload.cli"})) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("redis") is None, reason="redis-py not installed")
+def test_redis_worker_entry_path_loads_no_extras(tmp_path):
+    modules = _modules_after(
+        "import sys\nimport offload.cli, offload.worker.runtime, offload.brokers.redis", tmp_path
+    )
+    assert "offload.brokers.redis" in modules
+    assert sorted(modules & NEVER_IN_A_WORKER) == []
