@@ -489,3 +489,83 @@ async def test_a_worker_that_died_parked_gets_no_hand_off(url):
     finally:
         a._r = None
         await other.close()
+
+
+# -- rediss:// --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """A TLS-only redis-server of this test's own, with a self-signed certificate."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+
+    exe, openssl = shutil.which("redis-server"), shutil.which("openssl")
+    if not exe or not openssl:
+        pytest.skip("needs redis-server and openssl to start a TLS server")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode(errors="replace")[-300:]
+                pytest.skip(f"this redis-server cannot serve TLS: {out}")
+            try:
+                client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert))
+                if client.ping():
+                    client.close()
+                    break
+            except (redis.ConnectionError, ssl.SSLError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield port, cert
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_rediss_passes_the_conformance_suite(tls_server):
+    from offload.testing import check_broker
+
+    port, cert = tls_server
+    url = f"rediss://127.0.0.1:{port}/0?prefix=tls&ssl_ca_certs={cert}"
+    assert len(await check_broker(lambda: broker_from_url(url))) >= 40
+
+    # the synchronous producer path and a hand-off, over TLS too
+    a, b = RedisBroker(url), RedisBroker(url)
+    await a.open()
+    try:
+        w = await _parked(a, ["tq"])
+        b.enqueue_blocking([task("tq", b"over tls")])
+        await asyncio.wait_for(w, 2)
+        assert [c.payload for c in await a.claim(["tq"], 5)] == [b"over tls"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_plain_redis_url_to_a_tls_port_is_a_clear_error(tls_server):
+    port, _ = tls_server
+    b = broker_from_url(f"redis://127.0.0.1:{port}/0?prefix=tls&socket_connect_timeout=2")
+    with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}"):
+        await asyncio.wait_for(b.open(), 20)
+    await b.close()
