@@ -48,6 +48,10 @@ class Capabilities:
     transactional_enqueue: bool = False
     #: one broker spans several servers (Redis Cluster)
     cluster: bool = False
+    #: an enqueue may lease a task straight to a worker blocked in :meth:`Broker.wait`; the
+    #: broker passes it to its ``on_handoff`` callback, if one is set and takes it, during
+    #: that wait, or else returns it from the next :meth:`Broker.claim`
+    handoff: bool = False
 
 
 @dataclass(slots=True)

@@ -87,7 +87,9 @@ class RedisBroker:
     def __init__(self, url: str) -> None:
         self.url = url
         self._redis_url, self.prefix, self._cluster, self._where = split_url(url)
-        self.capabilities = Capabilities(inline=False, cluster=self._cluster)
+        self.capabilities = Capabilities(
+            inline=False, cluster=self._cluster, handoff=not self._cluster
+        )
         self._scripts = scripts()
         self._keys: dict[str, QueueKeys] = {}
         self._r: Any = None
@@ -104,6 +106,9 @@ class RedisBroker:
         self._parked: set[str] = set()
         self._handed: list[Claimed] = []
         self._inbox_queue: dict[str, str] = {}
+        #: set by a worker: called with the tasks handed to it while it waits, to start
+        #: them at once; returns False to have them returned by the next claim instead
+        self.on_handoff: Callable[[list[Claimed]], bool] | None = None
         self._read_retry = _AsyncRetry(
             ExponentialBackoff(cap=0.25, base=0.01), 3, supported_errors=(BrokerUnavailable,)
         )
@@ -421,8 +426,12 @@ class RedisBroker:
         queue = self._inbox_queue.get(popped[0].decode())
         if queue is None:
             return False
-        self._handed += handed_from(queue, popped[1])
+        got = handed_from(queue, popped[1])
         self._parked.discard(queue)
+        # Parked elsewhere too: the claim that unparks us there must come first.
+        sink = self.on_handoff
+        if sink is None or self._parked or self._handed or not sink(got):
+            self._handed += got
         return True
 
     async def _abandoned(self, popped: tuple[bytes, bytes]) -> None:

@@ -138,6 +138,8 @@ class Worker:
         await broker.open()
         await broker.declare([self.app._policy(q) for q in sorted(self.app.queues)])
         self.app._loop_brokers[loop] = broker
+        if broker.capabilities.handoff:
+            broker.on_handoff = self._handed  # type: ignore[attr-defined]
         if self._signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop)
@@ -206,6 +208,16 @@ class Worker:
                         await self._sleep_or_stop(self._outage(exc))
                         continue
             await self._idle(free > 0)
+
+    def _handed(self, claimed: list[Claimed]) -> bool:
+        """Start tasks an enqueue leased to this worker while it waited (a hand-off), right
+        where the wait read them: no claim round trip, no loop turn in between."""
+        if self._stopping or len(self._running) + len(claimed) > self.concurrency:
+            return False  # the broker keeps them for our next claim (or gives them back)
+        self.stats.claimed += len(claimed)
+        for c in claimed:
+            self._start(c)
+        return True
 
     def _outage(self, exc: BrokerError) -> float:
         """One log line when the broker goes away (and one when it is back), not one per
