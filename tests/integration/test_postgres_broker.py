@@ -210,6 +210,178 @@ def test_enqueue_blocking_in_callers_transaction_and_own_pool(url):
         asyncio.run(b.close())
 
 
+def _backends(app_name: str) -> list[int]:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _all_gone(app_name: str) -> bool:
+    for _ in range(100):  # a closed backend leaves pg_stat_activity within moments
+        if not _backends(app_name):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+async def _count_ready(url: str, queue: str = "q") -> int:
+    b = broker_from_url(url)
+    await b.open()
+    try:
+        return (await b.stats(queue)).ready
+    finally:
+        await b.close()
+
+
+@pytest.mark.parametrize("pool_max", [1, 2, 10])
+def test_enqueue_blocking_from_many_threads_shares_the_held_connection_safely(url, pool_max):
+    # One connection is held for one-by-one sends; threads that find it busy take the pool
+    # (or, with pool_max=1, wait for it). Every send lands once, named or not, and the sync
+    # side never opens more than pool_max connections.
+    app_name = "offload_held_" + uuid.uuid4().hex[:8]
+    b = broker_from_url(f"{url}&application_name={app_name}&pool_max={pool_max}")
+    per_thread, threads_n = 150, 6
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    most = [0]
+    start = threading.Barrier(threads_n)
+
+    def producer(k: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                name = f"t{k}-{i}" if i % 10 == 0 else None
+                results.extend(b.enqueue_blocking([task(name=name)]))
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    def watch() -> None:
+        while any(t.is_alive() for t in threads):
+            most[0] = max(most[0], len(_backends(app_name)))
+            time.sleep(0.02)
+
+    try:
+        b.enqueue_blocking([task()])  # opens the pool and migrates before the race
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(threads_n)]
+        for t in threads:
+            t.start()
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        for t in threads:
+            t.join()
+        watcher.join()
+        assert errors == []
+        assert results == [True] * (per_thread * threads_n)
+        assert 1 <= most[0] <= pool_max
+        # the same names again are duplicates, through the held connection as through the pool
+        assert b.enqueue_blocking([task(name="t0-0")]) == [False]
+        assert asyncio.run(_count_ready(url)) == per_thread * threads_n + 1
+    finally:
+        asyncio.run(b.close())
+    assert _all_gone(app_name), "close() left a connection open"
+
+
+def test_held_connection_is_replaced_after_pg_terminate_backend(url):
+    # The held connection's socket turns readable when the server terminates it: the next
+    # send sees that before using it and takes a fresh connection; no send fails.
+    app_name = "offload_held_" + uuid.uuid4().hex[:8]
+    b = broker_from_url(f"{url}&application_name={app_name}")
+    try:
+        assert b.enqueue_blocking([task()]) == [True]
+        for _ in range(3):
+            killed = _backends(app_name)
+            assert killed
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (killed,)
+                )
+            time.sleep(0.1)  # the FATAL reaches the idle socket
+            assert b.enqueue_blocking([task()]) == [True]
+            assert not set(killed) & set(_backends(app_name))
+        assert asyncio.run(_count_ready(url)) == 4
+    finally:
+        asyncio.run(b.close())
+
+
+def test_held_connection_lost_mid_statement_costs_one_call(url):
+    # A connection that dies while its statement runs (here: blocked on a table lock, then
+    # terminated) fails that one send with BrokerUnavailable, and the next send reconnects.
+    app_name = "offload_held_" + uuid.uuid4().hex[:8]
+    b = broker_from_url(f"{url}&application_name={app_name}")
+    schema = schema_of(url)
+    outcome: list[BaseException | list[bool]] = []
+    try:
+        assert b.enqueue_blocking([task()]) == [True]
+        with psycopg.connect(POSTGRES_URL) as locker:
+            locker.execute(f'LOCK TABLE "{schema}".tasks IN ACCESS EXCLUSIVE MODE')
+
+            def send() -> None:
+                try:
+                    outcome.append(b.enqueue_blocking([task()]))
+                except BaseException as exc:  # checked below
+                    outcome.append(exc)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as admin_conn:
+                for _ in range(100):  # until the send waits on the lock
+                    waiting = admin_conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                        "AND wait_event_type = 'Lock'",
+                        (app_name,),
+                    ).fetchall()
+                    if waiting:
+                        break
+                    time.sleep(0.02)
+                assert len(waiting) == 1, "the send never waited on the lock"
+                admin_conn.execute("SELECT pg_terminate_backend(%s)", waiting[0])
+            sender.join(10)
+            locker.rollback()
+        [exc] = outcome
+        assert isinstance(exc, BrokerUnavailable), exc
+        assert "PostgreSQL broker at" in str(exc)
+        assert b.enqueue_blocking([task()]) == [True]
+        assert asyncio.run(_count_ready(url)) == 2
+    finally:
+        asyncio.run(b.close())
+
+
+async def test_plain_and_named_single_sends_notify_at_commit_only(broker, url):
+    # enqueue_plain.sql (no name) and enqueue_one.sql (named) both wake a waiting worker,
+    # and neither does so from a rolled-back transaction.
+    waiter = broker_from_url(url)
+    await waiter.open()
+    try:
+        with psycopg.connect(POSTGRES_URL) as conn:
+            w = asyncio.create_task(waiter.wait(["q"], 1.0))
+            await asyncio.sleep(0.3)
+            with conn.transaction(force_rollback=True):
+                assert broker.enqueue_blocking([task()], connection=conn) == [True]
+                assert broker.enqueue_blocking([task(name="n")], connection=conn) == [True]
+            await asyncio.sleep(0.3)
+            assert not w.done(), "NOTIFY escaped a rolled-back transaction"
+            await w
+        for one in (task(), task(name="n"), task(delay=0.0)):
+            w = asyncio.create_task(waiter.wait(["q"], 5.0))
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            assert await asyncio.to_thread(broker.enqueue_blocking, [one]) == [True]
+            await asyncio.wait_for(w, 2.0)
+            assert time.monotonic() - t0 < 0.5
+        # eta and delay survive the positional parameters
+        now = await broker.now()
+        assert broker.enqueue_blocking([task(queue="later", eta=now + 600)]) == [True]
+        assert broker.enqueue_blocking([task(queue="later", delay=600.0)]) == [True]
+        s = await broker.stats("later")
+        assert (s.ready, s.scheduled) == (0, 2), s
+        got = await broker.claim(["q"], 10)
+        assert sorted(c.name or "" for c in got) == ["", "", "n"]
+    finally:
+        await waiter.close()
+
+
 async def test_bulk_enqueue_by_copy_joins_the_callers_transaction(broker):
     conn = await psycopg.AsyncConnection.connect(POSTGRES_URL)
     try:

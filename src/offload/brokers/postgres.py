@@ -32,13 +32,14 @@ Design notes:
   pipelined transaction after ``claim_lock.sql`` locks their rows: under READ COMMITTED a
   statement's snapshot is taken before it waits for a lock, so the count of leased tasks
   must be read by a statement that starts after the lock was granted.
-* **Enqueue**: one task: ``enqueue_one.sql`` (plain parameters); a batch with names:
-  ``enqueue.sql`` (parallel arrays through ``unnest``); a batch of 64 or more without
-  names: ``COPY`` (``enqueue_copy.sql``, ~1.5x the unnest INSERT's rows/s at 1,000), then
-  ``notify.sql``, in one transaction. Claims commit with ``synchronous_commit = off`` (set
-  LOCAL to their transaction): a claim lost in a server crash only makes its tasks
-  claimable again, as when a worker dies. Enqueue, ack, retry and the rest wait for the WAL
-  flush: what they return is durable.
+* **Enqueue**: one task without a name: ``enqueue_plain.sql``, a plain ``INSERT ...
+  RETURNING pg_notify(...)``; one named task: ``enqueue_one.sql`` (plain parameters, the
+  names CTE); a batch with names: ``enqueue.sql`` (parallel arrays through ``unnest``); a
+  batch of 64 or more without names: ``COPY`` (``enqueue_copy.sql``, ~1.5x the unnest
+  INSERT's rows/s at 1,000), then ``notify.sql``, in one transaction. Claims commit with
+  ``synchronous_commit = off`` (set LOCAL to their transaction): a claim lost in a server
+  crash only makes its tasks claimable again, as when a worker dies. Enqueue, ack, retry and
+  the rest wait for the WAL flush: what they return is durable.
 * **Names** (dedup): a ``names`` table keyed by (queue, name) whose ``expires_at`` is NULL
   while the task exists in any state and ``removal + dedup_window`` afterwards. Enqueue
   takes a name with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now``, whose
@@ -51,7 +52,8 @@ Design notes:
   ``psycopg.AsyncConnection`` runs the same enqueue statements in the caller's transaction
   and does not commit: the tasks (and the NOTIFY) exist if and only if the caller commits.
   ``enqueue_blocking`` is its synchronous twin for a ``psycopg.Connection`` (or, without
-  one, a lazily opened thread-safe sync pool that commits).
+  one, a lazily opened thread-safe sync pool that commits, one of whose connections is
+  held for one-by-one sends: see :mod:`.postgres_sync`).
 * **Failures**: a connection error raises ``BrokerUnavailable`` naming the server; the
   pool drops broken connections, and checks an idle connection's socket before handing
   it out, so a server restart or ``pg_terminate_backend`` costs at most one failed call.

@@ -83,6 +83,7 @@ class Queries:
     record_version: str
     enqueue: str
     enqueue_one: str
+    enqueue_plain: str
     enqueue_copy: str
     notify: str
     claim_lock: str
@@ -107,9 +108,10 @@ class Queries:
 
 
 _NAMED = [
-    "enqueue", "enqueue_one", "enqueue_copy", "notify", "claim_lock", "claim", "ack", "retry",
-    "release", "dead_letter", "extend", "next_due", "stats", "dead_letters", "requeue_dead",
-    "set_paused", "purge", "delete", "declare", "record", "metrics", "now", "gc_names",
+    "enqueue", "enqueue_one", "enqueue_plain", "enqueue_copy", "notify", "claim_lock", "claim",
+    "ack", "retry", "release", "dead_letter", "extend", "next_due", "stats", "dead_letters",
+    "requeue_dead", "set_paused", "purge", "delete", "declare", "record", "metrics", "now",
+    "gc_names",
 ]  # fmt: skip
 
 
@@ -224,10 +226,15 @@ class PostgresConfig:
 # -- enqueue: which statement, with which parameters (shared by every caller) -----------
 
 
-def enqueue_statement(q: Queries, tasks: Sequence[NewTask]) -> tuple[str, dict[str, Any]]:
+def enqueue_statement(
+    q: Queries, tasks: Sequence[NewTask]
+) -> tuple[str, dict[str, Any] | tuple[Any, ...]]:
     """The statement and parameters for an enqueue, whichever connection runs it."""
     if len(tasks) == 1:  # the common one-by-one send: plain parameters, no arrays
         t = tasks[0]
+        if t.name is None:  # no names table to consult: a plain INSERT, positional
+            eta = None if t.eta is None else float(t.eta)
+            return q.enqueue_plain, (t.id, t.queue, bytes(t.payload), eta, float(t.delay or 0.0))
         return q.enqueue_one, {
             "id": t.id,
             "queue": t.queue,

@@ -1,6 +1,6 @@
--- enqueue_one: enqueue.sql for a single task with plain parameters (the common one-by-one
--- send; no arrays to build or unnest). Returns one row when created, none for a duplicate
--- name. Same rules, same NOTIFY at commit.
+-- enqueue_one: enqueue.sql for a single named task with plain parameters (one-by-one
+-- sends; no arrays to build or unnest; unnamed ones take enqueue_plain.sql). Returns one
+-- row when created, none for a duplicate name. Same rules, same NOTIFY at commit.
 WITH reserved AS (
     INSERT INTO {schema}.names AS n (queue, name, expires_at)
     SELECT %(queue)s::text, %(name)s::text, NULL WHERE %(name)s::text IS NOT NULL
