@@ -65,19 +65,13 @@ from .redis_lua import (
     stats_from,
 )
 from .redis_sync import SyncScripts
-from .redis_wait import SOCKET_TIMEOUT, blpop, blpop_cluster
+from .redis_wait import SOCKET_TIMEOUT, BlockingConnection, blpop, blpop_cluster, probe
 
 __all__ = ["RedisBroker"]
 
 _UNAVAILABLE = (_ConnError, _Timeout, OSError)
 _MAX_BLOCK = 20.0  # longest single block, below SOCKET_TIMEOUT; waking early is allowed
 _PURGE_BATCH = 5000
-
-
-async def _probe(conn: Any) -> bool:
-    """Whether an idle connection has something to read: the server closed it."""
-    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive  # redis-py < 8
-    return await can_read()
 
 
 class RedisBroker:
@@ -99,6 +93,7 @@ class RedisBroker:
         self._packer = CommandPacker()
         self._fast: Any = None
         self._fast_lock = asyncio.Lock()
+        self._blocking: BlockingConnection | None = None
         self._cleanups: set[asyncio.Future] = set()
         # Hand-offs: this broker's worker id, the queues it is parked on, and tasks
         # handed to it that the next claim returns.
@@ -149,6 +144,9 @@ class RedisBroker:
         fast, self._fast = self._fast, None
         if fast is not None:
             await fast.disconnect()
+        blocking, self._blocking = self._blocking, None
+        if blocking is not None:
+            await blocking.close()
         if r is not None:
             await r.aclose()
         with self._sync_lock:
@@ -214,7 +212,7 @@ class RedisBroker:
             if conn is None:
                 pool = r.connection_pool
                 conn = self._fast = pool.connection_class(**pool.connection_kwargs)
-            elif conn.is_connected and await _probe(conn):
+            elif conn.is_connected and await probe(conn):
                 await conn.disconnect()  # closed by the server: reconnect
             try:
                 await conn.send_packed_command([self._packer.evalsha(s, keys, args)])
@@ -409,7 +407,9 @@ class RedisBroker:
                 for q in self._parked:
                     self._inbox_queue[self._qkeys(q).inbox(self._wid)] = q
                 keys = [*inboxes, *wake]
-                popped = await blpop(self._client(), keys, timeout, self._cleanups, self._abandoned)
+                r = self._client()
+                conns = self._blocking = self._blocking or BlockingConnection(r)
+                popped = await blpop(r, conns, keys, timeout, self._cleanups, self._abandoned)
                 if popped:
                     self._take_handoff(popped)
         except _UNAVAILABLE as exc:

@@ -11,13 +11,12 @@ worker, a hand-off kept for the worker's next claim.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.cluster import key_slot
 
-__all__ = ["SOCKET_TIMEOUT", "blpop", "blpop_cluster"]
+__all__ = ["SOCKET_TIMEOUT", "BlockingConnection", "blpop", "blpop_cluster", "probe"]
 
 #: the broker's socket timeout; a blocking wait never outlasts it
 SOCKET_TIMEOUT = 30.0
@@ -26,8 +25,48 @@ SOCKET_TIMEOUT = 30.0
 Popped = tuple[bytes, bytes] | None  # (key, value), or None on a timeout
 
 
+async def probe(conn: Any) -> bool:
+    """Whether an idle connection has something to read: the server closed it."""
+    can_read = getattr(conn, "can_read", None) or conn.can_read_destructive  # redis-py < 8
+    return await can_read()
+
+
+class BlockingConnection:
+    """The connection a broker's waits block on, kept outside redis-py's pool: a checkout
+    there (lock, observability hooks) costs more than the wait's own work. A wait that
+    finds it busy (an abandoned BLPOP still finishing) takes one from the pool instead."""
+
+    def __init__(self, r: Any) -> None:
+        self._pool = r.connection_pool
+        self._conn: Any = None
+        self._busy = False
+
+    async def get(self) -> Any:
+        if self._busy:
+            return await self._pool.get_connection()
+        self._busy = True
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._pool.connection_class(**self._pool.connection_kwargs)
+        elif conn.is_connected and await probe(conn):
+            await conn.disconnect()  # closed by the server: the next send connects again
+        return conn
+
+    async def release(self, conn: Any) -> None:
+        if conn is self._conn:
+            self._busy = False
+        else:
+            await self._pool.release(conn)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
+
+
 async def blpop(
     r: Any,
+    conns: BlockingConnection,
     keys: list[str],
     timeout: float,
     cleanups: set[asyncio.Future],
@@ -35,71 +74,63 @@ async def blpop(
 ) -> Popped:
     """BLPOP on ``keys`` for ``timeout`` seconds (a single server). A background clean-up
     is added to ``cleanups`` when the caller is cancelled mid-wait; await them at close.
-    ``on_abandoned`` gets what that clean-up popped."""
-    pool = r.connection_pool
-    conn = await pool.get_connection()
-    ident: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    ``on_abandoned`` gets what that clean-up popped.
 
-    async def exchange() -> Any:
-        # Sent and read in a task of its own, so that a cancelled caller never interrupts
-        # it: once the BLPOP is sent it may pop at any moment, and only reading the reply
-        # keeps what it popped.
-        await conn.send_packed_command(
-            conn.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, timeout + 1.0)])
-        )
-        ident.set_result(await conn.read_response())
-        return await conn.read_response(timeout=math.inf)
-
-    read = asyncio.ensure_future(exchange())
+    The reply is read right here, not in a task of its own, so a wake-up reaches the caller
+    on the very loop turn its bytes arrive. That is safe to cancel: reads pass
+    ``disconnect_on_error=False``, and a cancelled read leaves what it had received in the
+    parser's buffer for the clean-up to finish.
+    """
+    conn = await conns.get()
+    # Sent from a task the caller's cancellation cannot interrupt halfway: once the BLPOP
+    # is out, it may pop at any moment, and only reading its reply keeps what it popped.
+    packed = conn.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, timeout + 1.0)])
+    send = asyncio.ensure_future(conn.send_packed_command(packed))
+    ident: list[int] = []
     try:
-        done, _ = await asyncio.wait({read}, timeout=timeout)
-        if not done:
-            await _unblock(r, ident, read)
-        popped = read.result()
+        await asyncio.shield(send)
+        ident.append(await conn.read_response(disconnect_on_error=False))
+        popped = await conn.read_response(timeout=timeout, disconnect_on_error=False)
+        if popped is None:  # the client-side timer: end the BLPOP, keep the connection
+            await r.execute_command("CLIENT", "UNBLOCK", ident[0])
+            popped = await conn.read_response(disconnect_on_error=False)
     except asyncio.CancelledError:
         # The worker stopped waiting (a slot freed). Finish the BLPOP in the background
         # instead of dropping the connection, and pass on whatever it took meanwhile.
-        cleanup = asyncio.ensure_future(_abandon_blpop(r, conn, ident, read, on_abandoned))
+        cleanup = asyncio.ensure_future(_abandon_blpop(r, conns, conn, send, ident, on_abandoned))
         cleanups.add(cleanup)
         cleanup.add_done_callback(cleanups.discard)
         raise
     except BaseException:
-        if not read.done():
-            read.cancel()
         await conn.disconnect()
-        await pool.release(conn)
+        await conns.release(conn)
         raise
-    else:
-        await pool.release(conn)
-        return tuple(popped) if popped else None
-
-
-async def _unblock(r: Any, ident: asyncio.Future[int], read: asyncio.Future) -> None:
-    """End the BLPOP of ``read`` early (CLIENT UNBLOCK) and wait for its reply."""
-    await asyncio.wait({ident, read}, timeout=SOCKET_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-    if not read.done() and ident.done():
-        await r.execute_command("CLIENT", "UNBLOCK", ident.result())
-    await asyncio.wait_for(asyncio.shield(read), SOCKET_TIMEOUT)
+    await conns.release(conn)
+    return tuple(popped) if popped else None
 
 
 async def _abandon_blpop(
     r: Any,
+    conns: BlockingConnection,
     conn: Any,
-    ident: asyncio.Future[int],
-    read: asyncio.Future,
+    send: asyncio.Future,
+    ident: list[int],
     on_abandoned: Callable[[tuple[bytes, bytes]], Awaitable[None]],
 ) -> None:
     try:
-        await _unblock(r, ident, read)
-        popped = read.result()
+        await send
+        if not ident:
+            ident.append(await conn.read_response(disconnect_on_error=False))
+        # The BLPOP is still blocked, or its reply is on the way: a second UNBLOCK of the
+        # same client is a no-op, so whichever it is, one more reply is all there is.
+        await r.execute_command("CLIENT", "UNBLOCK", ident[0])
+        popped = await conn.read_response(disconnect_on_error=False)
         if popped:
             await on_abandoned(tuple(popped))
     except BaseException:
-        if not read.done():
-            read.cancel()
         await conn.disconnect()
     finally:
-        await r.connection_pool.release(conn)
+        await conns.release(conn)
 
 
 async def blpop_cluster(r: Any, wake: list[str], timeout: float) -> None:
