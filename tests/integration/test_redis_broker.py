@@ -389,9 +389,9 @@ async def test_a_paused_or_rate_limited_queue_hands_nothing_off(broker, url):
     other = RedisBroker(url)
     try:
         await broker.set_paused("q", True)
-        w = await _parked(broker, ["q"], 0.5)
+        w = await _parked(broker, ["q"])
         other.enqueue_blocking([task()])
-        await asyncio.wait_for(w, 1)
+        await asyncio.wait_for(w, 0.5)  # refused hand-off: woken by a token instead
         s = await broker.stats("q")
         assert (s.ready, s.leased) == (1, 0)
         assert await broker.claim(["q"], 10) == []
@@ -405,6 +405,30 @@ async def test_a_paused_or_rate_limited_queue_hands_nothing_off(broker, url):
         assert len(await broker.claim(["r"], 10)) == 1
     finally:
         await other.close()
+
+
+async def test_wake_tokens_only_for_parked_workers_that_got_no_task(broker, url, raw):
+    db_raw = redis.Redis.from_url(url.split("?")[0])
+    wake = QueueKeys.of(broker.prefix, "q").wake
+    try:
+        # Nobody parked, so nobody is blocked: an enqueue needs to wake no one.
+        broker.enqueue_blocking([task()])
+        assert db_raw.llen(wake) == 0
+        await broker.claim(["q"], 10)
+        # A wake-only (cluster) worker parked: it gets a token, not the task.
+        db_raw.zadd(QueueKeys.of(broker.prefix, "q").keys[8], {"~w": 9e15})
+        sent = task()
+        broker.enqueue_blocking([sent])
+        assert db_raw.llen(wake) == 1
+        assert [c.id for c in await broker.claim(["q"], 10)] == [sent.id]
+        # A later eta, with a worker parked: a token, so it can re-time its wait.
+        db_raw.delete(wake)
+        w = await _parked(broker, ["q"])
+        broker.enqueue_blocking([task(delay=30.0)])
+        await asyncio.wait_for(w, 0.5)
+        assert (await broker.stats("q")).scheduled == 1
+    finally:
+        db_raw.close()
 
 
 async def test_cancelled_waits_lose_no_hand_off(broker, url):

@@ -97,7 +97,8 @@ class RedisBroker:
         self._cleanups: set[asyncio.Future] = set()
         # Hand-offs: this broker's worker id, the queues it is parked on, and tasks
         # handed to it that the next claim returns.
-        self._wid = os.urandom(8).hex()
+        # ('~': wake-only, a cluster worker: a cancelled BLPOP there may drop a hand-off)
+        self._wid = ("~" if self._cluster else "") + os.urandom(8).hex()
         self._parked: set[str] = set()
         self._handed: list[Claimed] = []
         self._inbox_queue: dict[str, str] = {}
@@ -380,12 +381,11 @@ class RedisBroker:
             return  # handed to us already: the next claim returns them
         timeout = min(timeout, _MAX_BLOCK)
         # Park (single server): until the next claim, enqueue may lease a task to us.
-        park = () if self._cluster else (self._wid, int((timeout + 1.0) * 1e6))
+        park = (self._wid, int((timeout + 1.0) * 1e6))
         before = set(self._parked)
-        if park:
-            # Counted as parked before the call: if it is cancelled, the script may still
-            # have run, and the next claim must unpark us and take what we were handed.
-            self._parked.update(queues)
+        # Counted as parked before the call: if it is cancelled, the script may still have
+        # run, and the next claim must unpark us and take what we were handed.
+        self._parked.update(queues)
         delays = await self._read(lambda: self._eval_many("peek", [(q, park) for q in queues]))
         for q, d in zip(queues, delays, strict=True):
             if d == 0 and q not in before:

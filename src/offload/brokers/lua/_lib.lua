@@ -10,7 +10,9 @@
 --   names   hash: name -> id, while a named task exists (any state)
 --   nexp    zset: name -> end of its dedup window, after the task was removed
 --   wake    list: tokens that idle workers BLPOP on
---   parked  zset: worker id -> deadline, for idle workers blocked on their inbox
+--   parked  zset: worker id -> deadline, for every idle worker blocked on the server: on
+--           its inbox (and the wake list), or, for an id starting with '~', on the wake
+--           list only (a Redis Cluster worker)
 --
 -- A parked worker's inbox, the list `{<prefix>:<queue>}:inbox:<worker id>`, is not among
 -- KEYS (its name is only known inside the script) but shares the queue's hash tag, so it
@@ -323,13 +325,23 @@ local function decode_fields(blob)
   return f
 end
 
--- Lease up to `n` claimable tasks to as many parked workers, one each, newest parked
--- first, and push each to its worker's inbox. Returns whether any was handed over.
-local function hand_off(now, t, n)
+-- Tell the parked workers about an enqueue of `n` tasks due now (0: only later ones). Up
+-- to `n` of them, newest parked first, get one task each, leased to them and pushed to
+-- their inbox; if one is left without (a wake-only worker, whose id starts with '~', or a
+-- hand-off refused by pause, rate or max_concurrent, or a later eta), a wake token goes
+-- out. With no worker parked nobody is blocked: every live worker claims before it blocks
+-- again, and its park sees what is due, so there is nobody to wake.
+local function notify_parked(now, t, n)
   local parked = redis.call('ZREVRANGEBYSCORE', K_PARKED, '+inf', bound(now, true),
-    'LIMIT', 0, math.min(n, 8))
-  local handed = false
+    'LIMIT', 0, math.max(1, math.min(n, 8)))
+  if #parked == 0 then
+    return
+  end
+  local handed = 0
   for _, wid in ipairs(parked) do
+    if handed >= n or string.sub(wid, 1, 1) == '~' then
+      break
+    end
     local out = claim_batch(now, t, 1, {})
     if #out == 2 then
       break
@@ -339,12 +351,12 @@ local function hand_off(now, t, n)
     redis.call('RPUSH', inbox, encode_fields(out))
     -- a worker that died parked leaves its inbox behind: gone once its leases ran out
     redis.call('PEXPIRE', inbox, math.floor((out[2] - now) / 1000) + 60000)
-    handed = true
+    handed = handed + 1
   end
-  if #parked > 0 then
-    redis.call('ZREMRANGEBYSCORE', K_PARKED, '-inf', now) -- parked workers that died
+  if handed < #parked then
+    wake()
   end
-  return handed
+  redis.call('ZREMRANGEBYSCORE', K_PARKED, '-inf', now) -- parked workers that died
 end
 
 -- Worker `wid` stops being parked: take back what its inbox holds. Returns up to `limit`

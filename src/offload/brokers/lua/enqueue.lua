@@ -1,8 +1,8 @@
 -- enqueue(id, name, payload, eta, delay, ...): five arguments per task. `eta` is epoch
 -- seconds ('' : now + `delay` seconds); `name` '' : none. Returns per task 1 (created, or
 -- that id exists already: enqueue is idempotent by id) or 0 (the name exists in the queue
--- or is inside its dedup window). A task due now goes straight to a parked worker when
--- one is waiting (hand_off), else wakes one.
+-- or is inside its dedup window). Parked workers hear of it (notify_parked): a task due
+-- now goes straight to one of them.
 local now, t = clock()
 
 local function visible_at(i)
@@ -22,9 +22,7 @@ if #ARGV == 5 and ARGV[2] == '' then
   if redis.call('HSETNX', K_TASKS, ARGV[1], record(1)) == 1 then
     local at = visible_at(1)
     redis.call('ZADD', K_DUE, at, ARGV[1])
-    if at > now or not hand_off(now, t, 1) then
-      wake()
-    end
+    notify_parked(now, t, at <= now and 1 or 0)
   end
   return { 1 }
 end
@@ -74,8 +72,6 @@ end
 if #hset > 0 then
   call_many('HSET', K_TASKS, hset)
   call_many('ZADD', K_DUE, zadd)
-  if due_now == 0 or not hand_off(now, t, due_now) then
-    wake()
-  end
+  notify_parked(now, t, due_now)
 end
 return out
