@@ -356,7 +356,6 @@ local function notify_parked(now, t, n)
   if handed < #parked then
     wake()
   end
-  redis.call('ZREMRANGEBYSCORE', K_PARKED, '-inf', now) -- parked workers that died
 end
 
 -- Worker `wid` stops being parked: take back what its inbox holds. Returns up to `limit`

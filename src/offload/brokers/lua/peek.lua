@@ -5,6 +5,7 @@
 local now = clock()
 local function park(delay)
   if delay ~= 0 and ARGV[1] and ARGV[1] ~= '' then
+    redis.call('ZREMRANGEBYSCORE', K_PARKED, '-inf', now) -- workers that died parked
     redis.call('ZADD', K_PARKED, now + tonumber(ARGV[2]), ARGV[1])
   end
   return delay
