@@ -19,7 +19,6 @@ import signal
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -27,12 +26,15 @@ import msgspec
 from .. import hooks as _hooks
 from ..app import App
 from ..brokers import broker_from_url
-from ..brokers.base import Broker, Claimed, TaskMetrics
+from ..brokers.base import Broker, Claimed
 from ..core import envelope as _env
 from ..errors import BadArguments, BrokerError, Fail, Retry
 from ..task import TaskFunction, TaskInfo, _current
 from .eager import Resumed
+from .leases import heartbeat
+from .metrics import MetricsBuffer
 from .outbox import Outbox
+from .state import Running, WorkerStats
 from .threads import ThreadPool
 
 __all__ = ["Worker", "WorkerStats"]
@@ -40,28 +42,6 @@ __all__ = ["Worker", "WorkerStats"]
 log = logging.getLogger("offload.worker")
 
 CLAIM_BATCH = 250  # most tasks claimed per round trip
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """What this worker did since it started (also what ``--burst`` prints)."""
-
-    claimed: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    dead: int = 0
-    released: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(slots=True)
-class _Running:
-    claim: Claimed
-    task: TaskFunction | None
-    info: TaskInfo | None
-    started: float
-    lost: bool = False
-    future: Any = None
 
 
 class Worker:
@@ -91,9 +71,9 @@ class Worker:
         self.hooks = hooks or _hooks.Hooks()
         self.stats = WorkerStats()
         self._signals = install_signal_handlers
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
         self._outbox = Outbox()
-        self._metrics: dict[str, TaskMetrics] = {}
+        self._metrics = MetricsBuffer()
         self._unknown_logged: set[str] = set()
         self._broker: Broker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,7 +141,7 @@ class Worker:
                     "tasks will run again after their lease",
                     len(self._outbox.acks),
                 )
-            await self._flush_metrics()
+            await self._metrics.flush(broker)
         finally:
             self.app._loop_brokers.pop(loop, None)
             if self._signals:
@@ -197,7 +177,7 @@ class Worker:
                         self._start(c)
                     if time.monotonic() - last_metrics > 2.0:
                         last_metrics = time.monotonic()
-                        await self._flush_metrics()
+                        await self._metrics.flush(broker)
                     await asyncio.sleep(0)  # let the handlers we just started run
                     continue
                 if self.burst and not self._running:
@@ -275,7 +255,7 @@ class Worker:
     # -- running one task -----------------------------------------------------------------
 
     def _start(self, c: Claimed) -> None:
-        run = _Running(c, None, None, time.perf_counter())
+        run = Running(c, None, None, time.perf_counter())
         self._running[c.id] = run
         self.hooks.claimed(c)
         try:
@@ -325,7 +305,7 @@ class Worker:
         else:
             self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
 
-    def _run_eager(self, run: _Running, coro: Any) -> None:
+    def _run_eager(self, run: Running, coro: Any) -> None:
         """Run an async handler's first step right here. Most handlers either finish in it
         (no Task is ever made: a fifth of a no-op task's cost) or reach their first real
         await; only then does a Task take over, resuming exactly where it stopped (what
@@ -350,7 +330,7 @@ class Worker:
         finally:
             _current.reset(token)
 
-    async def _continue(self, run: _Running, coro: Any, first: Any, cpu: float) -> None:
+    async def _continue(self, run: Running, coro: Any, first: Any, cpu: float) -> None:
         resumed = Resumed(coro, first, cpu)
         try:
             await resumed
@@ -363,7 +343,7 @@ class Worker:
         else:
             self._done(run, None, "", resumed.cpu)
 
-    def _run_thread(self, run: _Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
+    def _run_thread(self, run: Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
         token = _current.set(run.info)
         c0 = time.thread_time()
         try:
@@ -385,14 +365,14 @@ class Worker:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._done, run, result[0], result[1], cpu)
 
-    def _done(self, run: _Running, exc: BaseException | None, tb: str, cpu: float) -> None:
+    def _done(self, run: Running, exc: BaseException | None, tb: str, cpu: float) -> None:
         """Back on the loop: decide the task's fate."""
         if self._running.get(run.claim.id) is not run:
             return  # already released by a hurried drain
         wall = time.perf_counter() - run.started
         tf = run.task
         assert tf is not None
-        self._measure(tf.name, wall, cpu, failed=exc is not None)
+        self._metrics.add(tf.name, wall, cpu, failed=exc is not None)
         if exc is None:
             self._finish_ack(run)
         elif isinstance(exc, BadArguments):
@@ -404,7 +384,7 @@ class Worker:
         else:
             self._finish_retry(run, None, f"{type(exc).__qualname__}: {exc}", tb)
 
-    def _unknown(self, run: _Running, name: str) -> None:
+    def _unknown(self, run: Running, name: str) -> None:
         if name not in self._unknown_logged:
             self._unknown_logged.add(name)
             log.warning(
@@ -423,7 +403,7 @@ class Worker:
 
     # -- verdicts ---------------------------------------------------------------------------
 
-    def _finish_ack(self, run: _Running) -> None:
+    def _finish_ack(self, run: Running) -> None:
         self._forget(run)
         self.stats.succeeded += 1
         if not run.lost:
@@ -431,7 +411,7 @@ class Worker:
         if run.info is not None:
             self.hooks.succeeded(run.info)
 
-    def _finish_retry(self, run: _Running, after: float | None, error: str, tb: str) -> None:
+    def _finish_retry(self, run: Running, after: float | None, error: str, tb: str) -> None:
         c = run.claim
         policy = self._policies[c.queue].retry
         age = c.now - c.first_attempt_at + (time.perf_counter() - run.started)
@@ -448,7 +428,7 @@ class Worker:
             self._spawn_verdict(lambda: self._broker.retry(lease, delay, err))  # type: ignore[union-attr]
         self.hooks.retried(c, delay, error)
 
-    def _finish_dead(self, run: _Running, error: str, tb: str) -> None:
+    def _finish_dead(self, run: Running, error: str, tb: str) -> None:
         self._forget(run)
         self.stats.dead += 1
         if not run.lost:
@@ -456,7 +436,7 @@ class Worker:
             self._spawn_verdict(lambda: self._broker.dead_letter(lease, err, tb))  # type: ignore[union-attr]
         self.hooks.dead(run.claim, error)
 
-    def _forget(self, run: _Running) -> None:
+    def _forget(self, run: Running) -> None:
         self._running.pop(run.claim.id, None)
         if run.info is not None and run.info._ctx is not None:
             run.info.cancel()  # release the context's deadline timer
@@ -483,54 +463,9 @@ class Worker:
         return await self._outbox.flush(self._broker)  # type: ignore[arg-type]
 
     async def _heartbeat_loop(self) -> None:
-        broker = self._broker
-        assert broker is not None
+        assert self._broker is not None and self._closed is not None
         period = max(0.02, min(p.lease for p in self._policies.values()) / 3)
-        while not self._closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), period)
-            if self._closed.is_set():
-                return
-            runs = [r for r in self._running.values() if not r.lost]
-            if not runs:
-                continue
-            try:
-                held = await broker.extend([r.claim.lease for r in runs])
-            except BrokerError as exc:
-                self._outage(exc)  # logged once per outage; the claim loop logs recovery
-                continue
-            for r, ok in zip(runs, held, strict=True):
-                if not ok and not r.lost:
-                    r.lost = True
-                    log.warning(
-                        "lost the lease of task %s (%s); its result will be discarded",
-                        r.claim.id,
-                        r.task.name if r.task else "?",
-                    )
-                    if r.info is not None:
-                        r.info.cancel()
-
-    def _measure(self, name: str, wall: float, cpu: float, failed: bool) -> None:
-        m = self._metrics.get(name)
-        if m is None:
-            m = self._metrics[name] = TaskMetrics(name)
-        m.count += 1
-        m.failures += failed
-        m.wall_total += wall
-        m.cpu_total += cpu
-        if wall > m.wall_max:
-            m.wall_max = wall
-        if cpu > m.cpu_max:
-            m.cpu_max = cpu
-
-    async def _flush_metrics(self) -> None:
-        if not self._metrics:
-            return
-        batch, self._metrics = list(self._metrics.values()), {}
-        try:
-            await self._broker.record(batch)  # type: ignore[union-attr]
-        except BrokerError as exc:
-            log.warning("could not store task metrics: %s", exc)
+        await heartbeat(self._broker, self._running, self._closed, period, self._outage)
 
     # -- draining -------------------------------------------------------------------------
 
