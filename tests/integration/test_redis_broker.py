@@ -504,7 +504,7 @@ async def test_a_worker_that_died_parked_gets_no_hand_off(url):
     await other.open()
     try:
         await a.wait(["q"], 0.05)  # parked for the wait plus 1 s
-        assert a._parked == {"q"}
+        assert a._park.queues == {"q"}
         await a._client().aclose()  # dies: no claim, no close
         await asyncio.sleep(1.2)
         other.enqueue_blocking([task()])

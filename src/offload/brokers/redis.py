@@ -6,11 +6,12 @@ e.g. after a restart). Idle workers block in ``BLPOP`` on a per-queue wake list 
 enqueue, retry, release, resume and (for a saturated queue) ack push to, for as long as a
 script computes from the next due eta, lease expiry or rate-limit token.
 
-An idle worker on a single server also *parks* (``peek.lua``) and blocks on its own inbox:
-enqueue then leases a task due now straight to it (``hand_off`` in ``_lib.lua``), so the
-BLPOP that wakes the worker already carries its claim: one hop from send to start instead
-of a wake-up and a claim. The worker's next claim unparks it and takes back anything
-handed to it meanwhile; :meth:`RedisBroker.close` gives such tasks back.
+An idle worker also *parks* (``peek.lua``, :mod:`.redis_park`) before it blocks, and on a
+single server blocks on its own inbox too: enqueue then leases a task due now straight to
+it (``notify_parked`` in ``_lib.lua``), so the BLPOP that wakes the worker already carries
+its claim: one hop from send to start instead of a wake-up and a claim. The worker's next
+claim unparks it and takes back anything handed to it meanwhile; :meth:`RedisBroker.close`
+gives such tasks back. With nobody parked, nobody is blocked, and enqueue wakes no one.
 
 A connection failure raises :class:`~offload.errors.BrokerUnavailable` naming the server;
 the next call connects again. Writes are never retried blindly (a repeated claim would
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,7 +56,6 @@ from .redis_lua import (
     dead_from,
     enqueue_args,
     enqueue_calls,
-    handed_from,
     metrics_from,
     metrics_key,
     record_args,
@@ -64,6 +63,7 @@ from .redis_lua import (
     split_url,
     stats_from,
 )
+from .redis_park import Parking
 from .redis_sync import SyncScripts
 from .redis_wait import SOCKET_TIMEOUT, BlockingConnection, blpop, blpop_cluster, probe
 
@@ -95,19 +95,20 @@ class RedisBroker:
         self._fast_lock = asyncio.Lock()
         self._blocking: BlockingConnection | None = None
         self._cleanups: set[asyncio.Future] = set()
-        # Hand-offs: this broker's worker id, the queues it is parked on, and tasks
-        # handed to it that the next claim returns.
-        # ('~': wake-only, a cluster worker: a cancelled BLPOP there may drop a hand-off)
-        self._wid = ("~" if self._cluster else "") + os.urandom(8).hex()
-        self._parked: set[str] = set()
-        self._handed: list[Claimed] = []
-        self._inbox_queue: dict[str, str] = {}
-        #: set by a worker: called with the tasks handed to it while it waits, to start
-        #: them at once; returns False to have them returned by the next claim instead
-        self.on_handoff: Callable[[list[Claimed]], bool] | None = None
+        self._park = Parking(self._cluster)
         self._read_retry = _AsyncRetry(
             ExponentialBackoff(cap=0.25, base=0.01), 3, supported_errors=(BrokerUnavailable,)
         )
+
+    @property
+    def on_handoff(self) -> Callable[[list[Claimed]], bool] | None:
+        """Set by a worker: called with tasks handed to it while it waits, to start them at
+        once; returns False to have them returned by the next claim instead."""
+        return self._park.on_handoff
+
+    @on_handoff.setter
+    def on_handoff(self, fn: Callable[[list[Claimed]], bool] | None) -> None:
+        self._park.on_handoff = fn
 
     # -- connections ---------------------------------------------------------------------
 
@@ -139,7 +140,7 @@ class RedisBroker:
     async def close(self) -> None:
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
-        if self._r is not None and (self._parked or self._handed):
+        if self._r is not None and (self._park.queues or self._park.handed):
             await self._give_back()
         r, self._r = self._r, None
         fast, self._fast = self._fast, None
@@ -158,12 +159,12 @@ class RedisBroker:
     async def _give_back(self) -> None:
         """Unpark, and release what was handed to this worker but never returned by claim:
         otherwise those tasks would wait for their lease to end."""
-        handed, self._handed = self._handed, []
+        park = self._park
+        handed, park.handed = park.handed, []
         try:
-            if self._parked:
-                calls = [(q, (0, self._wid)) for q in sorted(self._parked)]
-                await self._eval_many("claim", calls)  # limit 0: unpark, release the inbox
-                self._parked.clear()
+            if park.queues:  # claims of nothing: unpark, release what the inbox holds
+                await self._eval_many("claim", park.unpark_only(()))
+                park.queues.clear()
             await self.release([c.lease for c in handed])
         except BrokerError:
             pass  # unreachable: those leases run out and the tasks are claimed again
@@ -293,24 +294,20 @@ class RedisBroker:
         if limit <= 0 or not queues:
             return []
         handed: list[Claimed] = []
-        if self._handed:
-            handed, self._handed = self._handed[:limit], self._handed[limit:]
-            if not self._parked:  # the hand-off unparked us: no round trip needed
+        if self._park.handed:
+            handed, more = self._park.take_handed(limit)
+            if not more:  # the hand-off unparked us: no round trip needed
                 return handed
             limit -= len(handed)
         return handed + await self._claim(queues, limit)
 
-    def _claim_args(self, queue: str, limit: int) -> tuple[Any, ...]:
-        return (limit, self._wid) if queue in self._parked else (limit,)
-
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
-        # Parked on a queue not asked for now (a caller changed its queues): unpark there
-        # too, with limit 0, which gives back anything handed to us on it.
-        extra = [(q, (0, self._wid)) for q in self._parked if q not in queues]
+        park = self._park
+        extra = park.unpark_only(queues)
         if len(queues) == 1 and not extra:
             q = queues[0]
-            got = claimed_from(q, await self._eval("claim", q, self._claim_args(q, limit)))
-            self._parked.clear()
+            got = claimed_from(q, await self._eval("claim", q, park.claim_args(q, limit)))
+            park.queues.clear()
             return got
         # Spread the limit over the queues, starting at a rotating one so none starves;
         # a second round gives what empty queues left to those that filled their share.
@@ -320,12 +317,11 @@ class RedisBroker:
         shares = {q: limit // n + (1 if i < limit % n else 0) for i, q in enumerate(order)}
         out: list[Claimed] = []
         full: list[str] = []
-        parked = self._parked
-        calls = [(q, self._claim_args(q, s)) for q, s in shares.items() if s > 0 or q in parked]
-        calls += extra
-        replies = await self._eval_many("claim", calls)
-        self._parked.clear()
-        for (q, (s, *_)), reply in zip(calls, replies, strict=True):
+        calls = [(q, park.claim_args(q, s)) for q, s in shares.items() if s or q in park.queues]
+        replies = await self._eval_many("claim", calls + extra)
+        park.queues.clear()
+        # (the replies of `extra`, claims of nothing, come last and carry no tasks)
+        for (q, (s, *_)), reply in zip(calls, replies, strict=False):
             got = claimed_from(q, reply)
             out += got
             if len(got) >= s > 0:
@@ -377,19 +373,13 @@ class RedisBroker:
         if not queues:
             await asyncio.sleep(max(0.0, timeout))
             return
-        if self._handed:
+        if self._park.handed:
             return  # handed to us already: the next claim returns them
         timeout = min(timeout, _MAX_BLOCK)
-        # Park (single server): until the next claim, enqueue may lease a task to us.
-        park = (self._wid, int((timeout + 1.0) * 1e6))
-        before = set(self._parked)
-        # Counted as parked before the call: if it is cancelled, the script may still have
-        # run, and the next claim must unpark us and take what we were handed.
-        self._parked.update(queues)
+        # Park: until the next claim, enqueue may lease a task to us (or wake us).
+        park, before = self._park.park(queues, timeout + 1.0)
         delays = await self._read(lambda: self._eval_many("peek", [(q, park) for q in queues]))
-        for q, d in zip(queues, delays, strict=True):
-            if d == 0 and q not in before:
-                self._parked.discard(q)  # not parked: something is claimable there now
+        self._park.peeked(queues, delays, before)
         soonest = min((d / 1e6 for d in delays if d >= 0), default=None)
         if soonest is not None:
             if soonest <= 0:
@@ -403,15 +393,12 @@ class RedisBroker:
             if self._cluster:
                 await blpop_cluster(self._client(), wake, timeout)
             else:
-                inboxes = [self._qkeys(q).inbox(self._wid) for q in self._parked]
-                for q in self._parked:
-                    self._inbox_queue[self._qkeys(q).inbox(self._wid)] = q
-                keys = [*inboxes, *wake]
+                keys = [*self._park.inboxes(self._qkeys), *wake]
                 r = self._client()
                 conns = self._blocking = self._blocking or BlockingConnection(r)
                 popped = await blpop(r, conns, keys, timeout, self._cleanups, self._abandoned)
                 if popped:
-                    self._take_handoff(popped)
+                    self._park.take(popped)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:  # e.g. an ACL that denies CLIENT ID / CLIENT UNBLOCK
@@ -420,23 +407,9 @@ class RedisBroker:
                 "BLPOP, CLIENT ID and CLIENT UNBLOCK on its connections"
             ) from exc
 
-    def _take_handoff(self, popped: tuple[bytes, bytes]) -> bool:
-        """Keep a hand-off that a BLPOP of wait() took for the next claim (the enqueue that
-        made it unparked us from its queue). False for a wake-up token."""
-        queue = self._inbox_queue.get(popped[0].decode())
-        if queue is None:
-            return False
-        got = handed_from(queue, popped[1])
-        self._parked.discard(queue)
-        # Parked elsewhere too: the claim that unparks us there must come first.
-        sink = self.on_handoff
-        if sink is None or self._parked or self._handed or not sink(got):
-            self._handed += got
-        return True
-
     async def _abandoned(self, popped: tuple[bytes, bytes]) -> None:
         # A wake-up token taken by a wait nobody awaits any more: another idle worker's.
-        if not self._take_handoff(popped):
+        if not self._park.take(popped):
             await self._client().execute_command("LPUSH", popped[0], popped[1])
 
     async def stats(self, queue: str) -> QueueStats:
@@ -517,19 +490,9 @@ class RedisBroker:
             if self._sync is None:
                 self._sync = SyncScripts(self._redis_url, self._cluster, self._client_kwargs())
             sync = self._sync
-        script = self._scripts["enqueue"]
         try:
-            if len(tasks) == 1:
-                t = tasks[0]
-                return [bool(sync.eval(script, self._qkeys(t.queue).keys, enqueue_args(tasks))[0])]
-            out = [False] * len(tasks)
-            for queue, idx in enqueue_calls(tasks):
-                args = enqueue_args([tasks[i] for i in idx])
-                reply = sync.eval(script, self._qkeys(queue).keys, args)
-                for i, ok in zip(idx, reply, strict=True):
-                    out[i] = bool(ok)
+            return sync.enqueue(self._scripts["enqueue"], lambda q: self._qkeys(q).keys, tasks)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
         except ResponseError as exc:
             raise BrokerError(f"Redis at {self._where} refused to enqueue: {exc}") from exc
-        return out

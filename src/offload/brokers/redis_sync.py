@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis as _redis
@@ -20,7 +20,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from .redis_lua import CommandPacker, Script
+from .base import NewTask
+from .redis_lua import CommandPacker, Script, enqueue_args, enqueue_calls
 
 __all__ = ["SyncScripts"]
 
@@ -94,6 +95,20 @@ class SyncScripts:
         except BaseException:
             conn.disconnect()  # a reply may be pending: never reuse this connection as is
             raise
+
+    def enqueue(
+        self, script: Script, keys_of: Callable[[str], tuple[str, ...]], tasks: Sequence[NewTask]
+    ) -> list[bool]:
+        """The enqueue script for ``tasks``: one call per queue (per chunk of a large batch),
+        on this thread's connection. Raises redis-py's errors."""
+        if len(tasks) == 1:  # the one-by-one send: nothing to group
+            return [bool(self.eval(script, keys_of(tasks[0].queue), enqueue_args(tasks))[0])]
+        out = [False] * len(tasks)
+        for queue, idx in enqueue_calls(tasks):
+            reply = self.eval(script, keys_of(queue), enqueue_args([tasks[i] for i in idx]))
+            for i, ok in zip(idx, reply, strict=True):
+                out[i] = bool(ok)
+        return out
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
