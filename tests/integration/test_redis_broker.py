@@ -593,3 +593,33 @@ async def test_plain_redis_url_to_a_tls_port_is_a_clear_error(tls_server):
     with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}"):
         await asyncio.wait_for(b.open(), 20)
     await b.close()
+
+
+async def test_a_workers_empty_claim_parks_it_and_a_plain_claim_does_not(broker, url, raw):
+    other = RedisBroker(url)
+    parked_key = QueueKeys.of(broker.prefix, "q").keys[8]
+    db_raw = redis.Redis.from_url(url.split("?")[0])
+    try:
+        # A plain consumer (no on_handoff: it may never wait) is not parked by a claim, so
+        # an enqueue leaves the task for anyone.
+        assert await broker.claim(["q"], 10) == []
+        assert db_raw.zcard(parked_key) == 0
+        # A worker's empty claim parks it at once: an enqueue right after is handed to it,
+        # and its wait starts it without a round trip of its own before blocking.
+        started: list = []
+        broker.on_handoff = lambda got: started.extend(got) or True
+        assert await broker.claim(["q"], 10) == []
+        assert db_raw.zcard(parked_key) == 1
+        sent = task()
+        other.enqueue_blocking([sent])
+        assert (await broker.stats("q")).leased == 1
+        await asyncio.wait_for(broker.wait(["q"], 5), 1)
+        assert [c.id for c in started] == [sent.id]
+        # Each claim unparks it first; a worker's empty claim parks it again at once, a
+        # plain one does not.
+        assert await broker.claim(["q"], 10) == [] and db_raw.zcard(parked_key) == 1
+        broker.on_handoff = None
+        assert await broker.claim(["q"], 10) == [] and db_raw.zcard(parked_key) == 0
+    finally:
+        db_raw.close()
+        await other.close()

@@ -58,6 +58,7 @@ from .redis_lua import (
     enqueue_calls,
     metrics_from,
     metrics_key,
+    parked_delay,
     record_args,
     scripts,
     split_url,
@@ -293,6 +294,7 @@ class RedisBroker:
     async def claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
         if limit <= 0 or not queues:
             return []
+        self._park.pre.clear()
         handed: list[Claimed] = []
         if self._park.handed:
             handed, more = self._park.take_handed(limit)
@@ -303,12 +305,18 @@ class RedisBroker:
 
     async def _claim(self, queues: Sequence[str], limit: int) -> list[Claimed]:
         park = self._park
+        # A worker (one that waits when a claim finds nothing) is parked by the claim
+        # itself: the wait that follows needs no round trip of its own before it blocks.
+        waits = park.on_handoff is not None
         extra = park.unpark_only(queues)
         if len(queues) == 1 and not extra:
             q = queues[0]
-            got = claimed_from(q, await self._eval("claim", q, park.claim_args(q, limit)))
-            park.queues.clear()
-            return got
+            args = park.claim_args(q, limit, waits)
+            if waits:
+                park.queues.add(q)  # if the call is cancelled it may have parked us
+            reply = await self._eval("claim", q, args)
+            park.claimed(q, parked_delay(reply))
+            return claimed_from(q, reply)
         # Spread the limit over the queues, starting at a rotating one so none starves;
         # a second round gives what empty queues left to those that filled their share.
         n = len(queues)
@@ -317,11 +325,19 @@ class RedisBroker:
         shares = {q: limit // n + (1 if i < limit % n else 0) for i, q in enumerate(order)}
         out: list[Claimed] = []
         full: list[str] = []
-        calls = [(q, park.claim_args(q, s)) for q, s in shares.items() if s or q in park.queues]
+        calls = [
+            (q, park.claim_args(q, s, waits and s > 0))
+            for q, s in shares.items()
+            if s or q in park.queues
+        ]
+        if waits:
+            park.queues.update(q for q, (s, *_) in calls if s)
         replies = await self._eval_many("claim", calls + extra)
-        park.queues.clear()
+        for q, _ in extra:
+            park.queues.discard(q)
         # (the replies of `extra`, claims of nothing, come last and carry no tasks)
         for (q, (s, *_)), reply in zip(calls, replies, strict=False):
+            park.claimed(q, parked_delay(reply))
             got = claimed_from(q, reply)
             out += got
             if len(got) >= s > 0:
@@ -376,10 +392,13 @@ class RedisBroker:
         if self._park.handed:
             return  # handed to us already: the next claim returns them
         timeout = min(timeout, _MAX_BLOCK)
-        # Park: until the next claim, enqueue may lease a task to us (or wake us).
-        park, before = self._park.park(queues, timeout + 1.0)
-        delays = await self._read(lambda: self._eval_many("peek", [(q, park) for q in queues]))
-        self._park.peeked(queues, delays, before)
+        # Park: until the next claim, enqueue may lease a task to us (or wake us). The
+        # claim just before has usually done it already.
+        delays = self._park.parked_by_claim(queues, timeout)
+        if delays is None:
+            park, before = self._park.park(queues, timeout + 1.0)
+            delays = await self._read(lambda: self._eval_many("peek", [(q, park) for q in queues]))
+            self._park.peeked(queues, delays, before)
         soonest = min((d / 1e6 for d in delays if d >= 0), default=None)
         if soonest is not None:
             if soonest <= 0:

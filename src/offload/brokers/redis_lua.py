@@ -48,6 +48,7 @@ __all__ = [
     "enqueue_calls",
     "handed_from",
     "metrics_from",
+    "parked_delay",
     "scripts",
     "split_url",
 ]
@@ -175,10 +176,11 @@ def _s(b: bytes | str) -> str:
 
 def claimed_from(queue: str, reply: list) -> list[Claimed]:
     """Decode claim.lua's reply: {now, lease_until, (id, name, payload, attempts,
-    first_attempt_at, enqueued_at, token)*}, times in integer microseconds."""
+    first_attempt_at, enqueued_at, token)*}, times in integer microseconds; or, from a
+    claim that found nothing and parked the worker, {now, lease_until, delay}."""
     now, until = reply[0] / _US, reply[1] / _US
     out = []
-    for i in range(2, len(reply), 7):
+    for i in range(2, len(reply) if len(reply) != 3 else 2, 7):
         id_, name, payload, attempts, first, enq, token = reply[i : i + 7]
         out.append(
             Claimed(
@@ -195,6 +197,12 @@ def claimed_from(queue: str, reply: list) -> list[Claimed]:
             )
         )
     return out
+
+
+def parked_delay(reply: list) -> int | None:
+    """What a claim that parked the worker says peek.lua would have: microseconds until
+    something may be claimable (0 now, -1 unknown); None when it claimed or did not park."""
+    return reply[2] if len(reply) == 3 else None
 
 
 def handed_from(queue: str, blob: bytes) -> list[Claimed]:

@@ -11,6 +11,7 @@ and the worker's ``on_handoff`` callback, which starts them where the wait read 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -18,6 +19,9 @@ from .base import Claimed
 from .redis_lua import QueueKeys, handed_from
 
 __all__ = ["Parking"]
+
+#: how long a claim that found nothing parks its worker: its wait follows at once
+CLAIM_PARK_TTL = 3.0
 
 
 class Parking:
@@ -31,6 +35,8 @@ class Parking:
         #: tasks handed to this worker that no claim has returned yet
         self.handed: list[Claimed] = []
         self.on_handoff: Callable[[list[Claimed]], bool] | None = None
+        #: per queue, what the last claim said peek would (µs to claimable) and when
+        self.pre: dict[str, tuple[int, float]] = {}
         self._inbox_queue: dict[str, str] = {}
 
     def park(self, queues: Sequence[str], ttl: float) -> tuple[tuple[Any, ...], set[str]]:
@@ -77,9 +83,39 @@ class Parking:
         got, self.handed = self.handed[:limit], self.handed[limit:]
         return got, bool(self.queues) or not got
 
-    def claim_args(self, queue: str, limit: int) -> tuple[Any, ...]:
-        """claim.lua's arguments: with the worker id where it must unpark too."""
-        return (limit, self.wid) if queue in self.queues else (limit,)
+    def claim_args(self, queue: str, limit: int, park: bool = False) -> tuple[Any, ...]:
+        """claim.lua's arguments: with the worker id where it must unpark too, and, for a
+        worker that waits when the claim finds nothing (``park``), the id to park it under
+        there and then."""
+        wid = self.wid if queue in self.queues else ""
+        if park:
+            return (limit, wid, self.wid, int(CLAIM_PARK_TTL * 1e6))
+        return (limit, wid) if wid else (limit,)
+
+    def claimed(self, queue: str, delay: int | None) -> None:
+        """After a claim of ``queue``: parked there again only if it found nothing and
+        nothing was claimable (``delay`` from claim.lua, None when it did not park)."""
+        if delay is None or delay == 0:
+            self.queues.discard(queue)
+        else:
+            self.queues.add(queue)
+            self.pre[queue] = (delay, time.monotonic())
+
+    def parked_by_claim(self, queues: Sequence[str], timeout: float) -> list[int] | None:
+        """The delays peek would give now, if the claim just before parked us on all of
+        ``queues`` for long enough to cover a wait of ``timeout`` seconds; else None."""
+        pre, self.pre = self.pre, {}
+        now = time.monotonic()
+        out = []
+        for q in queues:
+            got = pre.get(q)
+            if got is None or q not in self.queues:
+                return None
+            delay, at = got
+            if now - at + timeout + 1.0 > CLAIM_PARK_TTL:
+                return None
+            out.append(delay if delay < 0 else max(0, delay - int((now - at) * 1e6)))
+        return out
 
     def unpark_only(self, queues: Iterable[str]) -> list[tuple[str, tuple[Any, ...]]]:
         """Claims of nothing (limit 0) that unpark us from parked queues not in

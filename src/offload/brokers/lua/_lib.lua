@@ -390,3 +390,51 @@ local function unpark(wid, now, limit)
   end
   return kept
 end
+
+-- Microseconds until a task of this queue may become claimable: 0 now, -1 not foreseeable
+-- (empty, paused, or saturated with nothing expiring).
+local function next_claimable(now)
+  local q = redis.call('HMGET', K_Q, 'paused', 'rate', 'cap', 'mc', 'tok', 'ts')
+  if q[1] == '1' then
+    return -1
+  end
+  local d = redis.call('ZRANGE', K_DUE, 0, 0, 'WITHSCORES')
+  local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
+  local at = nil
+  if #d > 0 then
+    at = tonumber(d[2])
+  end
+  if #l > 0 and (at == nil or tonumber(l[2]) < at) then
+    at = tonumber(l[2])
+  end
+  if at == nil then
+    return -1
+  end
+  local mc = tonumber(q[4])
+  if mc and redis.call('ZCOUNT', K_LEASED, bound(now, true), '+inf') >= mc then
+    -- saturated: the next chance is the earliest lease expiry (or an ack, which wakes us)
+    at = math.max(at, tonumber(l[2]))
+  end
+  local rate = tonumber(q[2])
+  if rate then
+    local cap = tonumber(q[3]) or 1
+    local tokens, ts = tonumber(q[5]), tonumber(q[6])
+    if tokens ~= nil and ts ~= nil then
+      tokens = math.min(cap, tokens + math.max(0, now - ts) / US * rate)
+      if tokens < 1 then
+        at = math.max(at, now + math.ceil((1 - tokens) / rate * US))
+      end
+    end
+  end
+  return math.max(0, at - now)
+end
+
+-- Park worker `wid` on this queue for `ttl` microseconds, unless something is claimable now
+-- (`delay` 0): until its next claim, enqueue may hand it a task (notify_parked).
+local function park(wid, ttl, now, delay)
+  if delay ~= 0 and wid and wid ~= '' then
+    redis.call('ZREMRANGEBYSCORE', K_PARKED, '-inf', now) -- workers that died parked
+    redis.call('ZADD', K_PARKED, now + tonumber(ttl), wid)
+  end
+  return delay
+end
