@@ -54,7 +54,7 @@ def _inject(url: str, kind: str, payloads: dict[str, bytes]) -> None:
     else:
         import redis
 
-        from offload.brokers.redis_lua import QueueKeys
+        from offload.brokers.redis.scripts import QueueKeys
         from tests.conftest import REDIS_URL
 
         prefix = url.rsplit("prefix=", 1)[1]

@@ -26,7 +26,7 @@ from ..conftest import POSTGRES_URL, _drop_pg_schema, make_url
 psycopg = pytest.importorskip("psycopg")
 
 from offload.brokers.postgres import PostgresBroker  # noqa: E402
-from offload.brokers.postgres_sql import PostgresConfig, schema_snapshot  # noqa: E402
+from offload.brokers.postgres.queries import PostgresConfig, schema_snapshot  # noqa: E402
 
 
 @pytest.fixture

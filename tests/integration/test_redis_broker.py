@@ -25,7 +25,7 @@ redis = pytest.importorskip("redis")
 from redis.cluster import key_slot  # noqa: E402
 
 from offload.brokers.redis import RedisBroker  # noqa: E402
-from offload.brokers.redis_lua import QueueKeys, metrics_key  # noqa: E402
+from offload.brokers.redis.scripts import QueueKeys, metrics_key  # noqa: E402
 
 
 @pytest.fixture

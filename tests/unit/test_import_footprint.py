@@ -90,7 +90,7 @@ def test_idle_sqlite_worker_imports_nothing_it_does_not_use(tmp_path):
     assert "stopped after" in out.stderr  # the worker ran its loop, then found no work
     modules = set(dump.read_text().split())
     # the broker really opened: its schema and queries were read and the file exists
-    assert {"offload.worker.runtime", "offload.brokers.sqlite_sql", "sqlite3"} <= modules
+    assert {"offload.worker.runtime", "offload.brokers.sqlite.queries", "sqlite3"} <= modules
     assert db.exists()
     assert sorted(modules & (NOT_IN_AN_IDLE_WORKER | NEVER_IN_A_WORKER)) == []
 

@@ -24,7 +24,7 @@ import offload
 from offload.brokers import broker_from_url
 from offload.brokers.base import Lease, NewTask, TaskMetrics
 from offload.brokers.sqlite import SQLiteBroker
-from offload.brokers.sqlite_doorbell import Doorbell, wake_dir
+from offload.brokers.sqlite.doorbell import Doorbell, wake_dir
 from offload.core.envelope import new_id
 from offload.core.policy import QueuePolicy
 from offload.errors import BrokerError, BrokerUnavailable, BrokerURLError
@@ -264,7 +264,7 @@ def test_threads_get_their_own_connections(broker):
 
 
 def test_claim_uses_the_due_index(broker):
-    from offload.brokers.sqlite_sql import queries
+    from offload.brokers.sqlite.queries import queries
 
     plan = (
         broker._store.conn()

@@ -1,12 +1,12 @@
 """The Redis broker: ``redis://``, ``rediss://`` and ``redis+cluster://`` URLs.
 
-Every state change is one atomic Lua script (``lua/*.lua``, see :mod:`.redis_lua` for the
+Every state change is one atomic Lua script (``lua/*.lua``, see :mod:`.scripts` for the
 key layout), run on the server's clock and called by SHA (loaded again on ``NOSCRIPT``,
 e.g. after a restart). Idle workers block in ``BLPOP`` on a per-queue wake list that
 enqueue, retry, release, resume and (for a saturated queue) ack push to, for as long as a
 script computes from the next due eta, lease expiry or rate-limit token.
 
-An idle worker also *parks* (``peek.lua``, :mod:`.redis_park`) before it blocks, and on a
+An idle worker also *parks* (``peek.lua``, :mod:`.park`) before it blocks, and on a
 single server blocks on its own inbox too: enqueue then leases a task due now straight to
 it (``notify_parked`` in ``_lib.lua``), so the BLPOP that wakes the worker already carries
 its claim: one hop from send to start instead of a wake-up and a claim. The worker's next
@@ -37,9 +37,9 @@ from redis.exceptions import ConnectionError as _ConnError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as _Timeout
 
-from ..core.policy import QueuePolicy
-from ..errors import BrokerError, BrokerUnavailable
-from .base import (
+from ...core.policy import QueuePolicy
+from ...errors import BrokerError, BrokerUnavailable
+from ..base import (
     Capabilities,
     Claimed,
     DeadLetter,
@@ -48,7 +48,8 @@ from .base import (
     QueueStats,
     TaskMetrics,
 )
-from .redis_lua import (
+from .park import Parking
+from .scripts import (
     CommandPacker,
     QueueKeys,
     Script,
@@ -64,9 +65,8 @@ from .redis_lua import (
     split_url,
     stats_from,
 )
-from .redis_park import Parking
-from .redis_sync import SyncScripts
-from .redis_wait import SOCKET_TIMEOUT, BlockingConnection, blpop, blpop_cluster, probe
+from .sync import SyncScripts
+from .wait import SOCKET_TIMEOUT, BlockingConnection, blpop, blpop_cluster, probe
 
 __all__ = ["RedisBroker"]
 

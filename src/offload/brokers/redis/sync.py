@@ -20,8 +20,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from .base import NewTask
-from .redis_lua import CommandPacker, Script, enqueue_args, enqueue_calls
+from ..base import NewTask
+from .scripts import CommandPacker, Script, enqueue_args, enqueue_calls
 
 __all__ = ["SyncScripts"]
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .base import Claimed
-from .redis_lua import QueueKeys, handed_from
+from ..base import Claimed
+from .scripts import QueueKeys, handed_from
 
 __all__ = ["Parking"]
 

@@ -29,7 +29,7 @@ Threads and the event loop. The coroutines never suspend (``Capabilities.inline`
 do their SQLite work synchronously, so the App's synchronous facade drives them with
 ``coro.send(None)`` from any thread, without an event loop. Each thread gets its own
 connection, opened on first use. The one exception is :meth:`SQLiteBroker.wait`, which
-really waits: for a datagram on the doorbell (see :mod:`.sqlite_doorbell`), for the next
+really waits: for a datagram on the doorbell (see :mod:`.doorbell`), for the next
 due time it computed (an eta, a lease expiry, a rate-limit token), or for the timeout.
 """
 
@@ -39,13 +39,13 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from ..core.policy import QueuePolicy
-from ..errors import ConfigError
-from . import sqlite_tx as tx
-from .base import Capabilities, Claimed, DeadLetter, Lease, NewTask, QueueStats, TaskMetrics
-from .sqlite_doorbell import Doorbell
-from .sqlite_sql import queries
-from .sqlite_store import Store
+from ...core.policy import QueuePolicy
+from ...errors import ConfigError
+from ..base import Capabilities, Claimed, DeadLetter, Lease, NewTask, QueueStats, TaskMetrics
+from . import tx
+from .doorbell import Doorbell
+from .queries import queries
+from .store import Store
 
 __all__ = ["SQLiteBroker"]
 

@@ -1,6 +1,6 @@
 """The PostgreSQL broker's configuration (parsed from its URL) and its SQL text.
 
-Every statement the broker runs is a named file under ``sql/postgres/`` (``queries/`` for
+Every statement the broker runs is a named file under ``sql/`` (``queries/`` for
 the operations, ``migrations/`` for the schema, ``bootstrap.sql`` for the migration
 runner), loaded once per schema with the schema name and notify channel filled in. The
 async broker, the sync ``enqueue_blocking`` twin and a caller's own connection all run
@@ -18,8 +18,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from ..errors import BrokerURLError
-from .base import NewTask
+from ...errors import BrokerURLError
+from ..base import NewTask
 
 __all__ = [
     "LATEST_VERSION",
@@ -34,7 +34,7 @@ __all__ = [
     "queries",
 ]
 
-_SQL = resources.files(__package__).joinpath("sql", "postgres")
+_SQL = resources.files(__package__).joinpath("sql")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
 # offload's own URL parameters; everything else is libpq's and passes through untouched

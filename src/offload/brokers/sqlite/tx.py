@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.policy import QueuePolicy
-from .base import Claimed, DeadLetter, Lease, NewTask, QueueStats, TaskMetrics
-from .sqlite_sql import queries
+from ...core.policy import QueuePolicy
+from ..base import Claimed, DeadLetter, Lease, NewTask, QueueStats, TaskMetrics
+from .queries import queries
 
 READY, LEASED, DEAD = 0, 1, 2
 DEFAULTS = QueuePolicy("default")  # what an undeclared queue runs with

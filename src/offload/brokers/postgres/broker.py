@@ -8,7 +8,7 @@ URL parameters of offload's own (the rest go to libpq unchanged, ``postgres://``
 
 ``schema`` (default ``offload``)
     every table lives in this schema, so two apps (or tests) can share one database. It is
-    created and migrated on first open from ``sql/postgres/migrations/NNN_*.sql``, in one
+    created and migrated on first open from ``sql/migrations/NNN_*.sql``, in one
     transaction under ``pg_advisory_xact_lock``, so concurrent openers are safe; the applied
     versions are in ``<schema>.schema_version``. ``schema.sql`` is the resulting snapshot.
 ``prepare_threshold`` (default psycopg's 5; ``none`` never prepares)
@@ -45,7 +45,7 @@ Design notes:
   takes a name with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now``, whose
   row lock orders it against a racing ack of the same name. Idle workers delete expired
   rows now and then; an expired row is also reused in place.
-* **Wake-ups**: see :mod:`.postgres_listen`. ``wait()`` also sleeps no longer than the next
+* **Wake-ups**: see :mod:`.listen`. ``wait()`` also sleeps no longer than the next
   due time read from the tables (an eta, a lease expiry, the next token, or the first lease
   expiry of a saturated ``max_concurrent`` queue).
 * **Transactional enqueue**: ``enqueue(tasks, connection=conn)`` with the application's own
@@ -53,7 +53,7 @@ Design notes:
   and does not commit: the tasks (and the NOTIFY) exist if and only if the caller commits.
   ``enqueue_blocking`` is its synchronous twin for a ``psycopg.Connection`` (or, without
   one, a lazily opened thread-safe sync pool that commits, one of whose connections is
-  held for one-by-one sends: see :mod:`.postgres_sync`).
+  held for one-by-one sends: see :mod:`.sync`).
 * **Failures**: a connection error raises ``BrokerUnavailable`` naming the server; the
   pool drops broken connections, and checks an idle connection's socket before handing
   it out, so a server restart or ``pg_terminate_backend`` costs at most one failed call.
@@ -71,9 +71,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from ..core.policy import QueuePolicy
-from ..errors import BrokerError, BrokerUnavailable, ConfigError
-from .base import (
+from ...core.policy import QueuePolicy
+from ...errors import BrokerError, BrokerUnavailable, ConfigError
+from ..base import (
     Capabilities,
     Claimed,
     DeadLetter,
@@ -82,8 +82,8 @@ from .base import (
     QueueStats,
     TaskMetrics,
 )
-from .postgres_listen import Listener
-from .postgres_sql import (
+from .listen import Listener
+from .queries import (
     LATEST_VERSION,
     PostgresConfig,
     by_copy,
@@ -93,8 +93,8 @@ from .postgres_sql import (
     enqueue_statement,
     queries,
 )
-from .postgres_sql import has_input as _has_input
-from .postgres_sync import SyncSide
+from .queries import has_input as _has_input
+from .sync import SyncSide
 
 _ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
 

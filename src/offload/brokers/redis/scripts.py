@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..errors import BrokerURLError
-from .base import Claimed, DeadLetter, NewTask, QueueStats, TaskMetrics
+from ...errors import BrokerURLError
+from ..base import Claimed, DeadLetter, NewTask, QueueStats, TaskMetrics
 
 __all__ = [
     "CommandPacker",

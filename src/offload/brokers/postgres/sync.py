@@ -1,6 +1,6 @@
 """The PostgreSQL broker's synchronous side: ``enqueue_blocking`` for the App's sync facade.
 
-It runs the very statements of the async broker (:func:`.postgres_sql.enqueue_statement`,
+It runs the very statements of the async broker (:func:`.queries.enqueue_statement`,
 ``enqueue_copy.sql``, ``now.sql``, ``notify.sql`` and the migrations), on either the
 application's own ``psycopg.Connection`` (inside the caller's transaction, never committed
 here) or a sync ``ConnectionPool`` opened on first use, thread-safe, that commits.
@@ -28,9 +28,9 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import ConfigError
-from .base import NewTask
-from .postgres_sql import (
+from ...errors import ConfigError
+from ..base import NewTask
+from .queries import (
     LATEST_VERSION,
     PostgresConfig,
     Queries,

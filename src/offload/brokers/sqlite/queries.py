@@ -24,9 +24,9 @@ def _read(filename: str) -> str:
     # pkgutil.get_data asks the package's own loader (works from a wheel, a zip or a
     # checkout) without importlib.resources, whose readers pull in pathlib, tempfile and
     # zipfile: over 1 MB of resident memory in every worker on this broker.
-    data = pkgutil.get_data("offload.brokers", f"sql/sqlite/{filename}")
+    data = pkgutil.get_data(__package__, f"sql/{filename}")
     if data is None:  # a loader that cannot read data files: not a supported install
-        raise FileNotFoundError(f"offload.brokers: cannot read sql/sqlite/{filename}")
+        raise FileNotFoundError(f"{__package__}: cannot read sql/{filename}")
     return data.decode("utf-8")
 
 

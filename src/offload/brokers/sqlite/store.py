@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import BrokerError, BrokerUnavailable, BrokerURLError
-from .sqlite_sql import migrate
+from ...errors import BrokerError, BrokerUnavailable, BrokerURLError
+from .queries import migrate
 
 __all__ = ["Store", "parse_url"]
 
