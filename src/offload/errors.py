@@ -11,13 +11,16 @@
     │   ├── PayloadError              arguments that cannot be encoded as JSON-compatible data
     │   └── BrokerURLError            a broker URL offload cannot parse or has no driver for
     ├── TaskAlreadyExists             a named task exists (or finished within its dedup window)
-    ├── BrokerError                   the broker failed or is unreachable (retry later)
-    │   ├── BrokerUnavailable         could not reach the broker; nothing was enqueued
+    ├── BrokerError                   the broker failed
+    │   ├── BrokerUnavailable         an outage: the broker is unreachable; nothing happened
+    │   │   └── BrokerFull            the broker is out of memory or disk; nothing happened
+    │   ├── BrokerRefused             the broker rejected this request; the same request fails again
     │   └── Unsupported               the broker declares it lacks this feature
     ├── TaskControl                   raised by a handler to steer its own task
     │   ├── Retry                     run again after ``after`` seconds (or per policy)
     │   └── Fail                      stop now and dead-letter the task
     ├── TaskError                     the task's own code failed
+    │   ├── TaskTimeout               the task ran longer than its queue's or its own timeout
     │   └── MemoryLimitExceeded       the task went over its memory limit
     └── chan errors (offload.chan)    Closed, ChanPanic, Canceled, DeadlineExceeded
 
@@ -31,6 +34,8 @@ from collections.abc import Sequence
 __all__ = [
     "BadArguments",
     "BrokerError",
+    "BrokerFull",
+    "BrokerRefused",
     "BrokerURLError",
     "BrokerUnavailable",
     "ConfigError",
@@ -43,6 +48,7 @@ __all__ = [
     "TaskAlreadyExists",
     "TaskControl",
     "TaskError",
+    "TaskTimeout",
     "UnknownQueue",
     "UnknownTask",
     "Unsupported",
@@ -104,6 +110,18 @@ class BrokerUnavailable(BrokerError, ConnectionError):
     """The broker could not be reached; the operation did not happen."""
 
 
+class BrokerFull(BrokerUnavailable):
+    """The broker is out of memory or disk (Redis ``maxmemory`` with ``noeviction``, a full
+    disk): nothing happened. A worker treats it as an outage and waits; a sender gets this
+    error and decides (free space on the broker, or try again later)."""
+
+
+class BrokerRefused(BrokerError):
+    """The broker rejected the request itself (a value it cannot store, a constraint):
+    nothing happened, and sending the same request again fails the same way. A worker
+    reports it once and goes on with its other work."""
+
+
 class Unsupported(BrokerError, NotImplementedError):
     """The broker declares, in its capabilities, that it lacks this feature."""
 
@@ -150,6 +168,13 @@ class Fail(TaskControl):
 
 class TaskError(OffloadError):
     """The task's own code failed."""
+
+
+class TaskTimeout(TaskError, TimeoutError):
+    """The handler ran past its ``timeout`` (the task's, else its queue's). The task fails
+    under its retry policy and its slot is freed: an async handler is cancelled; a thread
+    handler gets this exception raised inside its thread and, if it does not stop, is
+    abandoned (counted and logged)."""
 
 
 class MemoryLimitExceeded(TaskError, MemoryError):

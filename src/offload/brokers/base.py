@@ -20,21 +20,25 @@ by the App's synchronous facade.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..core.policy import QueuePolicy
 
 __all__ = [
+    "BlockingEnqueue",
     "Broker",
     "Capabilities",
     "Claimed",
     "DeadLetter",
+    "EnforcedPolicy",
+    "HandoffReceiver",
     "Lease",
     "NewTask",
     "QueueStats",
     "TaskMetrics",
+    "TransactionalEnqueue",
 ]
 
 
@@ -90,12 +94,32 @@ class Claimed:
     enqueued_at: float
     now: float
     token: str
-    #: when this claim's lease ends, broker clock
+    #: when this claim's lease ends, broker clock (``lease_until - now`` is the lease length
+    #: the broker applied: the queue's stored lease, which may differ from a worker's copy)
     lease_until: float = 0.0
+    #: True when this claim takes over a lease that expired: the previous attempt ended
+    #: without a verdict (its worker died, hung, or lost the lease). False after an enqueue,
+    #: a retry, a release or a requeue. The worker's give-up decision at claim time
+    #: (:func:`offload.core.policy.give_up_at_claim`) applies only to such claims; a retry
+    #: the policy scheduled always runs.
+    expired: bool = False
 
     @property
     def lease(self) -> Lease:
         return Lease(self.queue, self.id, self.token)
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcedPolicy:
+    """The part of a queue's policy the broker stores and enforces, as it stands in the
+    broker (the last declaration wins), so a worker or the CLI can tell when its own
+    declaration differs. ``rate`` is tasks per second, ``bucket`` the bucket's capacity."""
+
+    rate: float | None = None
+    bucket: float | None = None
+    max_concurrent: int | None = None
+    lease: float = 60.0
+    dedup_window: float = 3600.0
 
 
 @dataclass(slots=True)
@@ -106,6 +130,8 @@ class QueueStats:
     leased: int = 0
     dead: int = 0
     paused: bool = False
+    #: what the broker enforces for this queue; None when the queue was never declared
+    policy: EnforcedPolicy | None = None
 
 
 @dataclass(slots=True)
@@ -145,8 +171,13 @@ class TaskMetrics:
 class Broker(Protocol):
     """The small interface every broker implements (see the module docstring).
 
-    Every method is atomic on the broker. Errors reaching the server raise
-    :class:`offload.errors.BrokerUnavailable`; nothing happened in that case.
+    Every method is atomic on the broker. Errors are offload's, never a driver's:
+    :class:`offload.errors.BrokerUnavailable` when the server cannot be reached or cannot
+    take more (:class:`offload.errors.BrokerFull`): nothing happened, and the same call may
+    succeed later; :class:`offload.errors.BrokerRefused` when the server rejected this
+    request itself (bad data, a constraint): nothing happened, and sending the same request
+    again fails the same way. Bad arguments raise :class:`offload.errors.ConfigError` before
+    any I/O, the same on every broker.
     """
 
     url: str
@@ -166,6 +197,11 @@ class Broker(Protocol):
         its ``name`` already exists in the queue or finished within its dedup window (the
         others of the batch are still created).
 
+        Idempotent by id: a task whose ``id`` exists already (in any state) is left as it
+        is and reported True, so a sender that retries a send whose reply it lost creates
+        nothing twice. (An id whose task already finished is not remembered: it would be
+        created again; names are the de-duplication that outlives a task.)
+
         Brokers with ``Capabilities.transactional_enqueue`` also take ``connection=``, the
         application's own database connection, and then enqueue inside its transaction
         without committing. Any broker may add a synchronous
@@ -178,28 +214,40 @@ class Broker(Protocol):
         max_concurrent, oldest eta first. Expired leases are claimable again."""
 
     async def ack(self, leases: Sequence[Lease]) -> None:
-        """Remove finished tasks; a stale token (lease lost) is ignored."""
+        """Remove finished tasks. A finished run wins: an ack removes its task whatever
+        the task's state and token (a late ack from a worker that lost the lease, after
+        another worker re-claimed the task or dead-lettered it as "worker died", still
+        removes it; the name stays reserved for the dedup window). Unknown ids are
+        ignored."""
 
     async def retry(self, lease: Lease, delay: float, error: str) -> bool:
         """Make the task ready again after ``delay`` seconds, recording ``error``. This
         attempt counts. False when the lease was lost."""
 
-    async def release(self, leases: Sequence[Lease]) -> None:
-        """Give tasks back at once without counting the attempt (drain, shutdown)."""
+    async def release(self, leases: Sequence[Lease], delay: float = 0.0) -> None:
+        """Give tasks back without counting the attempt (drain, shutdown, a task this
+        worker must not run), claimable again after ``delay`` seconds. A stale token is
+        ignored."""
 
     async def dead_letter(self, lease: Lease, error: str, traceback: str) -> bool:
         """Move a task to the queue's dead letters. False when the lease was lost."""
 
-    async def extend(self, leases: Sequence[Lease]) -> list[bool]:
-        """Renew leases by each queue's lease duration; per lease, whether it is still held."""
+    async def extend(self, leases: Sequence[Lease]) -> list[float | None]:
+        """Renew leases by each queue's lease duration as the broker stores it now. Per
+        lease: that duration in seconds (the holder times its next heartbeat from it, not
+        from its own copy of the policy, which a later deploy may have changed), or None
+        when the lease is no longer held."""
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a task of ``queues`` may have become claimable, or after ``timeout``
         seconds, without busy polling. Returning early is allowed, never required."""
 
-    async def stats(self, queue: str) -> QueueStats: ...
+    async def stats(self, queue: str) -> QueueStats:
+        """Counts by state, pause, and the policy the broker enforces (``policy``)."""
 
-    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Oldest first, at most ``limit`` (an int from 0 to 10,000; anything else raises
+        :class:`offload.errors.ConfigError`)."""
 
     async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
         """Make dead tasks ready again with fresh attempt counters (all when ``ids`` is
@@ -221,3 +269,37 @@ class Broker(Protocol):
 
     async def now(self) -> float:
         """The broker's clock, epoch seconds."""
+
+
+# -- optional capabilities: a broker implements one of these and says so in Capabilities ----
+
+
+@runtime_checkable
+class BlockingEnqueue(Protocol):
+    """A synchronous enqueue running the same script or SQL with a synchronous client; the
+    App's sync facade prefers it, so a web request pays one round trip and no thread hop.
+    Thread-safe. Same results and errors as :meth:`Broker.enqueue`."""
+
+    def enqueue_blocking(
+        self, tasks: Sequence[NewTask], *, connection: Any = None
+    ) -> list[bool]: ...
+
+
+@runtime_checkable
+class TransactionalEnqueue(Protocol):
+    """``Capabilities.transactional_enqueue``: the enqueue joins the application's own
+    database transaction (``connection``) and commits with it, or not at all."""
+
+    async def enqueue(self, tasks: Sequence[NewTask], *, connection: Any = None) -> list[bool]: ...
+
+
+@runtime_checkable
+class HandoffReceiver(Protocol):
+    """``Capabilities.handoff``: while a worker waits in :meth:`Broker.wait`, an enqueue
+    may lease a task straight to it. The broker calls ``on_handoff`` (set by the worker)
+    with those claims during the wait. True: the worker started them (and heartbeats them
+    from now on). False: the worker cannot take them now, and the broker releases them at
+    once, uncounted, for any worker to claim. Unset (None): the broker returns them from
+    the next :meth:`Broker.claim`."""
+
+    on_handoff: Callable[[list[Claimed]], bool] | None
