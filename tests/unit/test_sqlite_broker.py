@@ -27,7 +27,7 @@ from offload.brokers.sqlite import SQLiteBroker
 from offload.brokers.sqlite.doorbell import Doorbell, wake_dir
 from offload.core.envelope import new_id
 from offload.core.policy import QueuePolicy
-from offload.errors import BrokerError, BrokerUnavailable, BrokerURLError
+from offload.errors import BrokerError, BrokerUnavailable, BrokerURLError, ConfigError
 
 SRC = str(Path(offload.__file__).resolve().parent.parent)
 
@@ -100,12 +100,27 @@ def test_url_forms(tmp_path, monkeypatch):
         ("sqlite:///x.db?synchronous=off", "synchronous"),
         ("sqlite:///x.db?busy_timeout=soon", "busy_timeout"),
         ("sqlite:///x.db?busy_timeout=-1", "busy_timeout"),
-        ("sqlite:///x.db?journal=wal", "unknown option 'journal'"),
+        ("sqlite:///x.db?journal=wal", "unknown parameter 'journal'"),
+        ("sqlite:///x.db?synchronus=full", r"'synchronus' \(did you mean 'synchronous'\?\)"),
+        ("sqlite:///x.db?prefx=a", "takes synchronous= and busy_timeout="),
+        ("sqlite:///x.db?busy_timeout=1&busy_timeout=2", "given twice"),
+        ("sqlite:///%20", "no database file"),
+        ("sqlite:///data/", "names a directory"),
     ],
 )
 def test_bad_urls(url, words):
-    with pytest.raises(BrokerURLError, match=words):
-        SQLiteBroker(url)
+    with pytest.raises(BrokerURLError, match=words) as err:
+        broker_from_url(url)  # what App() calls: no I/O, one line
+    assert "\n" not in str(err.value)
+
+
+def test_a_directory_as_the_database_is_a_url_error_at_open(tmp_path):
+    b = SQLiteBroker(f"sqlite:///{tmp_path}")
+    t0 = time.monotonic()
+    with pytest.raises(BrokerURLError, match="is a directory") as err:
+        run(b.open())
+    assert time.monotonic() - t0 < 2
+    assert "\n" not in str(err.value)
 
 
 def test_missing_directory_names_the_path(tmp_path):
@@ -555,6 +570,43 @@ def test_stale_leases_are_ignored(broker):
     run(broker.release([c.lease]))
     (again,) = run(broker.claim(["q"], 1))
     assert again.attempt == 1 and again.token != c.token
+
+
+def test_release_with_a_delay(broker):
+    run(broker.enqueue([task()]))
+    (c,) = run(broker.claim(["q"], 1))
+    run(broker.release([Lease(c.queue, c.id, "stale")], delay=0.0))  # ignored
+    assert run(broker.stats("q")).leased == 1
+    run(broker.release([c.lease], delay=0.3))
+    stats = run(broker.stats("q"))
+    assert (stats.leased, stats.scheduled, stats.ready) == (0, 1, 0)
+    assert run(broker.claim(["q"], 1)) == []
+    time.sleep(0.32)
+    (again,) = run(broker.claim(["q"], 1))
+    assert again.attempt == 1 and again.id == c.id  # not counted
+
+
+@pytest.mark.parametrize("delay", [-0.1, float("nan"), float("inf"), "1", None, True])
+def test_release_delay_is_checked_before_any_io(db, delay):
+    closed = SQLiteBroker(f"sqlite:///{db}")  # never opened: a check that needed I/O fails
+    with pytest.raises(ConfigError, match=f"delay={delay!r}"):
+        run(closed.release([Lease("q", "x", "t")], delay=delay))
+
+
+@pytest.mark.parametrize("limit", [-1, 10_001, 1.5, True, "10", None])
+def test_dead_letters_limit_is_checked_before_any_io(db, limit):
+    closed = SQLiteBroker(f"sqlite:///{db}")
+    with pytest.raises(ConfigError, match=f"limit={limit!r}"):
+        run(closed.dead_letters("q", limit))
+
+
+def test_dead_letters_limit_bounds(broker):
+    run(broker.enqueue([task(), task()]))
+    for c in run(broker.claim(["q"], 2)):
+        run(broker.dead_letter(c.lease, "boom", "tb"))
+    assert run(broker.dead_letters("q", 0)) == []
+    assert len(run(broker.dead_letters("q", 1))) == 1
+    assert len(run(broker.dead_letters("q", 10_000))) == 2
 
 
 # ---- speed (reported, not asserted: timing belongs to bench/) -------------------------------

@@ -34,8 +34,13 @@ _FIRST_NAP, _MAX_NAP = 0.00005, 0.001
 _EXAMPLE = "sqlite:///relative.db or sqlite:////absolute/path.db"
 
 
+#: the query parameters a sqlite:// URL takes
+PARAMETERS = ("synchronous", "busy_timeout")
+
+
 def parse_url(url: str) -> tuple[str, str, int]:
-    """``(absolute path, synchronous, busy_timeout_ms)``; BrokerURLError names the field."""
+    """``(absolute path, synchronous, busy_timeout_ms)``. Every fault that can be seen
+    without touching the disk raises BrokerURLError here, in one line naming the fault."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "sqlite":
         raise BrokerURLError(f"broker URL {url!r}: not a sqlite:// URL; use {_EXAMPLE}")
@@ -44,15 +49,24 @@ def parse_url(url: str) -> tuple[str, str, int]:
             f"broker URL {url!r}: SQLite takes no host ({parts.netloc!r}); use {_EXAMPLE}"
         )
     path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
-    if not path:
+    if not path.strip():
         raise BrokerURLError(f"broker URL {url!r}: no database file; use {_EXAMPLE}")
     if path == ":memory:" or path.startswith("file:") or "mode=memory" in parts.query:
         raise BrokerURLError(
             f"broker URL {url!r}: an in-memory database cannot be shared with worker "
             "processes; give a file, e.g. sqlite:///offload.db"
         )
+    if path.endswith("/"):
+        raise BrokerURLError(
+            f"broker URL {url!r}: {path!r} names a directory; give the database file in "
+            f"it, e.g. {path}offload.db"
+        )
     synchronous, busy_ms = "normal", 5000
+    seen: set[str] = set()
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in seen:
+            raise BrokerURLError(f"broker URL {url!r}: {key}= is given twice; keep one")
+        seen.add(key)
         if key == "synchronous":
             synchronous = value.lower()
             if synchronous not in ("normal", "full"):
@@ -71,9 +85,13 @@ def parse_url(url: str) -> tuple[str, str, int]:
                     "milliseconds, 0 or more (default 5000)"
                 ) from None
         else:
+            import difflib  # only for a URL that is wrong anyway
+
+            close = difflib.get_close_matches(key, PARAMETERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise BrokerURLError(
-                f"broker URL {url!r}: unknown option {key!r}; SQLite takes synchronous= "
-                "and busy_timeout="
+                f"broker URL {url!r}: unknown parameter {key!r}{hint}; SQLite takes "
+                + " and ".join(f"{p}=" for p in PARAMETERS)
             )
     return os.path.abspath(path), synchronous, busy_ms
 
@@ -158,6 +176,11 @@ class Store:
             raise BrokerURLError(
                 f"SQLite database {self.path}: directory {parent} does not exist; create it "
                 "or point the URL elsewhere"
+            )
+        if os.path.isdir(self.path):
+            raise BrokerURLError(
+                f"SQLite database {self.path} is a directory; give a file in it, e.g. "
+                f"sqlite:///{os.path.join(self.path, 'offload.db')}"
             )
         try:
             # check_same_thread=False only so that close() can close every thread's

@@ -101,7 +101,7 @@ WHERE id = :id AND token = :token AND state = 1;
 -- Not counted as an attempt; a task that never really ran forgets its first attempt.
 UPDATE tasks SET
     state = 0,
-    visible_at = :now,
+    visible_at = :until,
     token = NULL,
     attempts = max(attempts - 1, 0),
     first_attempt_at = CASE WHEN attempts <= 1 THEN NULL ELSE first_attempt_at END
