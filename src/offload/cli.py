@@ -1,4 +1,10 @@
-"""The ``offload`` command: thin calls into the library, one clear line on any error."""
+"""The ``offload`` command: thin calls into the library, one clear line on any error.
+
+Every refusal is one line on stderr, ``Error: <what was wrong>; <what to do>``: exit status
+2 for a bad option or argument (click's usage errors, without the usage banner), 1 for
+anything else. Input is checked in full before anything is sent, so a refused ``send``
+enqueues nothing. Output goes through :mod:`offload.cli_render`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import asyncio
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -13,38 +20,11 @@ from typing import Any
 
 import click
 
+from . import cli_render as out
 from .app import App
-from .errors import OffloadError
+from .errors import OffloadError, UnknownQueue, UnknownTask
+from .task import TaskFunction
 from .worker import Worker
-
-
-def _rich(stderr: bool = False):
-    """rich is imported on first output, not at start-up: a worker process never prints a
-    table, and the import would cost it ~2 MB of resident memory."""
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
-class _LazyConsole:
-    def __init__(self, stderr: bool = False) -> None:
-        self._stderr, self._console = stderr, None
-
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        if self._console is None:
-            self._console = _rich(self._stderr)
-        self._console.print(*args, **kwargs)
-
-
-console = _LazyConsole()
-err_console = _LazyConsole(stderr=True)
-
-
-def Table(*args: Any, **kwargs: Any) -> Any:  # rich.s class, imported lazily
-    from rich.table import Table as _Table
-
-    return _Table(*args, **kwargs)
-
 
 __all__ = ["load_app", "main"]
 
@@ -54,18 +34,34 @@ def _bad(where: str, message: str) -> click.ClickException:
     return click.ClickException(f"{where}: {message}")
 
 
+def _dotted(name: str) -> bool:
+    return all(part.isidentifier() for part in name.split("."))
+
+
 def load_app(spec: str) -> App:
-    """Import ``module:attribute`` (or ``module`` holding ``app``) and return the App."""
-    module_name, _, attr = spec.partition(":")
-    attr = attr or "app"
-    if not module_name:
-        raise _bad("MODULE:APP", f"{spec!r}: expected MODULE:APP, e.g. myproject.tasks:app")
+    """Import ``module:attribute`` and return the App it names.
+
+    Raises :class:`click.ClickException` (one line, exit status 1) naming the spec and what
+    to write instead. Exceptions raised by the module's own code while it is imported
+    propagate with their traceback: they are bugs in that code, and the traceback finds them.
+    """
+    module_name, colon, attr = spec.partition(":")
+    if not (colon and module_name and attr):
+        example = f"{module_name}:app" if module_name and _dotted(module_name) else "pkg.tasks:app"
+        raise _bad("MODULE:APP", f"{spec!r}: expected MODULE:APP, e.g. {example}")
+    for what, name in (("module", module_name), ("attribute", attr)):
+        if not _dotted(name):
+            raise _bad(
+                "MODULE:APP",
+                f"{spec!r}: {name!r} is not a dotted {what} name; write it as in an import "
+                "statement, e.g. pkg.tasks:app (not a file path or a relative name)",
+            )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise _bad(
                 "MODULE:APP",
                 f"{spec!r}: no module named {exc.name!r} (run from the "
@@ -74,34 +70,77 @@ def load_app(spec: str) -> App:
         raise
     obj: Any = module
     for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
             raise _bad("MODULE:APP", f"{spec!r}: module {module_name!r} has no attribute {attr!r}")
     if not isinstance(obj, App):
         raise _bad("MODULE:APP", f"{spec!r} is a {type(obj).__name__}, not an offload.App")
     return obj
 
 
+_MISSING: Any = object()
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON itself does not have
+    raise ValueError(f"{name} is not JSON (write null, or a number)")
+
+
 def _json_arg(value: str | None, what: str, kind: type) -> Any:
+    """``value`` parsed as strict JSON of type ``kind`` (list or dict); empty when not given."""
     if value is None:
         return kind()
     try:
-        parsed = json.loads(value)
+        parsed = json.loads(value, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise _bad(what, f"invalid JSON {value!r}: {exc.msg} at column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:
+        raise _bad(what, f"invalid JSON {value!r}: {exc}") from None
     if not isinstance(parsed, kind):
-        raise _bad(what, f"{value!r} must be a JSON {'array' if kind is list else 'object'}")
+        want = "array, e.g. '[\"a\", 1]'" if kind is list else "object, e.g. '{\"key\": 1}'"
+        raise _bad(what, f"{value!r} must be a JSON {want}")
     return parsed
 
 
+class _Seconds(click.ParamType):
+    """A finite number of seconds >= 0: ``nan`` passes a range check (every comparison with
+    it is false) and ``inf`` would mean "never", so both are refused here."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not (math.isfinite(seconds) and seconds >= 0):
+            self.fail(f"{value!r}: must be a finite number of seconds >= 0", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+
+
+def _one_line(message: str) -> str:
+    # a broker driver's message may span lines; a refusal stays one line
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 class _Group(click.Group):
-    """Turns offload errors into one line on stderr and exit status 1."""
+    """Turns every refusal into one line on stderr: exit status 2 for usage, 1 otherwise."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = (exc.ctx or ctx).command_path
+            message = _one_line(exc.format_message())
+            click.echo(f"Error: {message} (see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
         except OffloadError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            click.echo(f"Error: {_one_line(str(exc))}", err=True)
             sys.exit(1)
 
 
@@ -112,15 +151,33 @@ def main() -> None:
 
 
 app_arg = click.argument("app_spec", metavar="MODULE:APP")
-json_flag = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+json_flag = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Machine-readable output: strict JSON (non-finite numbers as null, bytes as base64, "
+    "times as ISO 8601).",
+)
 
 
-def _queue_list(app: App, queues: str | None) -> list[str] | None:
-    if not queues:
+def _queue_list(app: App, given: str | None) -> list[str] | None:
+    """The queues ``--queues`` names, each once, in the order given; None (every queue) only
+    when the option was left out. An empty value usually is an unset shell variable
+    (``--queues "$QUEUES"``), and serving every queue then is the opposite of what was meant.
+    """
+    if given is None:
         return None
-    names = [q.strip() for q in queues.split(",") if q.strip()]
+    names = list(dict.fromkeys(q.strip() for q in given.split(",") if q.strip()))
+    if not names:
+        raise click.UsageError(
+            f"--queues {given!r} names no queue; give comma-separated queue names "
+            "(e.g. --queues emails,payments), or leave --queues out to serve every queue"
+        )
     for q in names:
-        app._policy(q)
+        try:
+            app._policy(q)
+        except UnknownQueue as exc:
+            raise click.UsageError(f"--queues: {exc}") from None
     return names
 
 
@@ -144,7 +201,7 @@ def _run_worker(
     logging.getLogger("offload.worker").info(
         "worker pid %d on %s, queues: %s, concurrency %d",
         os.getpid(),
-        app.broker_url,
+        out.redact(app.broker_url),
         names,
         concurrency,
     )
@@ -162,10 +219,7 @@ def _run_worker(
     )
 
 
-@main.command()
-@app_arg
-@click.option("--queues", "-q", help="Comma-separated queues to serve (default: all).")
-@click.option(
+concurrency_opt = click.option(
     "--concurrency",
     "-c",
     default=32,
@@ -173,13 +227,20 @@ def _run_worker(
     type=click.IntRange(1),
     help="Tasks in flight at once.",
 )
-@click.option(
+grace_opt = click.option(
     "--grace",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(0),
+    type=SECONDS,
     help="Seconds running tasks get to finish on SIGTERM.",
 )
+
+
+@main.command()
+@app_arg
+@click.option("--queues", "-q", help="Comma-separated queues to serve (default: all).")
+@concurrency_opt
+@grace_opt
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 def worker(app_spec: str, queues: str | None, concurrency: int, grace: float, burst: bool) -> None:
     """Run a worker for some or all of the app's queues."""
@@ -189,8 +250,8 @@ def worker(app_spec: str, queues: str | None, concurrency: int, grace: float, bu
 
 @main.command()
 @app_arg
-@click.option("--concurrency", "-c", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0))
+@concurrency_opt
+@grace_opt
 def run(app_spec: str, concurrency: int, grace: float) -> None:
     """Run the whole app in one process: every queue (the monolith)."""
     app = load_app(app_spec)
@@ -203,7 +264,7 @@ def run(app_spec: str, concurrency: int, grace: float) -> None:
 @click.option("--args", "args_json", help="Positional arguments as a JSON array: '[\"a\", 1]'.")
 @click.option("--kwargs", "kwargs_json", help="Keyword arguments as a JSON object.")
 @click.option("--name", help="Unique task name (de-duplicates).")
-@click.option("--delay", type=click.FloatRange(0), help="Seconds before it may run.")
+@click.option("--delay", type=SECONDS, help="Seconds before it may run.")
 @click.option("--queue", help="Send to this queue instead of the task's own.")
 def send(
     app_spec: str,
@@ -220,19 +281,22 @@ def send(
     kwargs = _json_arg(kwargs_json, "--kwargs", dict)
     tf = _find_task(app, task)
     h = tf.send_with(args, kwargs, name=name, delay=delay, queue=queue)
-    console.print(
-        f"enqueued {h.task} as {h.id} on queue {h.queue}" + (f" (name {h.name})" if h.name else ""),
-        highlight=False,
-    )
+    named = f" (name {h.name})" if h.name else ""
+    out.say(f"enqueued {h.task} as {h.id} on queue {h.queue}{named}")
 
 
-def _find_task(app: App, task: str):
+def _find_task(app: App, task: str) -> TaskFunction:
+    """The task registered as ``task``, or the only one whose last dotted part it is."""
     if task in app.tasks:
         return app.get_task(task)
-    # accept the short name when it is unambiguous
-    matches = [t for n, t in app.tasks.items() if n.rsplit(".", 1)[-1] == task]
+    matches = sorted(n for n in app.tasks if n.rsplit(".", 1)[-1] == task)
     if len(matches) == 1:
-        return matches[0]
+        return app.get_task(matches[0])
+    if matches:
+        raise UnknownTask(
+            f"task {task!r} is ambiguous in app {app.name!r}: {', '.join(matches)}; "
+            "give its full name"
+        )
     return app.get_task(task)  # raises UnknownTask listing the names
 
 
@@ -261,85 +325,26 @@ def queues(app_spec: str, as_json: bool) -> None:
             }
         )
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(out.to_json(rows))
         return
-    table = Table(title=f"{app.name} on {app.broker_url}")
-    for col in (
-        "queue",
-        "ready",
-        "sched",
-        "leased",
-        "dead",
-        "paused",
-        "rate/s",
-        "max conc",
-        "lease s",
-        "retries",
-    ):
-        if col == "queue":
-            table.add_column(col, no_wrap=True, min_width=max(len(r["queue"]) for r in rows))
-        else:
-            table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(
-            r["queue"],
-            str(r["ready"]),
-            str(r["scheduled"]),
-            str(r["leased"]),
-            str(r["dead"]),
-            "yes" if r["paused"] else "",
-            _fmt(r["rate"]),
-            _fmt(r["max_concurrent"]),
-            _fmt(r["lease"]),
-            _fmt(r["retry_limit"]),
-        )
-    console.print(table)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
+    out.queues_table(f"{app.name} on {out.redact(app.broker_url)}", rows)
 
 
 @main.command()
 @app_arg
 @click.argument("queue")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
 @json_flag
 def dead(app_spec: str, queue: str, limit: int, as_json: bool) -> None:
     """List a queue's dead letters with their last error."""
     app = load_app(app_spec)
     items = app.dead_letters(queue, limit)
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "id": d.id,
-                        "name": d.name,
-                        "task": d.task,
-                        "attempts": d.attempts,
-                        "error": d.error,
-                        "traceback": d.traceback,
-                        "failed_at": d.failed_at,
-                        "args": d.args,
-                        "kwargs": d.kwargs,
-                    }
-                    for d in items
-                ],
-                indent=2,
-                default=repr,
-            )
-        )
+        fields = ("id", "name", "task", "attempts", "error", "traceback", "failed_at")
+        rows = [{f: getattr(d, f) for f in (*fields, "args", "kwargs")} for d in items]
+        click.echo(out.to_json(rows))
         return
-    console.print(f"[bold]{len(items)} dead letter(s) in {queue}[/bold]")
-    for d in items:
-        label = f" name={d.name}" if d.name else ""
-        console.print(f"{d.id}  {d.task}{label}  attempts={d.attempts}", highlight=False)
-        console.print(f"    {d.error}", highlight=False, soft_wrap=True)
+    out.dead_letters(queue, items)
 
 
 @main.command()
@@ -349,9 +354,9 @@ def dead(app_spec: str, queue: str, limit: int, as_json: bool) -> None:
 def requeue(app_spec: str, queue: str, task_id: str | None) -> None:
     """Make dead tasks ready again (one by id, or all of the queue's)."""
     n = load_app(app_spec).requeue_dead(queue, task_id)
-    if task_id and n == 0:
+    if task_id is not None and n == 0:
         raise click.ClickException(f"no dead task {task_id!r} in queue {queue!r}")
-    console.print(f"requeued {n} task(s) on {queue}")
+    out.say(f"requeued {n} task(s) on {queue}")
 
 
 @main.command()
@@ -360,7 +365,7 @@ def requeue(app_spec: str, queue: str, task_id: str | None) -> None:
 def pause(app_spec: str, queue: str) -> None:
     """Stop workers from claiming the queue's tasks."""
     load_app(app_spec).pause(queue)
-    console.print(f"paused {queue}")
+    out.say(f"paused {queue}")
 
 
 @main.command()
@@ -369,7 +374,7 @@ def pause(app_spec: str, queue: str) -> None:
 def resume(app_spec: str, queue: str) -> None:
     """Let workers claim the queue's tasks again."""
     load_app(app_spec).resume(queue)
-    console.print(f"resumed {queue}")
+    out.say(f"resumed {queue}")
 
 
 @main.command()
@@ -382,7 +387,7 @@ def purge(app_spec: str, queue: str, yes: bool) -> None:
     app._policy(queue)
     if not yes and sys.stdin.isatty():
         click.confirm(f"delete every waiting task of {queue}?", abort=True)
-    console.print(f"purged {app.purge(queue)} task(s) from {queue}")
+    out.say(f"purged {app.purge(queue)} task(s) from {queue}")
 
 
 @main.command()
@@ -395,8 +400,9 @@ def delete(app_spec: str, queue: str, task_id: str | None, name: str | None) -> 
     if (task_id is None) == (name is None):
         raise click.UsageError("give exactly one of --id or --name")
     if not load_app(app_spec).delete_task(queue, id=task_id, name=name):
-        raise click.ClickException(f"no task {task_id or name!r} in queue {queue!r}")
-    console.print("deleted")
+        which = task_id if task_id is not None else name
+        raise click.ClickException(f"no task {which!r} in queue {queue!r}")
+    out.say("deleted")
 
 
 @main.command()
@@ -418,21 +424,9 @@ def metrics(app_spec: str, as_json: bool) -> None:
         for m in sorted(ms, key=lambda m: m.task)
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(out.to_json(rows))
         return
-    table = Table(title="task metrics")
-    for col in ("task", "count", "failures", "wall avg ms", "wall max ms", "cpu avg ms"):
-        table.add_column(col, justify="left" if col == "task" else "right", no_wrap=col == "task")
-    for r in rows:
-        table.add_row(
-            r["task"],
-            str(r["count"]),
-            str(r["failures"]),
-            f"{r['wall_avg'] * 1e3:.2f}",
-            f"{r['wall_max'] * 1e3:.2f}",
-            f"{r['cpu_avg'] * 1e3:.2f}",
-        )
-    console.print(table)
+    out.metrics_table(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover
