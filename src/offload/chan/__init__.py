@@ -20,6 +20,7 @@ from offload.chan.context import (
     with_value,
 )
 from offload.chan.errors import (
+    BadTimeout,
     BlockingCallInLoop,
     Canceled,
     ChanPanic,
@@ -33,6 +34,7 @@ from offload.chan.sync import ErrGroup, WaitGroup
 
 __all__ = [
     "DEFAULT",
+    "BadTimeout",
     "BlockingCallInLoop",
     "CancelFunc",
     "Canceled",

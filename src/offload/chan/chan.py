@@ -20,6 +20,8 @@ from asyncio.events import _get_running_loop
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from offload.chan._timeout import acquire as _acquire
+from offload.chan._timeout import timeout as _check_timeout
 from offload.chan.errors import BlockingCallInLoop, ChanPanic, Closed, WouldBlock
 
 __all__ = ["Chan", "nil"]
@@ -101,11 +103,12 @@ def _blocking_in_loop(op: str) -> BlockingCallInLoop:
 
 
 def _wait_thread(g: _Sudog, lock: Any, q: list[_Sudog], timeout: float | None) -> bool:
-    """Block the thread until woken; False (and no trace left) if the timeout came first."""
-    if timeout is None:
-        g.lock.acquire()
-        return True
-    if g.lock.acquire(True, max(timeout, 0.0)):
+    """Block the thread until woken; False (and no trace left) if the timeout came first.
+
+    ``timeout`` was checked by :func:`_timeout.timeout` before ``g`` was queued: a wait
+    that raised here would leave ``g`` queued, to swallow the next value sent.
+    """
+    if _acquire(g.lock, timeout):
         return True
     with lock:
         if not g.done:
@@ -284,6 +287,8 @@ class Chan(Generic[T]):
         """
         if _get_running_loop() is not None:
             raise _blocking_in_loop("send")
+        if timeout is not None:
+            timeout = _check_timeout(timeout, "Chan.send(timeout=...)")
         g = self._send(value, _thread_waiter)
         if g is not None:
             if not _wait_thread(g, self._lock, self._sendq, timeout):
@@ -310,9 +315,16 @@ class Chan(Generic[T]):
     # -- receive -----------------------------------------------------------------------------
 
     def recv(self, timeout: float | None = None) -> T:
-        """Block for the next value; :class:`Closed` once the channel is closed and drained."""
+        """Block for the next value; :class:`Closed` once the channel is closed and drained.
+
+        With ``timeout`` seconds (None or ``math.inf``: forever; 0 or negative: only if a
+        value is ready now), :class:`TimeoutError` when it passes with nothing received.
+        A timeout that is not a number (NaN, a bool, a string) raises :class:`BadTimeout`.
+        """
         if _get_running_loop() is not None:
             raise _blocking_in_loop("recv")
+        if timeout is not None:
+            timeout = _check_timeout(timeout, "Chan.recv(timeout=...)")
         r = self._recv(_thread_waiter)
         if r.__class__ is _Sudog:
             if not _wait_thread(r, self._lock, self._recvq, timeout):
@@ -328,6 +340,8 @@ class Chan(Generic[T]):
         """Like :meth:`recv`, but ``(None, False)`` instead of raising on a closed channel."""
         if _get_running_loop() is not None:
             raise _blocking_in_loop("recv_ok")
+        if timeout is not None:
+            timeout = _check_timeout(timeout, "Chan.recv_ok(timeout=...)")
         r = self._recv(_thread_waiter)
         if r.__class__ is _Sudog:
             if not _wait_thread(r, self._lock, self._recvq, timeout):

@@ -6,17 +6,23 @@ for cancellation is an ordinary channel receive usable in any ``select``.
 
 Deadlines are served by one shared timer thread with a heap (started on demand, gone after
 a second with nothing to wait for), so a million contexts with timeouts cost no threads; a
-context cancelled early drops its timer entry at once, so it holds nothing alive.
+context cancelled early drops its timer entry at once, so it holds nothing alive. Since
+every deadline in the process depends on that thread, nothing a caller passes can stop it:
+values are checked at the API (:mod:`offload.chan._timeout`), each wait is at most a day,
+and a cancellation that raises is logged (logger ``offload.chan``) and skipped.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from offload.chan._timeout import MAX_WAIT
+from offload.chan._timeout import seconds as _seconds
 from offload.chan.chan import Chan, nil
 from offload.chan.errors import Canceled, DeadlineExceeded
 
@@ -32,6 +38,8 @@ __all__ = [
 
 CancelFunc = Callable[[], None]
 _monotonic = time.monotonic
+_INF = math.inf
+_NO_DEADLINE = "math.inf"  # what with_timeout/with_deadline take for "no deadline"
 
 
 class Context:
@@ -187,8 +195,32 @@ def with_cancel(parent: Context) -> tuple[Context, CancelFunc]:
 def with_deadline(parent: Context, deadline: float) -> tuple[Context, CancelFunc]:
     """A child also cancelled with :class:`DeadlineExceeded` at ``deadline`` (monotonic).
 
-    A parent's earlier deadline wins; a deadline already passed cancels the child at once.
+    A parent's earlier deadline wins; a deadline already passed (``-math.inf`` too) cancels
+    the child at once; ``math.inf`` adds no deadline (the child is :func:`with_cancel`'s).
+    NaN, a bool or a string raises :class:`BadTimeout`.
     """
+    d = _seconds(deadline, "with_deadline(deadline=...)", _NO_DEADLINE)
+    if d == _INF:
+        return with_cancel(parent)
+    return _with_deadline(parent, d)
+
+
+def with_timeout(parent: Context, seconds: float) -> tuple[Context, CancelFunc]:
+    """:func:`with_deadline` at ``seconds`` from now.
+
+    Zero or negative: the child is born with :class:`DeadlineExceeded` (Go's semantics).
+    ``math.inf``: no deadline of its own. Any finite value, however large, is a real
+    deadline (the timer thread sleeps towards it a day at a time). NaN, a bool or a string
+    raises :class:`BadTimeout`.
+    """
+    s = _seconds(seconds, "with_timeout(seconds=...)", _NO_DEADLINE)
+    d = _monotonic() + s
+    if d == _INF:
+        return with_cancel(parent)
+    return _with_deadline(parent, d)
+
+
+def _with_deadline(parent: Context, deadline: float) -> tuple[Context, CancelFunc]:
     pd = parent.deadline()
     if pd is not None and pd <= deadline:
         return with_cancel(parent)
@@ -202,11 +234,6 @@ def with_deadline(parent: Context, deadline: float) -> tuple[Context, CancelFunc
         if ctx._err is None:
             ctx._timer = _TIMERS.add(deadline, ctx)
     return ctx, cancel
-
-
-def with_timeout(parent: Context, seconds: float) -> tuple[Context, CancelFunc]:
-    """:func:`with_deadline` at ``seconds`` from now."""
-    return with_deadline(parent, _monotonic() + seconds)
 
 
 def with_value(parent: Context, key: Any, value: Any) -> Context:
@@ -225,18 +252,23 @@ class _Timers:
         self._thread: threading.Thread | None = None
 
     def add(self, deadline: float, ctx: _CancelCtx) -> list[Any]:
+        """Cancel ``ctx`` at ``deadline``: a float, never NaN (:func:`_seconds` saw to it)."""
         with self._cond:
             self._seq += 1
             entry = [deadline, self._seq, ctx]
             heapq.heappush(self._heap, entry)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="offload.chan-timers", daemon=True
-                )
-                self._thread.start()
+                self._start()
             elif self._heap[0] is entry:
                 self._cond.notify()
             return entry
+
+    def _start(self) -> None:
+        # Under self._cond. Recorded only once started: a failed start (no threads left)
+        # raises to the caller and the next add() tries again.
+        t = threading.Thread(target=self._run, name="offload.chan-timers", daemon=True)
+        t.start()
+        self._thread = t
 
     def discard(self, entry: list[Any]) -> None:
         with self._cond:
@@ -250,8 +282,19 @@ class _Timers:
                 self._dead = 0
 
     def _run(self) -> None:
+        """The thread's body. It serves every deadline in the process, so nothing may end
+        it but an empty heap: each cancellation is guarded, each wait is at most a day."""
+        try:
+            self._loop()
+        except BaseException:  # unreachable by design; never leave deadlines unserved
+            _report("offload.chan: the timer thread failed (%s); starting a new one", self)
+            with self._cond:
+                self._thread = None
+                if any(e[2] is not None for e in self._heap):
+                    self._start()
+
+    def _loop(self) -> None:
         cond = self._cond
-        heap = self._heap
         with cond:
             while True:
                 heap = self._heap
@@ -268,12 +311,17 @@ class _Timers:
                     cond.release()
                     try:
                         for ctx in due:
-                            ctx._cancel(DeadlineExceeded(), True)
+                            try:
+                                ctx._cancel(DeadlineExceeded(), True)
+                            except BaseException:  # even SystemExit: the others are due
+                                _report("offload.chan: cancelling %s at its deadline failed", ctx)
                     finally:
                         cond.acquire()
                     continue
                 if heap:
-                    cond.wait(heap[0][0] - now)
+                    # A deadline years away is still a real one: sleep towards it a day at a
+                    # time (a single wait that long overflows the platform's time_t).
+                    cond.wait(min(heap[0][0] - now, MAX_WAIT))
                     continue
                 cond.wait(1.0)
                 if not self._heap:
@@ -284,6 +332,17 @@ class _Timers:
         """Live timer entries; for tests that check cancelled contexts release theirs."""
         with self._cond:
             return sum(1 for e in self._heap if e[2] is not None)
+
+
+def _report(message: str, about: Any) -> None:
+    """Log the exception being handled; the timer thread goes on regardless, even if
+    logging itself fails (a broken handler, a ``__repr__`` that raises)."""
+    try:
+        import logging  # only when something went wrong: importing offload.chan stays light
+
+        logging.getLogger("offload.chan").exception(message, about)
+    except BaseException:  # pragma: no cover - nowhere left to report to
+        pass
 
 
 _BACKGROUND = Context()

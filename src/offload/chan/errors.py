@@ -10,14 +10,18 @@
     ├── BlockingCallInLoop      a blocking call made from a thread running an event loop
     │                           (also RuntimeError; use the ``async_*`` form instead)
     ├── Canceled                the Context was canceled ("context canceled")
-    └── DeadlineExceeded        the Context's deadline passed (also TimeoutError)
+    ├── DeadlineExceeded        the Context's deadline passed (also TimeoutError)
+    └── ConfigError             (offload.errors) the caller's input is wrong
+        └── BadTimeout          a timeout or deadline that is not a number of seconds:
+                                NaN, a bool, a string (also TypeError and ValueError)
 """
 
 from __future__ import annotations
 
-from offload.errors import OffloadError
+from offload.errors import ConfigError, OffloadError
 
 __all__ = [
+    "BadTimeout",
     "BlockingCallInLoop",
     "Canceled",
     "ChanPanic",
@@ -55,3 +59,12 @@ class DeadlineExceeded(OffloadError, TimeoutError):
 
     def __init__(self, message: str = "context deadline exceeded") -> None:
         super().__init__(message)
+
+
+class BadTimeout(ConfigError, TypeError):
+    """A timeout or deadline that is not a number of seconds (NaN, a bool, a string...).
+
+    Raised by the call that was given it, before anything was queued or scheduled. It is
+    both a ``ValueError`` (via :class:`~offload.errors.ConfigError`) and a ``TypeError``, so
+    code that caught what Python raised for these values before keeps working.
+    """

@@ -15,6 +15,7 @@ from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from offload.chan._timeout import timeout as _check_timeout
 from offload.chan.chan import Chan
 
 __all__ = ["Handle", "go"]
@@ -49,8 +50,11 @@ class Handle(Generic[T]):
     def join(self, timeout: float | None = None) -> T:
         """Block until finished; return its result or raise its exception.
 
-        Raises TimeoutError if it is still running after ``timeout`` seconds.
+        Raises TimeoutError if it is still running after ``timeout`` seconds (accepted
+        values as for :meth:`Chan.recv`).
         """
+        if timeout is not None:
+            timeout = _check_timeout(timeout, "Handle.join(timeout=...)")
         self._done.recv_ok(timeout)
         return self._outcome()
 

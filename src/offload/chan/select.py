@@ -16,6 +16,8 @@ from asyncio import CancelledError
 from asyncio.events import _get_running_loop
 from typing import Any
 
+from offload.chan._timeout import acquire as _acquire
+from offload.chan._timeout import timeout as _check_timeout
 from offload.chan.chan import (
     Chan,
     _async_waiter,
@@ -214,18 +216,18 @@ def select(
     ``value``/``ok`` are the received value and False for a closed channel (recv cases) or
     ``None``/True (send cases). With ``default=True`` it never blocks and returns
     ``(DEFAULT, None, False)`` when nothing is ready. A ``timeout`` raises TimeoutError with
-    no case committed. A send case on a closed channel raises :class:`ChanPanic`.
+    no case committed (None or ``math.inf``: none; 0 or negative: poll once; NaN, a bool or
+    a string: :class:`BadTimeout`). A send case on a closed channel raises
+    :class:`ChanPanic`.
     """
     if _get_running_loop() is not None:
         raise _blocking_in_loop("select")
+    if timeout is not None:  # checked before any waiter is queued: a bad one leaves none
+        timeout = _check_timeout(timeout, "select(timeout=...)")
     r, _order, locks, g, entries = _start(cases, default, _thread_waiter)
     if g is None:
         return r  # type: ignore[return-value]
-    if timeout is None:
-        g.lock.acquire()
-        woken = True
-    else:
-        woken = g.lock.acquire(True, max(timeout, 0.0))
+    woken = _acquire(g.lock, timeout)
     for lock in locks:
         lock.acquire()
     if not woken and _claim(g):
@@ -244,12 +246,15 @@ async def async_select(
 ) -> tuple[int, Any, bool]:
     """Awaitable :func:`select`. A cancelled select commits nothing, or puts a value it was
     handed back at the head of its channel; CancelledError always propagates."""
+    if timeout is not None:  # a NaN would sit in the loop's timer heap and corrupt it
+        timeout = _check_timeout(timeout, "async_select(timeout=...)")
     r, _order, locks, g, entries = _start(cases, default, _async_waiter)
     if g is None:
         return r  # type: ignore[return-value]
     handle = None
     if timeout is not None:
-        handle = g.loop.call_later(max(timeout, 0.0), _resolve, g.fut)
+        # asyncio itself sleeps at most a day at a time, so any finite delay is safe here
+        handle = g.loop.call_later(timeout, _resolve, g.fut)
     try:
         await g.fut
     except CancelledError:

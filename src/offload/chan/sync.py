@@ -14,6 +14,7 @@ from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
+from offload.chan._timeout import timeout as _check_timeout
 from offload.chan.chan import Chan
 from offload.chan.context import CancelFunc, Context, with_cancel
 from offload.chan.errors import ChanPanic, WouldBlock
@@ -60,6 +61,8 @@ class WaitGroup:
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the counter is zero; TimeoutError after ``timeout`` seconds."""
+        if timeout is not None:
+            timeout = _check_timeout(timeout, "WaitGroup.wait(timeout=...)")
         with self._lock:
             zero = self._zero
         zero.recv_ok(timeout)
@@ -177,7 +180,12 @@ class ErrGroup:
         self._wg.done()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every call finished; raise the first error (cancels the context)."""
+        """Block until every call finished; raise the first error (cancels the context).
+
+        TimeoutError after ``timeout`` seconds, with the calls still running.
+        """
+        if timeout is not None:
+            timeout = _check_timeout(timeout, "ErrGroup.wait(timeout=...)")
         self._wg.wait(timeout)
         self._done()
 
