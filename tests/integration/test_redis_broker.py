@@ -623,3 +623,27 @@ async def test_a_workers_empty_claim_parks_it_and_a_plain_claim_does_not(broker,
     finally:
         db_raw.close()
         await other.close()
+
+
+async def test_connections_outside_the_pool_reconnect_after_a_restart(own_server):
+    """The one-by-one script connection, the blocking one and a sender thread's are kept
+    outside redis-py's pool: after a restart each must reconnect on its next use, not
+    report an outage for ever (the server closed them while they were idle)."""
+    url = f"redis://127.0.0.1:{own_server.port}/0?prefix=reconnect"
+    b = RedisBroker(url)
+    await b.open()
+    try:
+        assert await b.enqueue([task()]) == [True]
+        assert b.enqueue_blocking([task()]) == [True]
+        await b.wait(["other"], 0.01)
+        own_server.stop()
+        own_server.start()
+        await asyncio.sleep(0.7)  # idle: the loop sees the old sockets closed
+        assert await b.enqueue([task()]) == [True]
+        assert b.enqueue_blocking([task()]) == [True]
+        t = time.monotonic()
+        await b.wait(["other"], 0.05)
+        assert time.monotonic() - t < 1.0
+        assert (await b.stats("q")).ready == 4
+    finally:
+        await b.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis as _redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -26,6 +27,16 @@ from .scripts import CommandPacker, Script, enqueue_args, enqueue_calls
 __all__ = ["SyncScripts"]
 
 _PROBE_AFTER = 0.5  # seconds idle after which a connection is checked before use
+
+
+def _closed(conn: Any) -> bool:
+    """Whether an idle connection is unfit for a new command. redis-py raises on one the
+    server closed: that means "reconnect", not an outage, or the thread's connection would
+    fail every send after a server restart."""
+    try:
+        return bool(conn.can_read())
+    except (RedisConnectionError, OSError):
+        return True
 
 
 class SyncScripts:
@@ -64,7 +75,7 @@ class SyncScripts:
             with self._lock:
                 self._conns.append(conn)
             local.conn = conn
-        elif now - local.used > _PROBE_AFTER and conn._sock is not None and conn.can_read():
+        elif now - local.used > _PROBE_AFTER and conn._sock is not None and _closed(conn):
             # Idle for a while: the server may have closed it (restart, client timeout).
             # Probing costs a system call, so busy senders skip it.
             conn.disconnect()

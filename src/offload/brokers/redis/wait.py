@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.cluster import key_slot
+from redis.exceptions import ConnectionError as _ConnError
 
 __all__ = ["SOCKET_TIMEOUT", "BlockingConnection", "blpop", "blpop_cluster", "probe"]
 
@@ -26,9 +27,15 @@ Popped = tuple[bytes, bytes] | None  # (key, value), or None on a timeout
 
 
 async def probe(conn: Any) -> bool:
-    """Whether an idle connection has something to read: the server closed it."""
+    """Whether an idle connection is unfit for a new command: the server closed it (a
+    restart, a client timeout) or bytes are pending. redis-py *raises* on a closed one
+    (at EOF, or reset): that too means "reconnect", never an outage of its own, or a
+    connection kept outside the pool would fail every call after a restart."""
     can_read = getattr(conn, "can_read", None) or conn.can_read_destructive  # redis-py < 8
-    return await can_read()
+    try:
+        return await can_read()
+    except (_ConnError, OSError):
+        return True
 
 
 class BlockingConnection:
@@ -46,10 +53,14 @@ class BlockingConnection:
             return await self._pool.get_connection()
         self._busy = True
         conn = self._conn
-        if conn is None:
-            conn = self._conn = self._pool.connection_class(**self._pool.connection_kwargs)
-        elif conn.is_connected and await probe(conn):
-            await conn.disconnect()  # closed by the server: the next send connects again
+        try:
+            if conn is None:
+                conn = self._conn = self._pool.connection_class(**self._pool.connection_kwargs)
+            elif conn.is_connected and await probe(conn):
+                await conn.disconnect()  # closed by the server: the next send connects again
+        except BaseException:
+            self._busy = False
+            raise
         return conn
 
     async def release(self, conn: Any) -> None:
