@@ -7,13 +7,17 @@ import dataclasses
 import pytest
 
 from offload.brokers import broker_from_url
-from offload.testing import ConformanceFailure, check_broker
+from offload.testing import ConformanceFailure, CouldNotCheck, check_broker
 from offload.testing.conformance import CHECKS
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
 async def test_conformance(check, broker_url):
-    await check(lambda: broker_from_url(broker_url))
+    try:
+        await check(lambda: broker_from_url(broker_url))
+    except CouldNotCheck as exc:
+        # Not a pass: the machine was too slow for the timing the rule needs. Say so.
+        pytest.skip(str(exc))
 
 
 async def test_check_broker_reports_each_failed_check(tmp_path):

@@ -8,12 +8,20 @@ worker, for testing an application's own tasks on a real (SQLite) broker.
 from __future__ import annotations
 
 from .apps import run_until_idle
-from .conformance import CHECKS, BrokerFactory, ConformanceFailure, check_broker, run_check
+from .conformance import (
+    CHECKS,
+    BrokerFactory,
+    ConformanceFailure,
+    CouldNotCheck,
+    check_broker,
+    run_check,
+)
 
 __all__ = [
     "CHECKS",
     "BrokerFactory",
     "ConformanceFailure",
+    "CouldNotCheck",
     "check_broker",
     "run_check",
     "run_until_idle",

@@ -15,6 +15,8 @@ from .conformance_support import (
     new_task,
     opened_many,
     qname,
+    require_live,
+    scaled_attempts,
     sleep_until,
 )
 
@@ -60,21 +62,25 @@ async def _gather_claims(brokers: list[Broker], q: str, limit: int) -> list[Clai
 async def check_max_concurrent(factory: BrokerFactory) -> None:
     """max_concurrent is never exceeded by concurrent claimers on separate instances; a
     slot frees on ack, release, retry, dead_letter and lease expiry."""
-    q, cap = qname("maxconc"), 3
-    async with opened_many(factory, 4) as brokers:
-        a, claimers = brokers[0], brokers[1:]
-        await declare(a, q, max_concurrent=cap, lease=1.5)
-        await a.enqueue([new_task(q) for _ in range(30)])
 
-        async def top_up(expect_free: int, step: str, held: list[Claimed]) -> list[Claimed]:
-            # Counts are exact only while the held leases last (a stalled machine may let
-            # them expire, freeing slots legitimately); the cap itself always holds.
-            until = min((c.lease_until for c in held), default=math.inf)
-            got = await _gather_claims(claimers, q, 5)
-            racing = len(got)
-            got += await a.claim([q], 5)
-            s = await a.stats(q)
-            if await a.now() < until - EPS:
+    async def attempt(k: float) -> None:
+        q, cap = qname("maxconc"), 3
+        async with opened_many(factory, 4) as brokers:
+            a, claimers = brokers[0], brokers[1:]
+            await declare(a, q, max_concurrent=cap, lease=1.5 * k)
+            await a.enqueue([new_task(q) for _ in range(30)])
+
+            async def top_up(expect_free: int, step: str, held: list[Claimed]) -> list[Claimed]:
+                # Counts are exact only while the held leases last (a stalled machine may let
+                # them expire, freeing slots legitimately: then the check runs again with
+                # longer leases); the cap itself always holds.
+                until = min((c.lease_until for c in held), default=math.inf)
+                got = await _gather_claims(claimers, q, 5)
+                racing = len(got)
+                got += await a.claim([q], 5)
+                s = await a.stats(q)
+                assert s.leased <= cap, f"{step}: {s.leased} leased with max_concurrent={cap}"
+                require_live(await a.now(), until, f"{step}: the held leases ran out")
                 assert racing <= expect_free, (
                     f"{step}: concurrent claimers took {racing} with {expect_free} of "
                     f"max_concurrent={cap} free"
@@ -82,27 +88,28 @@ async def check_max_concurrent(factory: BrokerFactory) -> None:
                 assert len(got) == expect_free, (
                     f"{step}: {len(got)} claimed in total, expected exactly {expect_free}"
                 )
-            assert s.leased <= cap, f"{step}: {s.leased} leased with max_concurrent={cap}"
-            return got
+                return got
 
-        held = await top_up(cap, "start", [])
-        held += await top_up(0, "saturated", held)
-        await a.ack([held[0].lease])
-        held = held[1:]
-        held += await top_up(1, "after ack", held)
-        await a.release([held[0].lease])
-        held = held[1:]
-        held += await top_up(1, "after release", held)
-        assert await a.retry(held[0].lease, 30.0, "E") is True
-        held = held[1:]
-        held += await top_up(1, "after retry", held)
-        assert await a.dead_letter(held[0].lease, "E", "tb") is True
-        held = held[1:]
-        held += await top_up(1, "after dead_letter", held)
-        await sleep_until(a, max(c.lease_until for c in held) + 0.05)
-        s = await a.stats(q)
-        assert s.leased == 0, f"after the leases expired, stats.leased is {s.leased}"
-        await top_up(cap, "after lease expiry", [])
+            held = await top_up(cap, "start", [])
+            held += await top_up(0, "saturated", held)
+            await a.ack([held[0].lease])
+            held = held[1:]
+            held += await top_up(1, "after ack", held)
+            await a.release([held[0].lease])
+            held = held[1:]
+            held += await top_up(1, "after release", held)
+            assert await a.retry(held[0].lease, 30.0, "E") is True
+            held = held[1:]
+            held += await top_up(1, "after retry", held)
+            assert await a.dead_letter(held[0].lease, "E", "tb") is True
+            held = held[1:]
+            held += await top_up(1, "after dead_letter", held)
+            await sleep_until(a, max(c.lease_until for c in held) + 0.05)
+            s = await a.stats(q)
+            assert s.leased == 0, f"after the leases expired, stats.leased is {s.leased}"
+            await top_up(cap, "after lease expiry", [])
+
+    await scaled_attempts(attempt, "exact max_concurrent counts while leases hold")
 
 
 async def check_fair_across_queues(factory: BrokerFactory) -> None:

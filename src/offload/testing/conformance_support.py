@@ -23,6 +23,8 @@ from ..core.policy import QueuePolicy
 
 __all__ = [
     "BrokerFactory",
+    "CouldNotCheck",
+    "TooSlow",
     "assert_wakes",
     "claim_until",
     "declare",
@@ -31,6 +33,9 @@ __all__ = [
     "opened",
     "opened_many",
     "qname",
+    "require_live",
+    "same_leases",
+    "scaled_attempts",
     "sleep_until",
 ]
 
@@ -39,6 +44,63 @@ BrokerFactory = Callable[[], Broker | Awaitable[Broker]]
 
 #: slack for comparisons between broker-clock readings taken by different calls
 EPS = 0.005
+
+#: time scales a timing check tries, one after the other, before it gives up as too slow
+SCALES = (1.0, 3.0, 9.0)
+
+
+class TooSlow(Exception):
+    """Raised inside a timing check when the machine was too slow for an exact assertion
+    (a lease or eta ran out before the broker could be asked); the check runs again with
+    longer times (:func:`scaled_attempts`)."""
+
+
+class CouldNotCheck(AssertionError):
+    """A timing check could not be checked: even with its longest times the machine was too
+    slow. It did not pass; rerun it on a less busy machine. (The pytest suite reports it as
+    a skip with this message.)"""
+
+
+def require_live(now: float, deadline: float, what: str) -> None:
+    """Raise :class:`TooSlow` unless the broker clock ``now`` is still before ``deadline``:
+    an exact count read at ``now`` is only meaningful while the lease or eta holds."""
+    if now >= deadline - EPS:
+        raise TooSlow(f"{what}: the broker clock passed the deadline by {now - deadline:.3f}s")
+
+
+async def scaled_attempts(
+    attempt: Callable[[float], Awaitable[None]], what: str, scales: Sequence[float] = SCALES
+) -> None:
+    """Run ``attempt(scale)`` (a check body whose leases, etas and delays are multiplied by
+    ``scale``, on fresh queues) until it completes without :class:`TooSlow`; raise
+    :class:`CouldNotCheck` when every scale was too slow, so a check never passes without
+    having asserted what it is for."""
+    reasons = []
+    for scale in scales:
+        try:
+            await attempt(scale)
+        except TooSlow as exc:
+            reasons.append(f"x{scale:g}: {exc}")
+        else:
+            return
+    raise CouldNotCheck(
+        f"could not check {what}: the machine was too slow (tried with times scaled "
+        f"{', '.join(reasons)}); run the check again on a less busy machine"
+    )
+
+
+def same_leases(got: object, want: Sequence[float | None]) -> bool:
+    """Whether ``extend``'s result ``got`` is, lease by lease, None where ``want`` is None
+    and a float within a millisecond of the lease length where it is not."""
+    if not isinstance(got, list) or len(got) != len(want):
+        return False
+    for g, w in zip(got, want, strict=True):
+        if w is None:
+            if g is not None:
+                return False
+        elif not (isinstance(g, float) and abs(g - w) < 1e-3):
+            return False
+    return True
 
 
 async def make_broker(factory: BrokerFactory) -> Broker:
