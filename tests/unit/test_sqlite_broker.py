@@ -27,7 +27,14 @@ from offload.brokers.sqlite import SQLiteBroker
 from offload.brokers.sqlite.doorbell import Doorbell, wake_dir
 from offload.core.envelope import new_id
 from offload.core.policy import QueuePolicy
-from offload.errors import BrokerError, BrokerUnavailable, BrokerURLError, ConfigError
+from offload.errors import (
+    BrokerError,
+    BrokerFull,
+    BrokerRefused,
+    BrokerUnavailable,
+    BrokerURLError,
+    ConfigError,
+)
 
 SRC = str(Path(offload.__file__).resolve().parent.parent)
 
@@ -135,13 +142,15 @@ def test_missing_directory_names_the_path(tmp_path):
         run(b.enqueue([task()]))
 
 
-def test_not_a_database_names_the_path(db):
+def test_not_a_database_is_a_url_error_naming_the_path(db):
+    # the URL's fault, not an outage: a worker must not wait for it to go away
     db.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
     b = SQLiteBroker(f"sqlite:///{db}")
-    with pytest.raises(BrokerUnavailable) as err:
+    with pytest.raises(BrokerURLError) as err:
         run(b.open())
     assert str(db) in str(err.value)
     assert "not an SQLite database" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_wal_schema_version_and_newer_schema_refused(broker, db):
@@ -607,6 +616,50 @@ def test_dead_letters_limit_bounds(broker):
     assert run(broker.dead_letters("q", 0)) == []
     assert len(run(broker.dead_letters("q", 1))) == 1
     assert len(run(broker.dead_letters("q", 10_000))) == 2
+
+
+# ---- errors: a refused request, a full disk ---------------------------------------------------
+
+
+def test_a_lone_surrogate_is_refused_and_nothing_is_half_done(broker):
+    run(broker.enqueue([task(), task()]))
+    first, _ = run(broker.claim(["q"], 2))
+    for call, what in (
+        (lambda: broker.retry(first.lease, 0, "bad \ud800 text"), "retry"),
+        (lambda: broker.dead_letter(first.lease, "boom", "tb \udfff"), "dead_letter"),
+    ):
+        with pytest.raises(BrokerRefused) as err:
+            run(call())
+        assert what in str(err.value) and "\\ud" in str(err.value)
+        assert not isinstance(err.value, BrokerUnavailable)  # not an outage: do not wait
+    assert run(broker.stats("q")).leased == 2  # both still leased, untouched
+    assert run(broker.retry(first.lease, 0, "clean")) is True
+    with pytest.raises(BrokerRefused, match="enqueue"):
+        run(broker.enqueue([task(), task(name="n\ud800"), task()]))
+    assert run(broker.stats("q")).ready == 1  # the batch did not half happen
+    assert run(broker.enqueue([task(name="n")])) == [True]  # nor did its name reservation
+
+
+def test_a_too_big_payload_is_refused(broker):
+    broker._store.conn().setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000)
+    with pytest.raises(BrokerRefused, match="enqueue refused: string or blob too big"):
+        run(broker.enqueue([task(), NewTask(id=new_id(), queue="q", payload=b"x" * 20_000)]))
+    assert run(broker.stats("q")).ready == 0
+
+
+def test_a_full_database_is_broker_full_and_nothing_is_written(broker):
+    run(broker.enqueue([task()]))
+    conn = broker._store.conn()
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # what a full disk does: SQLITE_FULL
+    big = [NewTask(id=new_id(), queue="q", payload=b"x" * 4096) for _ in range(50)]
+    with pytest.raises(BrokerFull) as err:
+        run(broker.enqueue(big))
+    assert isinstance(err.value, BrokerUnavailable)  # workers wait it out
+    assert "full" in str(err.value) and "enqueue" in str(err.value)
+    assert run(broker.stats("q")).ready == 1
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert run(broker.enqueue(big)) == [True] * 50
 
 
 # ---- speed (reported, not asserted: timing belongs to bench/) -------------------------------

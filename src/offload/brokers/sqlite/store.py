@@ -22,7 +22,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ...errors import BrokerError, BrokerUnavailable, BrokerURLError
+from ...errors import (
+    BrokerError,
+    BrokerFull,
+    BrokerRefused,
+    BrokerUnavailable,
+    BrokerURLError,
+)
 from .queries import migrate
 
 __all__ = ["Store", "parse_url"]
@@ -30,6 +36,10 @@ __all__ = ["Store", "parse_url"]
 T = TypeVar("T")
 
 _FIRST_NAP, _MAX_NAP = 0.00005, 0.001
+
+# What the driver raises for a request (sqlite3.Error), and for a value it cannot bind: a
+# str with a lone surrogate (UnicodeEncodeError), an int over 64 bits (OverflowError).
+_DRIVER_ERRORS = (sqlite3.Error, UnicodeEncodeError, OverflowError)
 
 _EXAMPLE = "sqlite:///relative.db or sqlite:////absolute/path.db"
 
@@ -209,6 +219,12 @@ class Store:
             raise BrokerError(f"SQLite database {self.path}: {exc}") from None
         except sqlite3.Error as exc:
             conn.close()
+            if "not a database" in str(exc) or "encrypted" in str(exc):
+                # the URL names some other file: waiting will not make it a database
+                raise BrokerURLError(
+                    f"SQLite database {self.path} is not an SQLite database ({exc}); point "
+                    "the URL at a new file, or restore this one from a backup"
+                ) from None
             raise self.error(exc, "open") from exc
         with self._lock:
             self._conns.append(conn)
@@ -241,11 +257,39 @@ class Store:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch the journal to WAL (got {mode!r})")
 
-    def error(self, exc: sqlite3.Error, what: str) -> BrokerError:
-        """The offload error for a driver error, saying what to do."""
+    def error(self, exc: Exception, what: str) -> BrokerError:
+        """The offload error for a driver error, saying what to do: BrokerRefused when this
+        request itself was refused (retrying it fails the same way), BrokerFull when the
+        disk is full, BrokerUnavailable otherwise. The transaction was rolled back first,
+        so nothing was half done."""
         msg = str(exc)
-        if isinstance(exc, sqlite3.IntegrityError):
-            return BrokerError(f"SQLite database {self.path}: {what} refused: {msg}")
+        if isinstance(exc, UnicodeEncodeError):
+            bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+            return BrokerRefused(
+                f"SQLite database {self.path}: {what} refused: a text value holds {bad!r} "
+                f"at position {exc.start}, which cannot be stored as UTF-8 ({exc.reason}); "
+                "clean the text first, e.g. text.encode('utf-8', 'backslashreplace').decode()"
+            )
+        if isinstance(exc, OverflowError):
+            return BrokerRefused(
+                f"SQLite database {self.path}: {what} refused: {msg}; SQLite stores integers "
+                "of 64 bits at most"
+            )
+        code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+        if code == sqlite3.SQLITE_TOOBIG or isinstance(exc, sqlite3.DataError):
+            return BrokerRefused(
+                f"SQLite database {self.path}: {what} refused: {msg} (a payload or text over "
+                "SQLite's length limit); keep big data elsewhere and send a reference to it"
+            )
+        if isinstance(exc, sqlite3.IntegrityError) or (
+            isinstance(exc, sqlite3.ProgrammingError) and "binding parameter" in msg
+        ):
+            return BrokerRefused(f"SQLite database {self.path}: {what} refused: {msg}")
+        if code == sqlite3.SQLITE_FULL or "disk is full" in msg:
+            return BrokerFull(
+                f"SQLite database {self.path} is full ({msg}) during {what}; nothing was "
+                "written. Free space on its disk, then try again (workers wait and retry)"
+            )
         if "locked" in msg or "busy" in msg:
             return BrokerUnavailable(
                 f"SQLite database {self.path} stayed locked for more than busy_timeout="
@@ -268,7 +312,7 @@ class Store:
         conn = self.conn()
         try:
             return self._retrying(_transaction, conn, "BEGIN IMMEDIATE", op, args)
-        except sqlite3.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise self.error(exc, what) from exc
 
     def read(self, what: str, op: Callable[..., T], *args: Any) -> T:
@@ -276,7 +320,7 @@ class Store:
         conn = self.conn()
         try:
             return self._retrying(_transaction, conn, "BEGIN", op, args)
-        except sqlite3.Error as exc:
+        except _DRIVER_ERRORS as exc:
             raise self.error(exc, what) from exc
 
 
