@@ -22,9 +22,10 @@ import pytest
 
 import offload
 from offload.brokers import broker_from_url
-from offload.brokers.base import Lease, NewTask, TaskMetrics
+from offload.brokers.base import EnforcedPolicy, Lease, NewTask, TaskMetrics
 from offload.brokers.sqlite import SQLiteBroker
 from offload.brokers.sqlite.doorbell import Doorbell, wake_dir
+from offload.brokers.sqlite.queries import SCHEMA_VERSION, _step_sql
 from offload.core.envelope import new_id
 from offload.core.policy import QueuePolicy
 from offload.errors import (
@@ -156,13 +157,38 @@ def test_not_a_database_is_a_url_error_naming_the_path(db):
 def test_wal_schema_version_and_newer_schema_refused(broker, db):
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     raw.execute("PRAGMA user_version = 99")
     raw.commit()
     raw.close()
     newer = SQLiteBroker(f"sqlite:///{db}")
     with pytest.raises(BrokerError, match="newer"):
         run(newer.open())
+
+
+def test_a_version_1_database_is_migrated_in_place(db):
+    raw = sqlite3.connect(db, isolation_level=None)
+    raw.executescript(_step_sql(1) + "PRAGMA user_version = 1;")
+    # a declared queue (version 1 set tokens_at on every declaration), a queue only
+    # paused, and a task whose lease expired under version 1
+    raw.execute(
+        "INSERT INTO queues (name, rate, bucket, max_concurrent, lease, dedup_window, tokens,"
+        " tokens_at) VALUES ('q', 5.0, 5.0, 3, 30.0, 60.0, 5.0, 1.0)"
+    )
+    raw.execute("INSERT INTO queues (name, lease, dedup_window, paused) VALUES ('p', 60, 60, 1)")
+    raw.execute(
+        "INSERT INTO tasks (id, queue, payload, state, visible_at, attempts, enqueued_at, token)"
+        " VALUES ('old', 'q', x'00', 1, 1.0, 1, 1.0, 'tok')"
+    )
+    raw.close()
+    b = SQLiteBroker(f"sqlite:///{db}")
+    run(b.open())
+    assert b._store.conn().execute("PRAGMA user_version").fetchone()[0] == 2
+    assert run(b.stats("q")).policy == EnforcedPolicy(5.0, 5.0, 3, 30.0, 60.0)
+    assert run(b.stats("p")).policy is None and run(b.stats("p")).paused
+    (c,) = run(b.claim(["q"], 1))
+    assert (c.id, c.attempt, c.expired) == ("old", 2, True)
+    run(b.close())
 
 
 def test_synchronous_option_is_applied(db):
@@ -616,6 +642,42 @@ def test_dead_letters_limit_bounds(broker):
     assert run(broker.dead_letters("q", 0)) == []
     assert len(run(broker.dead_letters("q", 1))) == 1
     assert len(run(broker.dead_letters("q", 10_000))) == 2
+
+
+def test_a_claim_says_when_it_takes_over_an_expired_lease(broker):
+    run(broker.declare([QueuePolicy("q", lease=0.1)]))
+    run(broker.enqueue([task()]))
+    (c,) = run(broker.claim(["q"], 1))
+    assert c.expired is False  # after enqueue
+    assert c.lease_until - c.now == pytest.approx(0.1)
+    time.sleep(0.12)  # its worker "died"
+    (c,) = run(broker.claim(["q"], 1))
+    assert (c.attempt, c.expired) == (2, True)
+    assert run(broker.retry(c.lease, 0, "failed")) is True
+    (c,) = run(broker.claim(["q"], 1))
+    assert (c.attempt, c.expired) == (3, False)  # a retry the policy scheduled
+    run(broker.release([c.lease]))
+    (c,) = run(broker.claim(["q"], 1))
+    assert (c.attempt, c.expired) == (3, False)
+    time.sleep(0.12)
+    (c,) = run(broker.claim(["q"], 1))
+    assert c.expired is True
+    assert run(broker.dead_letter(c.lease, "gave up", "")) is True
+    assert run(broker.requeue_dead("q")) == 1
+    (c,) = run(broker.claim(["q"], 1))
+    assert (c.attempt, c.expired) == (1, False)
+
+
+def test_stats_carry_the_enforced_policy(broker):
+    assert run(broker.stats("q")).policy is None  # never declared
+    run(broker.set_paused("q", True))
+    assert run(broker.stats("q")).policy is None  # paused is not declared
+    run(broker.declare([QueuePolicy("q", rate="10/s", bucket_size=3, max_concurrent=2, lease=30)]))
+    assert run(broker.stats("q")).policy == EnforcedPolicy(10.0, 3.0, 2, 30.0, 3600.0)
+    run(broker.declare([QueuePolicy("q", lease=5, dedup_window=7)]))  # the last one wins
+    stats = run(broker.stats("q"))
+    assert stats.policy == EnforcedPolicy(None, None, None, 5.0, 7.0)
+    assert stats.paused  # a declaration keeps the pause
 
 
 # ---- errors: a refused request, a full disk ---------------------------------------------------

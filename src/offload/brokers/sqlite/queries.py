@@ -1,7 +1,8 @@
 """The SQLite broker's SQL, read once from ``sql/sqlite/*.sql``, and its schema migrations.
 
 ``queries.sql`` holds every statement under a ``-- name: <name>`` line; ``schema.sql`` is
-schema version 1. A future version ``n`` adds ``migrate_<n>.sql`` (from ``n - 1``) and bumps
+schema version 1 and each ``migrate_<n>.sql`` takes version ``n - 1`` to ``n`` (2: the
+``tasks.expired`` and ``queues.declared_at`` columns). A new version adds its file and bumps
 :data:`SCHEMA_VERSION`; :func:`migrate` applies the missing steps in one transaction.
 """
 
@@ -15,7 +16,7 @@ import sqlite3
 __all__ = ["SCHEMA_VERSION", "Queries", "migrate", "queries"]
 
 #: the ``PRAGMA user_version`` this code writes and understands
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 

@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...core.policy import QueuePolicy
-from ..base import Claimed, DeadLetter, Lease, NewTask, QueueStats, TaskMetrics
+from ..base import (
+    Claimed,
+    DeadLetter,
+    EnforcedPolicy,
+    Lease,
+    NewTask,
+    QueueStats,
+    TaskMetrics,
+)
 from .queries import queries
 
 READY, LEASED, DEAD = 0, 1, 2
@@ -80,7 +88,7 @@ def _claim_queue(
     if row is None:
         lease = DEFAULTS.lease
     else:
-        paused, rate, bucket, max_concurrent, lease, _, tokens, tokens_at = row
+        paused, rate, bucket, max_concurrent, lease, _, tokens, tokens_at, _ = row
         if paused:
             return []
         if rate is not None:
@@ -109,6 +117,7 @@ def _claim_queue(
             now=now,
             token=r[7],
             lease_until=until,
+            expired=r[8] == 1,
         )
         for r in rows
     ]
@@ -198,6 +207,9 @@ def stats(conn: sqlite3.Connection, now: float, queue: str) -> QueueStats:
     rows = conn.execute(queries().stats, (now, queue)).fetchall()
     qrow = conn.execute(queries().queue_row, (queue,)).fetchone()
     s = QueueStats(queue=queue, paused=bool(qrow and qrow[0]))
+    if qrow is not None and qrow[8] is not None:  # declared (not only paused)
+        _, rate, bucket, max_concurrent, lease, dedup_window, *_ = qrow
+        s.policy = EnforcedPolicy(rate, bucket, max_concurrent, lease, dedup_window)
     for state, due, count in rows:
         if state == DEAD:
             s.dead += count

@@ -5,18 +5,21 @@
 -- read by Python after BEGIN IMMEDIATE and passed in as :now.
 
 -- name: queue_row
-SELECT paused, rate, bucket, max_concurrent, lease, dedup_window, tokens, tokens_at
+SELECT paused, rate, bucket, max_concurrent, lease, dedup_window, tokens, tokens_at,
+    declared_at
 FROM queues WHERE name = ?;
 
 -- name: declare
-INSERT INTO queues (name, rate, bucket, max_concurrent, lease, dedup_window, tokens, tokens_at)
-VALUES (:name, :rate, :bucket, :max_concurrent, :lease, :dedup_window, :bucket, :now)
+INSERT INTO queues (name, rate, bucket, max_concurrent, lease, dedup_window, tokens, tokens_at,
+                    declared_at)
+VALUES (:name, :rate, :bucket, :max_concurrent, :lease, :dedup_window, :bucket, :now, :now)
 ON CONFLICT (name) DO UPDATE SET
     rate = excluded.rate,
     bucket = excluded.bucket,
     max_concurrent = excluded.max_concurrent,
     lease = excluded.lease,
     dedup_window = excluded.dedup_window,
+    declared_at = excluded.declared_at,
     -- the bucket keeps its tokens across re-declares; it starts full the first time a
     -- rate is given
     tokens = coalesce(queues.tokens, excluded.tokens),
@@ -40,8 +43,11 @@ VALUES (?, ?, ?, ?, ?, ?);
 
 -- name: claim
 -- The due entries of one queue, oldest eta first: ready ones and expired leases are two
--- ranges of the tasks_due index, each walked for at most :limit rows.
+-- ranges of the tasks_due index, each walked for at most :limit rows. SET expressions see
+-- the row as it was, so `expired` records whether this claim takes over a lease (state 1)
+-- that expired, and RETURNING reports it.
 UPDATE tasks SET
+    expired = (state = 1),
     state = 1,
     attempts = attempts + 1,
     first_attempt_at = coalesce(first_attempt_at, :now),
@@ -60,7 +66,7 @@ WHERE seq IN (
             ORDER BY visible_at LIMIT :limit)
     )
     ORDER BY visible_at, seq LIMIT :limit)
-RETURNING seq, id, name, payload, attempts, first_attempt_at, enqueued_at, token;
+RETURNING seq, id, name, payload, attempts, first_attempt_at, enqueued_at, token, expired;
 
 -- name: count_leased
 SELECT count(*) FROM tasks WHERE queue = ? AND state = 1 AND visible_at > ?;
