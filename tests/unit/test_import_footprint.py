@@ -95,10 +95,54 @@ def test_idle_sqlite_worker_imports_nothing_it_does_not_use(tmp_path):
     assert sorted(modules & (NOT_IN_AN_IDLE_WORKER | NEVER_IN_A_WORKER)) == []
 
 
-def test_plain_import_loads_neither_the_cli_nor_its_output(tmp_path):
+# What a broker loads when it is chosen, never at import: the client libraries and
+# offload's broker packages that use them.
+BROKER_DRIVERS = {
+    "psycopg",
+    "psycopg_pool",
+    "redis",
+    "sqlite3",
+    "offload.brokers.postgres",
+    "offload.brokers.redis",
+    "offload.brokers.sqlite",
+}
+# The queue machinery and the command line: what the channel library never needs.
+QUEUE_MACHINERY = {"offload.app", "offload.brokers", "offload.worker", "msgspec", "click", "rich"}
+
+
+def _offload_modules(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m == "offload" or m.startswith("offload."))
+
+
+def test_plain_import_costs_one_module(tmp_path):
+    """``offload/__init__`` imports its public names on first use, so a bare import (and
+    with it every ``import offload.<part>``) costs the package module alone."""
     modules = _modules_after("import sys\nimport offload", tmp_path)
+    assert _offload_modules(modules) == ["offload"]
+    assert sorted(modules & (QUEUE_MACHINERY | BROKER_DRIVERS | NEVER_IN_A_WORKER)) == []
+
+
+def test_chan_imports_nothing_of_the_queue_machinery(tmp_path):
+    modules = _modules_after("import sys\nimport offload.chan", tmp_path)
+    assert "offload.chan.context" in modules  # it really loaded
+    assert _offload_modules(modules) == sorted(
+        {"offload", "offload.errors"} | {m for m in modules if m.startswith("offload.chan")}
+    )
+    assert sorted(modules & (QUEUE_MACHINERY | BROKER_DRIVERS)) == []
+
+
+def test_public_names_load_neither_the_cli_nor_a_broker_driver(tmp_path):
+    modules = _modules_after(
+        "import sys\nfrom offload import App, Retry, QueuePolicy, current_task", tmp_path
+    )
     assert "offload.app" in modules
-    assert sorted(modules & (NEVER_IN_A_WORKER | {"click", "offload.cli"})) == []
+    assert (
+        sorted(
+            modules
+            & (NEVER_IN_A_WORKER | BROKER_DRIVERS | {"click", "offload.cli", "offload.worker"})
+        )
+        == []
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("redis") is None, reason="redis-py not installed")
