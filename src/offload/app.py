@@ -3,25 +3,19 @@ environment. Declaring things costs nothing; the broker is reached on first real
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import os
 import re
-import threading
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 import msgspec
 
-from ._sync import Portal, run_inline
-from .brokers import broker_from_url
-from .brokers.base import Broker, NewTask, QueueStats, TaskMetrics
+from .brokers.base import Broker, QueueStats, TaskMetrics
 from .core import envelope as _env
-from .core.policy import QueuePolicy, RetryPolicy
-from .errors import BadArguments, ConfigError, UnknownQueue, UnknownTask, Unsupported
+from .core.policy import QueuePolicy, RetryPolicy, check_timeout
+from .errors import BadArguments, BrokerURLError, ConfigError, UnknownTask
+from .registry import Registry
 from .task import TaskFunction
 
 __all__ = ["DEFAULT_BROKER", "App", "DeadLetterInfo"]
@@ -47,26 +41,32 @@ class DeadLetterInfo:
 
 
 class App:
-    """One per codebase: the queues, the task functions and the broker URL.
+    """One per codebase: the queues, the task functions and the broker.
 
-    ``broker`` defaults to ``$OFFLOAD_BROKER``, else ``sqlite:///offload.db``. The
-    synchronous methods (``send``, ``stats``...) are safe from any thread.
+    ``broker`` is a URL, or a :class:`~offload.brokers.base.Broker` instance (a
+    third-party broker that passes :func:`offload.testing.check_broker`); it defaults to
+    ``$OFFLOAD_BROKER``, else ``sqlite:///offload.db``. The synchronous methods (``send``,
+    ``stats``...) are safe from any thread.
     """
 
-    def __init__(self, name: str, broker: str | None = None) -> None:
+    def __init__(self, name: str, broker: str | Broker | None = None) -> None:
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
             raise ConfigError(f"app name {name!r}: use 1-64 letters, digits, '_', '-' or '.'")
         self.name = name
-        self.broker_url = broker or os.environ.get("OFFLOAD_BROKER") or DEFAULT_BROKER
-        broker_from_url(self.broker_url)  # validate the URL now; nothing connects yet
-        self._queues: dict[str, QueuePolicy] = {"default": QueuePolicy("default")}
-        self._tasks: dict[str, TaskFunction] = {}
-        self._lock = threading.Lock()
-        self._facade: Broker | None = None
-        self._portal: Portal | None = None
-        self._declared = False
-        # brokers opened by workers on their own loops, so async sends reuse them
-        self._loop_brokers: dict[asyncio.AbstractEventLoop, Broker] = {}
+        if broker is None:
+            broker = os.environ.get("OFFLOAD_BROKER") or DEFAULT_BROKER
+        elif isinstance(broker, str) and not broker.strip():
+            raise BrokerURLError(
+                f"app {name!r}: broker={broker!r} is empty; give a URL such as "
+                f"{DEFAULT_BROKER} (or leave broker out to use $OFFLOAD_BROKER, else "
+                "that default)"
+            )
+        #: the seam task functions and workers use (package-internal)
+        self.registry = Registry(name, broker)
+
+    @property
+    def broker_url(self) -> str:
+        return self.registry.broker_url
 
     def __repr__(self) -> str:
         return f"<App {self.name} broker={self.broker_url!r}>"
@@ -83,8 +83,11 @@ class App:
         lease: float = 60.0,
         retry: Any = None,
         dedup_window: float = 3600.0,
+        timeout: float | None = None,
     ) -> QueuePolicy:
-        """Declare (or redeclare) a queue and its policy; enforced by the broker globally."""
+        """Declare (or redeclare) a queue and its policy; enforced by the broker globally.
+        ``timeout``: seconds a handler of this queue may run before it fails with
+        :class:`~offload.errors.TaskTimeout` (None: no limit; a task's own wins)."""
         policy = QueuePolicy(
             name,
             rate=rate,
@@ -93,21 +96,29 @@ class App:
             lease=lease,
             retry=RetryPolicy.from_retry(retry),
             dedup_window=dedup_window,
+            timeout=timeout,
         )
-        with self._lock:
-            self._queues[name] = policy
-            self._declared = False
+        self.registry.declare(policy)
         return policy
 
     @overload
     def task(self, fn: F) -> TaskFunction: ...
     @overload
     def task(
-        self, *, queue: str = "default", name: str | None = None
+        self, *, queue: str = "default", name: str | None = None, timeout: float | None = None
     ) -> Callable[[F], TaskFunction]: ...
 
-    def task(self, fn: Any = None, *, queue: str = "default", name: str | None = None) -> Any:
-        """Register a task function: ``@app.task`` or ``@app.task(queue=..., name=...)``."""
+    def task(
+        self,
+        fn: Any = None,
+        *,
+        queue: str = "default",
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a task function: ``@app.task`` or ``@app.task(queue=..., name=...,
+        timeout=...)``; ``timeout`` overrides the queue's for this function."""
+        limit = check_timeout(timeout, "@app.task: timeout")
 
         def register(f: Callable[..., Any]) -> TaskFunction:
             if not callable(f):
@@ -118,39 +129,37 @@ class App:
                     f"task {tname!r} is defined inside a function, so workers cannot find "
                     "it by that name; define it at module level or pass name="
                 )
-            existing = self._tasks.get(tname)
+            tasks = self.registry.tasks
+            existing = tasks.get(tname)
             if existing is not None and existing.fn is not f:
                 raise ConfigError(f"task name {tname!r} is registered twice; pass name=")
-            tf = TaskFunction(self, f, tname, queue)
-            self._tasks[tname] = tf
+            tf = TaskFunction(self.registry, f, tname, queue, timeout=limit)
+            tasks[tname] = tf
             return tf
 
         return register(fn) if fn is not None else register
 
     @property
     def queues(self) -> dict[str, QueuePolicy]:
-        return dict(self._queues)
+        return dict(self.registry.queues)
 
     @property
     def tasks(self) -> dict[str, TaskFunction]:
-        return dict(self._tasks)
+        return dict(self.registry.tasks)
 
-    def _policy(self, queue: str) -> QueuePolicy:
-        try:
-            return self._queues[queue]
-        except KeyError:
-            raise UnknownQueue(
-                f"queue {queue!r} is not declared by app {self.name!r} (queues: "
-                f"{', '.join(sorted(self._queues))}); declare it with app.queue({queue!r})"
-            ) from None
+    def policy(self, queue: str) -> QueuePolicy:
+        """The policy this App declares for ``queue``; raises :class:`UnknownQueue`."""
+        return self.registry.policy(queue)
+
+    _policy = policy  # the CLI's older spelling
 
     def get_task(self, name: str) -> TaskFunction:
         try:
-            return self._tasks[name]
+            return self.registry.tasks[name]
         except KeyError:
             raise UnknownTask(
                 f"task {name!r} is not registered in app {self.name!r} (tasks: "
-                f"{', '.join(sorted(self._tasks)) or 'none'})"
+                f"{', '.join(sorted(self.registry.tasks)) or 'none'})"
             ) from None
 
     # -- the synchronous facade ---------------------------------------------------------
@@ -162,16 +171,7 @@ class App:
 
     def close(self) -> None:
         """Release the facade's connections and its portal thread, if any."""
-        with self._lock:
-            facade, portal = self._facade, self._portal
-            self._facade = self._portal = None
-            self._declared = False
-        if facade is not None:
-            if portal is not None:
-                portal.run(facade.close())
-                portal.stop()
-            else:
-                run_inline(facade.close())
+        self.registry.close()
 
     def __enter__(self) -> App:
         return self.open()
@@ -179,56 +179,8 @@ class App:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _broker(self) -> Broker:
-        with self._lock:
-            if self._facade is None:
-                b = broker_from_url(self.broker_url)
-                if not b.capabilities.inline:
-                    self._portal = Portal(f"offload-portal-{self.name}")
-                    # close connections cleanly at exit if the program forgot app.close()
-                    atexit.register(_close_at_exit, weakref.ref(self))
-                self._facade = b
-            return self._facade
-
-    def _run(self, coro: Any) -> Any:
-        if self._portal is not None:
-            return self._portal.run(coro)
-        return run_inline(coro)
-
     def _call(self, op: Callable[[Broker], Any]) -> Any:
-        b = self._broker()
-        if not self._declared:
-            self._run(b.open())
-            self._run(b.declare(list(self._queues.values())))
-            self._declared = True
-        return self._run(op(b))
-
-    def _enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> list[bool]:
-        b = self._broker()
-        if connection is not None and not b.capabilities.transactional_enqueue:
-            raise Unsupported(
-                f"broker {self.broker_url!r} cannot join your transaction "
-                "(connection=); use a PostgreSQL broker or drop connection="
-            )
-        blocking = getattr(b, "enqueue_blocking", None)
-        if blocking is not None:
-            if not self._declared:
-                self._call(lambda _b: _noop())
-            if connection is not None:
-                return blocking(tasks, connection=connection)
-            return blocking(tasks)
-        if connection is not None:
-            return self._call(lambda br: br.enqueue(tasks, connection=connection))
-        return self._call(lambda br: br.enqueue(tasks))
-
-    async def _enqueue_async(self, tasks: Sequence[NewTask]) -> list[bool]:
-        loop = asyncio.get_running_loop()
-        b = self._loop_brokers.get(loop)
-        if b is not None:
-            return await b.enqueue(tasks)
-        if self._broker().capabilities.inline:
-            return self._enqueue(tasks)
-        return await asyncio.to_thread(self._enqueue, tasks)
+        return self.registry.call(op)
 
     # -- operations -----------------------------------------------------------------------
 
@@ -238,8 +190,11 @@ class App:
         return self._call(lambda b: b.stats(queue))
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetterInfo]:
-        """Dead-lettered tasks, oldest first, with the last error and traceback."""
+        """Dead-lettered tasks, oldest first, with the last error and traceback; at most
+        ``limit`` (0 to 10,000)."""
         self._policy(queue)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 10_000:
+            raise BadArguments(f"dead_letters: limit {limit!r} must be a whole number 0..10000")
         out = []
         for d in self._call(lambda b: b.dead_letters(queue, limit)):
             task, args, kwargs = "<undecodable payload>", None, None
@@ -297,10 +252,3 @@ class App:
 
 async def _noop() -> None:
     return None
-
-
-def _close_at_exit(ref: weakref.ref[App]) -> None:
-    app = ref()
-    if app is not None:
-        with contextlib.suppress(Exception):
-            app.close()

@@ -150,8 +150,9 @@ class Retry(TaskControl):
         max_doublings: int | None = None,
         reason: str = "",
     ) -> None:
-        super().__init__(reason or (f"retry in {after}s" if after is not None else "retry"))
-        self.after = after
+        after = _seconds_after(after)
+        super().__init__(reason or (f"retry in {after:g}s" if after is not None else "retry"))
+        self.after: float | None = after
         # limit=None means "unlimited"; leaving it out means "the default limit".
         self._limit_given = limit is not _UNSET
         self.limit = None if limit is _UNSET else limit
@@ -160,6 +161,25 @@ class Retry(TaskControl):
         self.max_backoff = max_backoff
         self.max_doublings = max_doublings
         self.reason = reason
+
+
+def _seconds_after(after: object) -> float | None:
+    """``Retry(after=)`` as seconds: a number or a ``timedelta``, finite and >= 0. Anything
+    else raises here, at the raise site, so the handler's task fails with a clear reason
+    instead of the worker failing to compute its verdict."""
+    if after is None:
+        return None
+    seconds = getattr(after, "total_seconds", None)
+    if callable(seconds) and not isinstance(after, (int, float)):
+        after = seconds()
+    if isinstance(after, bool) or not isinstance(after, (int, float)):
+        raise ConfigError(
+            f"Retry(after={after!r}): give seconds as a number or a datetime.timedelta"
+        )
+    value = float(after)
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"Retry(after={after!r}): must be a finite number of seconds >= 0")
+    return value
 
 
 class Fail(TaskControl):

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from ..errors import PolicyError
 
-__all__ = ["QueuePolicy", "RetryPolicy", "parse_rate"]
+__all__ = ["QueuePolicy", "RetryPolicy", "give_up", "parse_rate"]
+
+# Upper bounds. Each is far beyond any sensible setting, and below what every broker can
+# store (PostgreSQL integer columns, timestamps, Lua numbers): a value past one fails at
+# declaration, naming the field, instead of in a broker call minutes later.
+MAX_COUNT = 1_000_000_000  # max_concurrent, bucket_size, retry.limit, max_doublings
+MAX_RATE = 1e9  # tasks per second
+MAX_LEASE = 7 * 24 * 3600.0  # App Engine's longest task lease: one week
+MAX_SECONDS = 10 * 365 * 24 * 3600.0  # dedup_window, age_limit, backoffs, timeouts
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
 _UNITS = {
@@ -53,20 +61,34 @@ def parse_rate(rate: str | float | int | None, *, where: str = "rate") -> float 
         raise PolicyError(f"{where} {rate!r}: give a string like '20/s' or a number per second")
     if not math.isfinite(value) or value <= 0:
         raise PolicyError(f"{where} {rate!r}: must be more than zero (or None for unlimited)")
+    if value > MAX_RATE:
+        raise PolicyError(f"{where} {rate!r}: at most {MAX_RATE:,.0f} per second (or None)")
     return value
 
 
-def _nonneg(name: str, value: float | None, *, allow_none: bool = True, integer: bool = False):
+def _nonneg(
+    name: str,
+    value: float | None,
+    *,
+    allow_none: bool = True,
+    integer: bool = False,
+    most: float | None = None,
+):
     if value is None:
         if allow_none:
             return None
         raise PolicyError(f"{name}: required")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PolicyError(f"{name} {value!r}: must be a number")
-    if integer and (not float(value).is_integer()):
+    if integer and not (isinstance(value, int) or (math.isfinite(value) and value.is_integer())):
         raise PolicyError(f"{name} {value!r}: must be a whole number")
     if not math.isfinite(value) or value < 0:
         raise PolicyError(f"{name} {value!r}: must be zero or more")
+    if most is None:
+        most = MAX_COUNT if integer else MAX_SECONDS
+    if value > most:
+        shown = f"{int(most):,}" if float(most).is_integer() else f"{most:g}"
+        raise PolicyError(f"{name} {value!r}: at most {shown}")
     return int(value) if integer else float(value)
 
 
@@ -88,11 +110,15 @@ class RetryPolicy:
     max_doublings: int = 16
 
     def __post_init__(self) -> None:
-        _nonneg("retry.limit", self.limit, integer=True)
-        _nonneg("retry.age_limit", self.age_limit)
-        _nonneg("retry.min_backoff", self.min_backoff, allow_none=False)
-        _nonneg("retry.max_backoff", self.max_backoff, allow_none=False)
-        _nonneg("retry.max_doublings", self.max_doublings, allow_none=False, integer=True)
+        for name in ("limit", "age_limit", "min_backoff", "max_backoff", "max_doublings"):
+            integer = name in ("limit", "max_doublings")
+            value = _nonneg(
+                f"retry.{name}",
+                getattr(self, name),
+                allow_none=name in ("limit", "age_limit"),
+                integer=integer,
+            )
+            object.__setattr__(self, name, value)
         if self.max_backoff < self.min_backoff:
             raise PolicyError(
                 f"retry.max_backoff {self.max_backoff!r} is below min_backoff "
@@ -125,10 +151,12 @@ class RetryPolicy:
         """Seconds to wait before the n-th retry (n = 1, 2, ...)."""
         if n < 1:
             raise ValueError("retry number starts at 1")
-        if n <= self.max_doublings + 1:
-            delay = self.min_backoff * 2.0 ** (n - 1)
-        else:
-            delay = self.min_backoff * 2.0**self.max_doublings * (n - self.max_doublings)
+        doublings = min(n - 1, self.max_doublings)
+        if self.min_backoff == 0.0:
+            return 0.0
+        if doublings > 1100:  # 2**1100 overflows a float; the cap is reached long before
+            return self.max_backoff
+        delay = self.min_backoff * 2.0**doublings * max(1, n - self.max_doublings)
         return min(delay, self.max_backoff)
 
     def exhausted(self, retries_done: int, age: float) -> bool:
@@ -139,6 +167,26 @@ class RetryPolicy:
         if self.limit is not None and self.age_limit is not None:
             return over_limit and over_age
         return over_limit or over_age
+
+
+def give_up(policy: RetryPolicy, failed_attempt: int, age: float) -> bool:
+    """Whether a task whose attempt number ``failed_attempt`` (1 for the first run) failed
+    must be dead-lettered instead of retried; ``age`` is seconds since its first attempt.
+
+    The one give-up rule, used by every path, decided when the failure is known, as App
+    Engine does: by the worker when a handler fails, and by the next claimer when a worker
+    died mid-run (a claim with ``expired`` set: the failed attempt is the one before it). A
+    retry the policy already scheduled is never re-judged when it is claimed: it runs.
+    """
+    return policy.exhausted(max(0, failed_attempt - 1), age)
+
+
+def check_timeout(value: float | None, where: str) -> float | None:
+    """A handler timeout: seconds, more than zero and at most ten years, or None."""
+    t = _nonneg(where, value)
+    if t is not None and t <= 0:
+        raise PolicyError(f"{where} {value!r}: must be more than zero seconds (or None)")
+    return t
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +200,7 @@ class QueuePolicy:
     lease: float = 60.0  # seconds a claim holds a task before another worker may take it
     dedup_window: float = 3600.0  # seconds a finished named task keeps its name reserved
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None  # seconds a handler may run before TaskTimeout; None: none
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9_.:-]{1,100}$", self.name):
@@ -172,7 +221,7 @@ class QueuePolicy:
                 "(pause the queue to stop it)"
             )
         object.__setattr__(self, "max_concurrent", mc)
-        lease = _nonneg(f"{where}: lease", self.lease, allow_none=False)
+        lease = _nonneg(f"{where}: lease", self.lease, allow_none=False, most=MAX_LEASE)
         if lease < 0.05:
             raise PolicyError(f"{where}: lease {self.lease!r} must be at least 0.05 seconds")
         object.__setattr__(self, "lease", lease)
@@ -183,6 +232,7 @@ class QueuePolicy:
         )
         if not isinstance(self.retry, RetryPolicy):
             object.__setattr__(self, "retry", RetryPolicy.from_retry(self.retry))
+        object.__setattr__(self, "timeout", check_timeout(self.timeout, f"{where}: timeout"))
 
     @property
     def bucket(self) -> float | None:

@@ -1,7 +1,14 @@
-"""What a worker owes its broker: acks, and the verdicts (retry, dead letter) of failed
-tasks. Acks are batched; verdicts go out first, in order. While the broker is unreachable
-everything is kept and sent again later: an ack that arrives after its lease expired is
-ignored by the broker, so sending again is always safe."""
+"""What a worker owes its broker: acks, releases, and the verdicts (retry, dead letter) of
+failed tasks. Acks are batched; verdicts go out first, in order.
+
+An outage (:class:`~offload.errors.BrokerUnavailable`) keeps everything to send again
+later: an ack that arrives late still counts (a finished run wins), and a verdict for a lost
+lease is ignored by the broker, so sending again is always safe. A *refused* request
+(:class:`~offload.errors.BrokerRefused`, or any other error: a broker bug must not wedge the
+worker) is permanent: the verdict is sent once more in a minimal form the broker can store,
+and if that is refused too it is dropped and logged (its task runs again after its lease),
+so one bad verdict never blocks the acks of unrelated tasks behind it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ..brokers.base import Broker, Lease
-from ..errors import BrokerError
+from ..errors import BrokerUnavailable
 
 __all__ = ["Outbox"]
 
@@ -18,15 +25,20 @@ log = logging.getLogger("offload.worker")
 
 ACK_BATCH = 500  # an ack batch this large is flushed without waiting for the loop
 
+Send = Callable[[], Awaitable[object]]
+
 
 class Outbox:
-    """Pending acks and verdicts, flushed by one owner (the worker's flusher job)."""
+    """Pending acks, releases and verdicts, flushed by one owner (the worker's flusher)."""
 
     def __init__(self) -> None:
         self.acks: list[Lease] = []
-        # factories rather than coroutines, so a failed send can be made again
-        self.verdicts: list[Callable[[], Awaitable[object]]] = []
+        # factories rather than coroutines, so a failed send can be made again:
+        # (send, fallback when refused, task id for the log)
+        self.verdicts: list[tuple[Send, Send | None, str]] = []
+        self.releases: dict[float, list[Lease]] = {}
         self.wanted = asyncio.Event()
+        self.refused = 0  # verdicts or acks the broker refused for good
         self._lock = asyncio.Lock()
 
     def ack(self, lease: Lease) -> None:
@@ -34,26 +46,81 @@ class Outbox:
         if len(self.acks) == 1 or len(self.acks) >= ACK_BATCH:
             self.wanted.set()
 
-    def verdict(self, send: Callable[[], Awaitable[object]]) -> None:
-        self.verdicts.append(send)
+    def verdict(self, send: Send, fallback: Send | None = None, task_id: str = "?") -> None:
+        self.verdicts.append((send, fallback, task_id))
         self.wanted.set()
+
+    def release(self, lease: Lease, delay: float = 0.0) -> None:
+        self.releases.setdefault(delay, []).append(lease)
+        self.wanted.set()
+
+    def __len__(self) -> int:
+        return len(self.acks) + len(self.verdicts) + sum(map(len, self.releases.values()))
 
     async def flush(self, broker: Broker) -> bool:
         """Send everything pending; False (keeping what failed) if the broker is away."""
         async with self._lock:  # the flusher and a burst worker's check may race
             while self.verdicts:
+                send, fallback, task_id = self.verdicts[0]
                 try:
-                    await self.verdicts[0]()
-                except BrokerError as exc:
+                    await send()
+                except BrokerUnavailable as exc:
                     log.debug("verdict not recorded yet: %s", exc)
                     return False
+                except Exception as exc:
+                    if not await self._refused(send, fallback, task_id, exc):
+                        return False
                 self.verdicts.pop(0)
+            while self.releases:
+                delay, leases = next(iter(self.releases.items()))
+                try:
+                    await broker.release(leases, delay)
+                except BrokerUnavailable as exc:
+                    log.debug("release of %d tasks not recorded yet: %s", len(leases), exc)
+                    return False
+                except Exception as exc:
+                    self.refused += len(leases)
+                    log.error("broker refused to release %d tasks: %s", len(leases), exc)
+                del self.releases[delay]
             while self.acks:
                 batch, self.acks = self.acks, []
                 try:
                     await broker.ack(batch)
-                except BrokerError as exc:
+                except BrokerUnavailable as exc:
                     self.acks = batch + self.acks
                     log.debug("ack of %d tasks not recorded yet: %s", len(batch), exc)
                     return False
+                except Exception as exc:
+                    self.refused += len(batch)
+                    log.error(
+                        "broker refused an ack of %d tasks (they run again after their lease): %s",
+                        len(batch),
+                        exc,
+                    )
             return True
+
+    async def _refused(
+        self, send: Send, fallback: Send | None, task_id: str, exc: Exception
+    ) -> bool:
+        """A verdict the broker refused. Try its fallback once; False on an outage."""
+        if fallback is not None:
+            log.warning(
+                "task %s: the broker refused its verdict (%s); storing it without the "
+                "error text it could not hold",
+                task_id,
+                exc,
+            )
+            try:
+                await fallback()
+                return True
+            except BrokerUnavailable:
+                return False
+            except Exception as again:
+                exc = again
+        self.refused += 1
+        log.error(
+            "task %s: the broker refused its verdict for good (%s); it runs again after its lease",
+            task_id,
+            exc,
+        )
+        return True

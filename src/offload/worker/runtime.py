@@ -17,20 +17,13 @@ import contextlib
 import logging
 import signal
 import time
-import traceback
 from collections.abc import Sequence
-from typing import Any
-
-import msgspec
 
 from .. import hooks as _hooks
 from ..app import App
-from ..brokers import broker_from_url
-from ..brokers.base import Broker, Claimed
-from ..core import envelope as _env
-from ..errors import BadArguments, BrokerError, Fail, Retry
-from ..task import TaskFunction, TaskInfo, _current
-from .eager import Resumed
+from ..brokers.base import Broker, Claimed, HandoffReceiver
+from ..errors import BadArguments, BrokerError, ConfigError
+from .execute import TaskRunner
 from .leases import heartbeat
 from .metrics import MetricsBuffer
 from .outbox import Outbox
@@ -44,9 +37,10 @@ log = logging.getLogger("offload.worker")
 CLAIM_BATCH = 250  # most tasks claimed per round trip
 
 
-class Worker:
+class Worker(TaskRunner):
     """Runs the tasks of ``queues`` (default: all of the App's) with at most ``concurrency``
-    in flight. Async handlers run on the worker's event loop, plain functions on threads."""
+    in flight. Async handlers run on the worker's event loop, plain functions on threads.
+    Running one task is :class:`~offload.worker.execute.TaskRunner`'s part."""
 
     def __init__(
         self,
@@ -60,11 +54,16 @@ class Worker:
         install_signal_handlers: bool = False,
     ) -> None:
         self.app = app
-        self.queues = list(queues) if queues else sorted(app.queues)
+        self._core = core = app.registry
+        self.queues = list(dict.fromkeys(queues)) if queues else sorted(core.queues)
+        if queues is not None and not self.queues:
+            raise ConfigError("Worker(queues=[]) names no queue; leave queues out for all")
         for q in self.queues:
-            app._policy(q)  # UnknownQueue names the bad one
-        if concurrency < 1:
-            raise BadArguments(f"concurrency {concurrency!r} must be 1 or more")
+            core.policy(q)  # UnknownQueue names the bad one
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise BadArguments(f"concurrency {concurrency!r} must be a whole number >= 1")
+        if not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
+            raise BadArguments(f"grace {grace!r} must be seconds >= 0")
         self.concurrency = concurrency
         self.grace = grace
         self.burst = burst
@@ -75,6 +74,8 @@ class Worker:
         self._outbox = Outbox()
         self._metrics = MetricsBuffer()
         self._unknown_logged: set[str] = set()
+        self._foreign_logged: set[str] = set()
+        self._hook_failed: set[str] = set()
         self._broker: Broker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -85,7 +86,7 @@ class Worker:
         self._down_since: float | None = None
         self._backoff = 0.0
         self._threads = ThreadPool(concurrency)
-        self._policies = {q: app._policy(q) for q in self.queues}
+        self._policies = {q: core.policy(q) for q in self.queues}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -114,12 +115,12 @@ class Worker:
         self._closed = asyncio.Event()
         if self._stopping:
             self._stop_event.set()
-        broker = self._broker = broker_from_url(self.app.broker_url)
+        broker = self._broker = self._core.new_broker()
         await broker.open()
-        await broker.declare([self.app._policy(q) for q in sorted(self.app.queues)])
-        self.app._loop_brokers[loop] = broker
-        if broker.capabilities.handoff:
-            broker.on_handoff = self._handed  # type: ignore[attr-defined]
+        await self._declare(broker)
+        self._core.attach(loop, broker)
+        if broker.capabilities.handoff and isinstance(broker, HandoffReceiver):
+            broker.on_handoff = self._handed
         if self._signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop)
@@ -137,19 +138,49 @@ class Worker:
                     self._outbox.wanted.set()
             if not await self._flush():
                 log.warning(
-                    "broker unreachable at shutdown: %d acks not recorded; those "
-                    "tasks will run again after their lease",
-                    len(self._outbox.acks),
+                    "could not reach the broker at shutdown: %d acks and verdicts not "
+                    "recorded; those tasks will run again after their lease",
+                    len(self._outbox),
                 )
             await self._metrics.flush(broker)
         finally:
-            self.app._loop_brokers.pop(loop, None)
+            self._core.detach(loop)
             if self._signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._threads.shutdown()
             await broker.close()
         return self.stats
+
+    async def _declare(self, broker: Broker) -> None:
+        """Declare this App's queues (the last declaration wins), saying so where that
+        changes what the broker enforces: another App or an older deploy declared it
+        differently, and its workers now run under this declaration."""
+        policies = [self._core.policy(q) for q in sorted(self._core.queues)]
+        for p in policies:
+            try:
+                stored = (await broker.stats(p.name)).policy
+            except BrokerError:
+                break  # the declaration below reports the outage
+            if stored is None:
+                continue
+            mine = (p.rate, p.bucket, p.max_concurrent, p.lease, p.dedup_window)
+            theirs = (
+                stored.rate,
+                stored.bucket,
+                stored.max_concurrent,
+                stored.lease,
+                stored.dedup_window,
+            )
+            if any(not _same(a, b) for a, b in zip(mine, theirs, strict=True)):
+                log.warning(
+                    "queue %r: this worker's declaration replaces the policy the broker "
+                    "enforced (rate, bucket, max_concurrent, lease, dedup_window: %s -> %s)",
+                    p.name,
+                    theirs,
+                    mine,
+                )
+        await broker.declare(policies)
 
     # -- claiming -----------------------------------------------------------------------
 
@@ -252,199 +283,6 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
-    # -- running one task -----------------------------------------------------------------
-
-    def _start(self, c: Claimed) -> None:
-        run = Running(c, None, None, time.perf_counter())
-        self._running[c.id] = run
-        self.hooks.claimed(c)
-        try:
-            env = _env.decode(c.payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._finish_dead(run, f"undecodable payload: {exc}", "")
-            return
-        tf = self.app._tasks.get(env.task)
-        if tf is None:
-            self._unknown(run, env.task)
-            return
-        policy = self._policies[c.queue].retry
-        if c.attempt >= 2 and policy.exhausted(c.attempt - 2, c.now - c.first_attempt_at):
-            # Earlier attempts ended without a verdict: the worker running them died.
-            self._finish_dead(
-                run,
-                f"retry policy exhausted after {c.attempt - 1} attempts whose worker "
-                "died or lost its lease before finishing (crash, kill -9, or out of memory?)",
-                "",
-            )
-            return
-        try:
-            args, kwargs = tf.convert_args(env.args, env.kwargs)
-        except BadArguments as exc:
-            self._finish_dead(run, f"BadArguments: {exc}", "")
-            return
-        headers = env.headers
-        deadline = None
-        if headers:
-            raw = headers.get(_env.DEADLINE)
-            if raw is not None:
-                try:
-                    deadline = float(raw)
-                except ValueError:
-                    log.warning("task %s: ignoring a bad deadline header %r", c.id, raw)
-        info = TaskInfo(c.id, tf.name, c.queue, c.name, c.attempt, headers, deadline)
-        run.task, run.info = tf, info
-        self.hooks.started(info)
-        if tf.is_async:
-            try:
-                coro = tf.fn(*args, **kwargs)
-            except TypeError as exc:
-                # Raised by the call itself, before any handler code: a binding error.
-                self._finish_dead(run, f"BadArguments: {tf.name}{tf.signature}: {exc}", "")
-                return
-            self._run_eager(run, coro)
-        else:
-            self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
-
-    def _run_eager(self, run: Running, coro: Any) -> None:
-        """Run an async handler's first step right here. Most handlers either finish in it
-        (no Task is ever made: a fifth of a no-op task's cost) or reach their first real
-        await; only then does a Task take over, resuming exactly where it stopped (what
-        Python 3.12 calls an eager task)."""
-        token = _current.set(run.info)
-        tt = time.thread_time
-        t0 = tt()
-        try:
-            first = coro.send(None)
-        except StopIteration:
-            self._done(run, None, "", tt() - t0)
-            return
-        except BaseException as exc:
-            self._done(run, exc, traceback.format_exc(), tt() - t0)
-            return
-        finally:
-            _current.reset(token)
-        cpu = tt() - t0
-        token = _current.set(run.info)  # the Task copies the context, with it set
-        try:
-            run.future = self._loop.create_task(self._continue(run, coro, first, cpu))  # type: ignore[union-attr]
-        finally:
-            _current.reset(token)
-
-    async def _continue(self, run: Running, coro: Any, first: Any, cpu: float) -> None:
-        resumed = Resumed(coro, first, cpu)
-        try:
-            await resumed
-        except asyncio.CancelledError as exc:
-            if self._running.get(run.claim.id) is not run:
-                return  # cancelled by a hurried drain: released, not failed
-            self._done(run, exc, traceback.format_exc(), resumed.cpu)
-        except BaseException as exc:
-            self._done(run, exc, traceback.format_exc(), resumed.cpu)
-        else:
-            self._done(run, None, "", resumed.cpu)
-
-    def _run_thread(self, run: Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
-        token = _current.set(run.info)
-        c0 = time.thread_time()
-        try:
-            tf.fn(*args, **kwargs)
-        except TypeError as exc:
-            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
-                # raised by the call itself, not inside the handler: a binding error
-                exc = BadArguments(f"{tf.name}{tf.signature}: {exc}")
-            result = (exc, traceback.format_exc())
-        except BaseException as exc:
-            result = (exc, traceback.format_exc())
-        else:
-            result = (None, "")
-        finally:
-            _current.reset(token)
-        cpu = time.thread_time() - c0
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._done, run, result[0], result[1], cpu)
-
-    def _done(self, run: Running, exc: BaseException | None, tb: str, cpu: float) -> None:
-        """Back on the loop: decide the task's fate."""
-        if self._running.get(run.claim.id) is not run:
-            return  # already released by a hurried drain
-        wall = time.perf_counter() - run.started
-        tf = run.task
-        assert tf is not None
-        self._metrics.add(tf.name, wall, cpu, failed=exc is not None)
-        if exc is None:
-            self._finish_ack(run)
-        elif isinstance(exc, BadArguments):
-            self._finish_dead(run, f"BadArguments: {exc}", "")
-        elif isinstance(exc, Fail):
-            self._finish_dead(run, f"Fail: {exc}", tb)
-        elif isinstance(exc, Retry):
-            self._finish_retry(run, exc.after, f"Retry: {exc}", tb)
-        else:
-            self._finish_retry(run, None, f"{type(exc).__qualname__}: {exc}", tb)
-
-    def _unknown(self, run: Running, name: str) -> None:
-        if name not in self._unknown_logged:
-            self._unknown_logged.add(name)
-            log.warning(
-                "task function %r is not registered in app %r on this worker; releasing "
-                "it for other workers (dead-lettered once its retry policy is exhausted)",
-                name,
-                self.app.name,
-            )
-        self._finish_retry(
-            run,
-            None,
-            f"unknown task function {name!r}: no worker that claimed it has it "
-            "registered (deploy the code that defines it, or delete the task)",
-            "",
-        )
-
-    # -- verdicts ---------------------------------------------------------------------------
-
-    def _finish_ack(self, run: Running) -> None:
-        self._forget(run)
-        self.stats.succeeded += 1
-        if not run.lost:
-            self._outbox.ack(run.claim.lease)
-        if run.info is not None:
-            self.hooks.succeeded(run.info)
-
-    def _finish_retry(self, run: Running, after: float | None, error: str, tb: str) -> None:
-        c = run.claim
-        policy = self._policies[c.queue].retry
-        age = c.now - c.first_attempt_at + (time.perf_counter() - run.started)
-        if policy.exhausted(c.attempt - 1, age):
-            self._finish_dead(
-                run, f"{error} (retry policy exhausted after {c.attempt} attempts)", tb
-            )
-            return
-        delay = policy.backoff(c.attempt) if after is None else max(0.0, float(after))
-        self._forget(run)
-        self.stats.retried += 1
-        if not run.lost:
-            lease, err = c.lease, _trim(error)
-            self._spawn_verdict(lambda: self._broker.retry(lease, delay, err))  # type: ignore[union-attr]
-        self.hooks.retried(c, delay, error)
-
-    def _finish_dead(self, run: Running, error: str, tb: str) -> None:
-        self._forget(run)
-        self.stats.dead += 1
-        if not run.lost:
-            lease, err = run.claim.lease, _trim(error)
-            self._spawn_verdict(lambda: self._broker.dead_letter(lease, err, tb))  # type: ignore[union-attr]
-        self.hooks.dead(run.claim, error)
-
-    def _forget(self, run: Running) -> None:
-        self._running.pop(run.claim.id, None)
-        if run.info is not None and run.info._ctx is not None:
-            run.info.cancel()  # release the context's deadline timer
-        self._slot_free.set()  # type: ignore[union-attr]
-
-    def _spawn_verdict(self, send: Any) -> None:
-        self._outbox.verdict(send)
-
     # -- background jobs ------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
@@ -464,8 +302,8 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         assert self._broker is not None and self._closed is not None
-        period = max(0.02, min(p.lease for p in self._policies.values()) / 3)
-        await heartbeat(self._broker, self._running, self._closed, period, self._outage)
+        idle_period = max(0.02, min(p.lease for p in self._policies.values()) / 3)
+        await heartbeat(self._broker, self._running, self._closed, idle_period, self._outage)
 
     # -- draining -------------------------------------------------------------------------
 
@@ -507,5 +345,7 @@ class Worker:
             log.info("released %d unfinished tasks for other workers", len(leases))
 
 
-def _trim(text: str, limit: int = 2000) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a))

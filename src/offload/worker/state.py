@@ -22,6 +22,10 @@ class WorkerStats:
     retried: int = 0
     dead: int = 0
     released: int = 0
+    #: tasks of another app met on a shared queue, released for that app's workers
+    foreign: int = 0
+    #: thread handlers that did not stop after their timeout and were left behind
+    abandoned: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -36,3 +40,12 @@ class Running:
     started: float
     lost: bool = False
     future: Any = None
+    #: time.monotonic() when the lease ends unless renewed (from what the broker applied)
+    lease_end: float = float("inf")
+    #: the lease length the broker applied at the last claim or heartbeat, seconds
+    lease_length: float = 60.0
+    #: the timeout's (or, after it, the abandonment's) loop timer
+    timer: Any = None
+    #: the thread running a plain-function handler, while it runs
+    thread: int | None = None
+    timeout_error: BaseException | None = None

@@ -26,6 +26,7 @@ class ThreadPool:
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        self._excess = 0  # threads to retire: replacements were made for abandoned ones
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[[], Any]) -> None:
@@ -40,14 +41,29 @@ class ThreadPool:
                 self._idle -= 1
         self._jobs.put(fn)
 
+    def abandon(self) -> None:
+        """A job was given up on while its thread still runs it (a handler past its
+        timeout): allow one more thread, and retire one once that job ends."""
+        with self._lock:
+            self._size += 1
+            self._excess += 1
+
     def _loop(self) -> None:
         get = self._jobs.get
         while True:
             fn = get()
             if fn is _STOP:
                 return
-            fn()  # fn handles its own exceptions and reports back to the loop
+            try:
+                fn()  # fn handles its own exceptions and reports back to the loop
+            except BaseException:  # an async TaskTimeout that landed after the handler
+                pass
             with self._lock:
+                if self._excess:
+                    self._excess -= 1
+                    self._size -= 1
+                    self._threads.remove(threading.current_thread())
+                    return
                 self._idle += 1
 
     def shutdown(self) -> None:

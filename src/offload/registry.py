@@ -1,0 +1,179 @@
+"""What task functions and workers need of their App, and nothing else: its name, queue
+policies, task functions, and a way to reach the broker. Package-internal (``app.registry``):
+the App is the public face, this is the seam the rest of the package uses, so task.py and
+the worker never touch the App's private attributes and task.py never imports app.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._sync import Portal, run_inline
+from .brokers import broker_from_url
+from .brokers.base import BlockingEnqueue, Broker, NewTask
+from .core.policy import QueuePolicy
+from .errors import ConfigError, UnknownQueue, Unsupported
+
+if TYPE_CHECKING:
+    from .task import TaskFunction
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """An App's queues and task functions, and its connections to the broker: the
+    synchronous facade's (one broker on a portal thread, or inline for SQLite) and those
+    workers opened on their own event loops, which async sends on that loop reuse."""
+
+    def __init__(self, name: str, broker: str | Broker) -> None:
+        self.name = name
+        if isinstance(broker, str):
+            broker_from_url(broker)  # validate the URL now; nothing connects yet
+            self.broker_url = broker
+            self._given: Broker | None = None
+        elif isinstance(broker, Broker):
+            self.broker_url = getattr(broker, "url", repr(broker))
+            self._given = broker
+        else:
+            raise ConfigError(
+                f"broker {broker!r}: give a URL (sqlite:///offload.db, redis://..., "
+                "postgresql://...) or a Broker instance"
+            )
+        self.queues: dict[str, QueuePolicy] = {"default": QueuePolicy("default")}
+        self.tasks: dict[str, TaskFunction] = {}
+        self.lock = threading.Lock()
+        self._facade: Broker | None = None
+        self._portal: Portal | None = None
+        self._declared = False
+        self._loop_brokers: dict[asyncio.AbstractEventLoop, Broker] = {}
+
+    # -- the model ------------------------------------------------------------------------
+
+    def policy(self, queue: str) -> QueuePolicy:
+        """The declared policy of ``queue``; :class:`UnknownQueue` lists the declared ones."""
+        try:
+            return self.queues[queue]
+        except (KeyError, TypeError):
+            raise UnknownQueue(
+                f"queue {queue!r} is not declared by app {self.name!r} (queues: "
+                f"{', '.join(sorted(self.queues))}); declare it with app.queue({queue!r})"
+            ) from None
+
+    def declare(self, policy: QueuePolicy) -> None:
+        with self.lock:
+            self.queues[policy.name] = policy
+            self._declared = False
+
+    # -- brokers ------------------------------------------------------------------------
+
+    def new_broker(self) -> Broker:
+        """An unopened broker for one event loop. A Broker instance given to the App serves
+        the first caller; later ones get ``type(broker)(broker.url)``, the constructor every
+        broker that passes :func:`offload.testing.check_broker` with a URL factory has."""
+        given = self._given
+        if given is None:
+            return broker_from_url(self.broker_url)
+        with self.lock:
+            if self._given is not None:
+                self._given = None
+                self._instance_type = type(given)
+                return given
+        return self._instance_type(self.broker_url)  # type: ignore[call-arg]
+
+    def attach(self, loop: asyncio.AbstractEventLoop, broker: Broker) -> None:
+        """A worker opened ``broker`` on ``loop``: async sends from that loop use it."""
+        self._loop_brokers[loop] = broker
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop_brokers.pop(loop, None)
+
+    def facade(self) -> Broker:
+        with self.lock:
+            if self._facade is None:
+                b = self._given_or_new()
+                if not b.capabilities.inline:
+                    self._portal = Portal(f"offload-portal-{self.name}")
+                    # close connections cleanly at exit if the program forgot app.close()
+                    atexit.register(_close_at_exit, weakref.ref(self))
+                self._facade = b
+            return self._facade
+
+    def _given_or_new(self) -> Broker:
+        given = self._given
+        if given is not None:
+            self._given = None
+            self._instance_type = type(given)
+            return given
+        if hasattr(self, "_instance_type"):
+            return self._instance_type(self.broker_url)  # type: ignore[call-arg]
+        return broker_from_url(self.broker_url)
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        if self._portal is not None:
+            return self._portal.run(coro)
+        return run_inline(coro)
+
+    def call(self, op: Callable[[Broker], Awaitable[Any]]) -> Any:
+        """Run ``op(broker)`` on the facade, opening it and declaring the queues first."""
+        b = self.facade()
+        if not self._declared:
+            self.run(b.open())
+            self.run(b.declare(list(self.queues.values())))
+            self._declared = True
+        return self.run(op(b))
+
+    def enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> list[bool]:
+        b = self.facade()
+        if connection is not None and not b.capabilities.transactional_enqueue:
+            raise Unsupported(
+                f"broker {self.broker_url!r} cannot join your transaction "
+                "(connection=); use a PostgreSQL broker or drop connection="
+            )
+        if isinstance(b, BlockingEnqueue):
+            if not self._declared:
+                self.call(lambda _b: _noop())
+            if connection is not None:
+                return b.enqueue_blocking(tasks, connection=connection)
+            return b.enqueue_blocking(tasks)
+        if connection is not None:
+            return self.call(lambda br: br.enqueue(tasks, connection=connection))  # type: ignore[call-arg]
+        return self.call(lambda br: br.enqueue(tasks))
+
+    async def enqueue_async(self, tasks: Sequence[NewTask]) -> list[bool]:
+        loop = asyncio.get_running_loop()
+        b = self._loop_brokers.get(loop)
+        if b is not None:
+            return await b.enqueue(tasks)
+        if self.facade().capabilities.inline:
+            return self.enqueue(tasks)
+        return await asyncio.to_thread(self.enqueue, tasks)
+
+    def close(self) -> None:
+        """Release the facade's connections and its portal thread, if any."""
+        with self.lock:
+            facade, portal = self._facade, self._portal
+            self._facade = self._portal = None
+            self._declared = False
+        if facade is not None:
+            if portal is not None:
+                portal.run(facade.close())
+                portal.stop()
+            else:
+                run_inline(facade.close())
+
+
+async def _noop() -> None:
+    return None
+
+
+def _close_at_exit(ref: weakref.ref[Registry]) -> None:
+    registry = ref()
+    if registry is not None:
+        with contextlib.suppress(Exception):
+            registry.close()

@@ -1,0 +1,393 @@
+"""Running one claimed task: decode it, start its handler (on the loop or a thread), hold it
+to its timeout, and turn how it ended into a verdict (:mod:`offload.core.verdict`).
+
+Nothing a task does may crash or wedge the worker: every step that touches the task's own
+code or data is guarded, and a verdict that cannot be computed still frees the slot and
+tells the broker something true ("the worker could not ...").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import inspect
+import logging
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..brokers.base import Broker, Claimed
+from ..core import envelope as _env
+from ..core.verdict import Verdict, describe, judge, judge_expired_claim, safe_text
+from ..errors import BadArguments, TaskTimeout
+from ..task import TaskFunction, TaskInfo, _current
+from .eager import Resumed
+from .state import Running
+
+if TYPE_CHECKING:
+    from .runtime import Worker
+
+__all__ = ["TaskRunner"]
+
+log = logging.getLogger("offload.worker")
+
+FOREIGN_RELEASE_DELAY = 5.0  # seconds another app's task waits before anyone claims it again
+ABANDON_AFTER = 2.0  # seconds a thread handler gets to stop after TaskTimeout is raised in it
+
+
+class TaskRunner:
+    """The task-running half of :class:`~offload.worker.runtime.Worker` (a mixin: it
+    shares the worker's state, it adds no state of its own)."""
+
+    # -- starting -------------------------------------------------------------------------
+
+    def _start(self: Worker, c: Claimed) -> None:
+        run = Running(c, None, None, time.perf_counter())
+        run.lease_length = _lease_length(c, self._policies[c.queue].lease)
+        run.lease_end = time.monotonic() + run.lease_length
+        self._running[c.id] = run
+        self._hook("claimed", c)
+        try:
+            self._prepare(run)
+        except Exception as exc:  # a bug of ours must cost this task, not the worker
+            log.exception("task %s: the worker could not start it", c.id)
+            self._decide(run, exc, traceback.format_exc(), 0.0)
+
+    def _prepare(self: Worker, run: Running) -> None:
+        c = run.claim
+        try:
+            env = _env.decode(c.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._send(run, Verdict("dead", error=safe_text(f"undecodable payload: {exc}")))
+            return
+        if env.app and env.app != self._core.name:
+            self._foreign(run, env.app, env.task)
+            return
+        policy = self._policies[c.queue]
+        if c.expired:
+            gone = judge_expired_claim(policy.retry, c.attempt, c.now - c.first_attempt_at)
+            if gone is not None:
+                self._send(run, gone)
+                return
+        tf = self._core.tasks.get(env.task)
+        if tf is None:
+            self._unknown(run, env.task)
+            return
+        try:
+            args, kwargs = tf.convert_args(env.args, env.kwargs)
+        except BadArguments as exc:
+            self._send(run, Verdict("dead", error=safe_text(f"BadArguments: {exc}")))
+            return
+        info = TaskInfo(c.id, tf.name, c.queue, c.name, c.attempt, env.headers, None)
+        if env.headers:
+            info._deadline = _deadline(c.id, env.headers)
+        run.task, run.info = tf, info
+        self._hook("started", info)
+        timeout = tf.timeout if tf.timeout is not None else policy.timeout
+        if timeout is not None:
+            run.timer = self._loop.call_later(timeout, self._time_out, run, timeout)
+        if tf.is_async:
+            try:
+                coro = tf.fn(*args, **kwargs)
+            except TypeError as exc:
+                # Raised by the call itself, before any handler code: a binding error.
+                self._done(run, BadArguments(f"{tf.name}{tf.signature}: {exc}"), "", 0.0)
+                return
+            self._run_eager(run, coro)
+        else:
+            self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
+
+    def _run_eager(self: Worker, run: Running, coro: Any) -> None:
+        """Run an async handler's first step right here. Most handlers either finish in it
+        (no Task is ever made: a fifth of a no-op task's cost) or reach their first real
+        await; only then does a Task take over, resuming exactly where it stopped (what
+        Python 3.12 calls an eager task)."""
+        if not inspect.iscoroutine(coro):
+            if inspect.isawaitable(coro):  # e.g. a Future: wait for it on a Task
+                run.future = self._loop.create_task(self._await_result(run, coro, 0.0))
+            else:
+                self._done(run, None, "", 0.0)
+            return
+        token = _current.set(run.info)
+        tt = time.thread_time
+        t0 = tt()
+        try:
+            first = coro.send(None)
+        except StopIteration as stop:
+            self._finish_value(run, stop.value, tt() - t0)
+            return
+        except BaseException as exc:
+            self._done(run, exc, traceback.format_exc(), tt() - t0)
+            return
+        finally:
+            _current.reset(token)
+        cpu = tt() - t0
+        token = _current.set(run.info)  # the Task copies the context, with it set
+        try:
+            run.future = self._loop.create_task(self._continue(run, coro, first, cpu))
+        finally:
+            _current.reset(token)
+
+    def _finish_value(self: Worker, run: Running, value: Any, cpu: float) -> None:
+        """A handler returned ``value``; an awaitable one (a coroutine returned by a
+        wrapper that is not ``async def`` itself) is awaited before the task counts as
+        done, never acked unrun."""
+        if inspect.isawaitable(value):
+            token = _current.set(run.info)
+            try:
+                run.future = self._loop.create_task(self._await_result(run, value, cpu))
+            finally:
+                _current.reset(token)
+        else:
+            self._done(run, None, "", cpu)
+
+    async def _await_result(self: Worker, run: Running, awaitable: Any, cpu: float) -> None:
+        try:
+            value = await awaitable
+        except asyncio.CancelledError as exc:
+            self._cancelled(run, exc, cpu)
+        except BaseException as exc:
+            self._done(run, exc, traceback.format_exc(), cpu)
+        else:
+            self._finish_value(run, value, cpu)
+
+    async def _continue(self: Worker, run: Running, coro: Any, first: Any, cpu: float) -> None:
+        resumed = Resumed(coro, first, cpu)
+        try:
+            value = await resumed
+        except asyncio.CancelledError as exc:
+            self._cancelled(run, exc, resumed.cpu)
+        except BaseException as exc:
+            self._done(run, exc, traceback.format_exc(), resumed.cpu)
+        else:
+            self._finish_value(run, value, resumed.cpu)
+
+    def _cancelled(self: Worker, run: Running, exc: BaseException, cpu: float) -> None:
+        if self._running.get(run.claim.id) is not run:
+            return  # cancelled by a hurried drain (released) or after its timeout (judged)
+        self._done(run, exc, traceback.format_exc(), cpu)
+
+    def _run_thread(self: Worker, run: Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
+        run.thread = threading.get_ident()
+        token = _current.set(run.info)
+        c0 = time.thread_time()
+        try:
+            value = tf.fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                # an async handler behind a plain wrapper: run it on the worker's loop
+                value = asyncio.run_coroutine_threadsafe(_awaited(value), self._loop).result()
+        except TypeError as exc:
+            if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                # raised by the call itself, not inside the handler: a binding error
+                exc = BadArguments(f"{tf.name}{tf.signature}: {exc}")
+            result = (exc, _format_exc())
+        except BaseException as exc:
+            if isinstance(exc, TaskTimeout) and run.timeout_error is not None:
+                exc = run.timeout_error  # raised in this thread by _time_out
+            result = (exc, _format_exc())
+        else:
+            result = (None, "")
+        finally:
+            run.thread = None
+            _current.reset(token)
+        cpu = time.thread_time() - c0
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._done, run, result[0], result[1], cpu)
+
+    # -- timeouts -------------------------------------------------------------------------
+
+    def _time_out(self: Worker, run: Running, timeout: float) -> None:
+        if self._running.get(run.claim.id) is not run:
+            return
+        name = run.task.name if run.task else "?"
+        error = TaskTimeout(f"{name} ran longer than its timeout of {timeout:g}s")
+        if run.future is not None:  # async: cancel it, and judge it now
+            run.future.cancel()
+            self._done(run, error, "", 0.0)
+            return
+        run.timeout_error = error
+        ident = run.thread
+        if ident is not None:  # a thread: raise TaskTimeout inside it, as Dramatiq does
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(ident), ctypes.py_object(TaskTimeout)
+            )
+        run.timer = self._loop.call_later(ABANDON_AFTER, self._abandon, run, error)
+
+    def _abandon(self: Worker, run: Running, error: TaskTimeout) -> None:
+        """A thread handler still running ABANDON_AFTER seconds after its TaskTimeout
+        (stuck in C code, or swallowing exceptions): its slot is freed and its thread
+        replaced; whatever it does later is ignored."""
+        if self._running.get(run.claim.id) is not run:
+            return
+        self.stats.abandoned += 1
+        self._threads.abandon()
+        log.warning(
+            "task %s (%s) did not stop after its timeout; abandoning its thread (%d "
+            "abandoned so far): its slot is free again, and whatever it does is ignored",
+            run.claim.id,
+            run.task.name if run.task else "?",
+            self.stats.abandoned,
+        )
+        self._done(run, error, "", 0.0)
+
+    # -- verdicts -------------------------------------------------------------------------
+
+    def _done(self: Worker, run: Running, exc: BaseException | None, tb: str, cpu: float) -> None:
+        """Back on the loop: decide the task's fate. Never raises."""
+        if self._running.get(run.claim.id) is not run:
+            return  # already released by a hurried drain, or judged after its timeout
+        try:
+            wall = time.perf_counter() - run.started
+            if run.task is not None:
+                self._metrics.add(run.task.name, wall, cpu, failed=exc is not None)
+            c = run.claim
+            age = c.now - c.first_attempt_at + wall
+            verdict = judge(exc, tb, self._policies[c.queue].retry, c.attempt, age)
+        except BaseException as bug:
+            log.exception("task %s: the worker could not judge how it ended", run.claim.id)
+            verdict = Verdict(
+                "retry",
+                1.0,
+                safe_text(f"the worker could not judge how this task ended: {describe(bug)}"),
+            )
+        self._send(run, verdict)
+
+    def _send(self: Worker, run: Running, verdict: Verdict) -> None:
+        """Free the slot and queue the verdict for the broker. Never raises."""
+        self._forget(run)
+        c = run.claim
+        if time.monotonic() > run.lease_end and not run.lost:
+            log.warning(
+                "task %s (%s) finished %.1fs after its lease expired, so another worker may "
+                "have run it too (a handler that blocks the event loop, or a lease shorter "
+                "than the task?); sending its result anyway",
+                c.id,
+                run.task.name if run.task else "?",
+                time.monotonic() - run.lease_end,
+            )
+        if verdict.kind == "ack":
+            self.stats.succeeded += 1
+            self._outbox.ack(c.lease)  # a finished run wins, even after a lost lease
+            if run.info is not None:
+                self._hook("succeeded", run.info)
+            return
+        broker: Broker = self._broker  # type: ignore[assignment]
+        lease = c.lease
+        if verdict.kind == "retry":
+            self.stats.retried += 1
+            if not run.lost:
+                self._outbox.verdict(
+                    lambda: broker.retry(lease, verdict.delay, verdict.error),
+                    lambda: broker.retry(lease, verdict.delay, _fallback(verdict)),
+                    c.id,
+                )
+            self._hook("retried", c, verdict.delay, verdict.error)
+        else:
+            self.stats.dead += 1
+            if not run.lost:
+                self._outbox.verdict(
+                    lambda: broker.dead_letter(lease, verdict.error, verdict.traceback),
+                    lambda: broker.dead_letter(lease, _fallback(verdict), ""),
+                    c.id,
+                )
+            self._hook("dead", c, verdict.error)
+
+    def _forget(self: Worker, run: Running) -> None:
+        self._running.pop(run.claim.id, None)
+        if run.timer is not None:
+            run.timer.cancel()
+        if run.info is not None and run.info._ctx is not None:
+            with contextlib.suppress(Exception):
+                run.info.cancel()  # release the context's deadline timer
+        self._slot_free.set()
+
+    def _unknown(self: Worker, run: Running, name: str) -> None:
+        if name not in self._unknown_logged:
+            self._unknown_logged.add(name)
+            log.warning(
+                "task function %r is not registered in app %r on this worker; retrying it "
+                "for other workers (dead-lettered once its retry policy is exhausted)",
+                name,
+                self._core.name,
+            )
+        error = (
+            f"unknown task function {name!r}: no worker that claimed it has it registered "
+            "(deploy the code that defines it, or delete the task)"
+        )
+        self._done(run, _UnknownTask(error), "", 0.0)
+
+    def _foreign(self: Worker, run: Running, app: str, task: str) -> None:
+        """Another app's task on a queue both apps use: leave it alone, uncounted."""
+        if app not in self._foreign_logged:
+            self._foreign_logged.add(app)
+            log.warning(
+                "queue %r holds tasks of app %r (e.g. %r), but this worker runs app %r: "
+                "leaving them for that app's workers (released, not charged). Two apps on "
+                "one broker share queue names: give each its own namespace in the broker "
+                "URL (?prefix= on Redis, ?schema= on PostgreSQL, its own SQLite file)",
+                run.claim.queue,
+                app,
+                task,
+                self._core.name,
+            )
+        self._forget(run)
+        self.stats.foreign += 1
+        self._outbox.release(run.claim.lease, FOREIGN_RELEASE_DELAY)
+
+    def _hook(self: Worker, name: str, *args: Any) -> None:
+        """Call an observation hook; one that raises is logged (once per hook) and the
+        task goes on as if it had not been observed."""
+        try:
+            getattr(self.hooks, name)(*args)
+        except Exception:
+            if name not in self._hook_failed:
+                self._hook_failed.add(name)
+                log.exception("hook %s.%s raised; ignored", type(self.hooks).__name__, name)
+
+
+class _UnknownTask(Exception):
+    pass
+
+
+_UnknownTask.__qualname__ = "UnknownTask"
+
+
+def _fallback(verdict: Verdict) -> str:
+    """The error stored when the broker refused the full one (e.g. a text it cannot hold)."""
+    head = verdict.error.encode("ascii", "backslashreplace").decode("ascii")[:200]
+    return f"{head} [the full error text was refused by the broker]"
+
+
+def _lease_length(c: Claimed, declared: float) -> float:
+    if c.lease_until > c.now > 0:
+        return c.lease_until - c.now
+    return declared
+
+
+def _deadline(task_id: str, headers: dict[str, str]) -> float | None:
+    raw = headers.get(_env.DEADLINE)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        log.warning("task %s: ignoring a bad deadline header %r", task_id, raw)
+        return None
+    return value if value == value else None  # nan: no deadline
+
+
+def _format_exc() -> str:
+    try:
+        return traceback.format_exc()
+    except Exception:
+        return "<the traceback could not be formatted>"
+
+
+async def _awaited(value: Any) -> Any:
+    return await value
