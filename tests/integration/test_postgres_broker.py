@@ -17,9 +17,16 @@ import uuid
 import pytest
 
 from offload.brokers import NewTask, broker_from_url
+from offload.brokers.base import EnforcedPolicy, Lease
 from offload.core.envelope import new_id
 from offload.core.policy import QueuePolicy
-from offload.errors import BrokerUnavailable, BrokerURLError
+from offload.errors import (
+    BrokerFull,
+    BrokerRefused,
+    BrokerUnavailable,
+    BrokerURLError,
+    ConfigError,
+)
 
 from ..conftest import POSTGRES_URL, _drop_pg_schema, make_url
 
@@ -118,7 +125,7 @@ async def test_migrations_produce_schema_sql(url):
         assert a == s, "schema.sql differs from what the migrations build: update schema.sql"
         assert "tasks_claim_idx" in a and "'names', 'expires_at'" in a
         version = await conn.execute(f'SELECT version FROM "{migrated}".schema_version')
-        assert [r[0] for r in await version.fetchall()] == [1]
+        assert [r[0] for r in await version.fetchall()] == [1, 2]
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{snapshot}" CASCADE')
         await conn.close()
@@ -668,3 +675,226 @@ async def test_performance_report(broker, url):
     print(f"  {'enqueue / plain INSERT':28s} {statistics.median(ratios):10.2f}")
     print(f"  {'claim100+ack100 ms':28s} {1000 / med['claim100+ack100 cycles/s']:10.2f}")
     assert med["claim100+ack100 cycles/s"] > 20  # under 50 ms even on a loaded machine
+
+
+# -- protocol: expired claims, applied leases, late acks, delayed release ------------------
+
+
+async def _expire(url: str, ids: list[str]) -> None:
+    """End these tasks' leases now, as if their worker had died (no sleeping)."""
+    async with await admin() as conn:
+        await conn.execute(
+            f'UPDATE "{schema_of(url)}".tasks SET visible_at = visible_at - 3600 '
+            "WHERE id = ANY(%s) AND state = 'leased'",
+            (ids,),
+        )
+
+
+async def test_claim_says_when_it_takes_over_an_expired_lease(broker, url):
+    await broker.enqueue([task(), task()])
+    first = await broker.claim(["q"], 10)
+    assert [c.expired for c in first] == [False, False], "a fresh task is not expired"
+    await _expire(url, [first[0].id])
+    [again] = await broker.claim(["q"], 10)
+    assert again.id == first[0].id and again.expired and again.attempt == 2
+    # the policy's own retry, a release and a requeue are not expirations
+    assert await broker.retry(again.lease, 0, "boom")
+    await broker.release([first[1].lease])
+    got = await broker.claim(["q"], 10)
+    assert sorted((c.id, c.expired) for c in got) == sorted((c.id, False) for c in first)
+    assert await broker.dead_letter(got[0].lease, "x", "")
+    assert await broker.requeue_dead("q") == 1
+    await _expire(url, [got[1].id])  # and one more expired, claimed in the same batch
+    both = {c.id: c.expired for c in await broker.claim(["q"], 10)}
+    assert both == {got[0].id: False, got[1].id: True}
+
+
+async def test_extend_returns_the_stored_lease_and_claims_fill_lease_until(broker):
+    await broker.declare([QueuePolicy("q", lease=30)])
+    await broker.enqueue([task(), task(queue="undeclared")])
+    [c] = await broker.claim(["q"], 1)
+    [u] = await broker.claim(["undeclared"], 1)
+    assert c.lease_until - c.now == pytest.approx(30, abs=0.01)
+    assert u.lease_until - u.now == pytest.approx(60, abs=0.01)
+    await broker.declare([QueuePolicy("q", lease=45)])  # a later deploy changed the lease
+    stale = Lease("q", c.id, "not-the-token")
+    got = await broker.extend([c.lease, stale, u.lease, Lease("q", "unknown", "t")])
+    assert got == [45.0, None, 60.0, None]
+    await broker.ack([c.lease])
+    assert await broker.extend([c.lease]) == [None]
+
+
+async def test_late_ack_wins_whatever_became_of_the_task(broker, url):
+    await broker.declare([QueuePolicy("q", max_concurrent=1, dedup_window=60)])
+    await broker.enqueue([task(name="a"), task(name="b")])
+    [mine] = await broker.claim(["q"], 1)
+    # 1. my lease expired and another worker holds the task now: my ack still removes it,
+    # frees the max_concurrent slot and keeps the name reserved
+    await _expire(url, [mine.id])
+    [theirs] = await broker.claim(["q"], 1)
+    assert theirs.id == mine.id and theirs.token != mine.token
+    await broker.ack([mine.lease])
+    s = await broker.stats("q")
+    assert (s.ready, s.leased) == (1, 0), s
+    assert await broker.enqueue([task(name=mine.name)]) == [False]
+    assert await broker.retry(theirs.lease, 0, "late") is False  # their token is stale
+    # 2. ready again after the expiry, not claimed yet
+    [mine] = await broker.claim(["q"], 1)
+    await _expire(url, [mine.id])
+    await broker.ack([mine.lease])
+    assert (await broker.stats("q")).ready == 0
+    # 3. dead-lettered meanwhile (another worker's "worker died" verdict)
+    await broker.enqueue([task(name="c")])
+    [mine] = await broker.claim(["q"], 1)
+    await _expire(url, [mine.id])
+    [theirs] = await broker.claim(["q"], 1)
+    assert await broker.dead_letter(theirs.lease, "worker died", "")
+    await broker.ack([mine.lease, Lease("q", "unknown-id", "t")])
+    s = await broker.stats("q")
+    assert (s.ready, s.leased, s.dead) == (0, 0, 0), s
+    assert await broker.enqueue([task(name="c")]) == [False]
+
+
+async def test_release_with_a_delay_and_bad_delays(broker, url):
+    await broker.enqueue([task()])
+    [c] = await broker.claim(["q"], 1)
+    await broker.release([c.lease], delay=0.4)
+    s = await broker.stats("q")
+    assert (s.ready, s.scheduled, s.leased) == (0, 1, 0), s
+    assert await broker.claim(["q"], 1) == []
+    await asyncio.sleep(0.45)
+    [again] = await broker.claim(["q"], 1)
+    assert again.id == c.id and again.attempt == 1 and not again.expired
+    await broker.release([c.lease], delay=60)  # a stale token is ignored
+    assert (await broker.stats("q")).leased == 1
+    unopened = broker_from_url(url)
+    for bad in (-1, float("nan"), float("inf"), "1", None, True):
+        with pytest.raises(ConfigError, match="delay"):
+            await unopened.release([again.lease], delay=bad)  # refused before any I/O
+        with pytest.raises(ConfigError, match="delay"):
+            await broker.release([], delay=bad)
+    assert (await broker.stats("q")).leased == 1
+
+
+# -- protocol: idempotent enqueue by id, on every path ----------------------------------------
+
+
+async def _rows(url: str, table: str) -> list:
+    async with await admin() as conn:
+        cur = await conn.execute(f'SELECT * FROM "{schema_of(url)}".{table} ORDER BY 1, 2')
+        return await cur.fetchall()
+
+
+async def test_enqueue_is_idempotent_by_id_on_every_path(broker, url):
+    # one task in each state: ready, scheduled, leased, dead (named and not)
+    ready, later, leased, dead = task(name="r"), task(delay=600), task(name="l"), task()
+    await broker.enqueue([ready, later])
+    await broker.enqueue([leased])
+    [c] = await broker.claim(["q"], 1)
+    assert c.id == ready.id
+    await broker.enqueue([dead])
+    [c2, c3] = await broker.claim(["q"], 2)
+    assert await broker.dead_letter(c3.lease, "x", "")
+    await broker.release([c2.lease])  # ready again; `ready` stays leased
+    existing = [ready, later, leased, dead]
+    tasks_before, names_before = await _rows(url, "tasks"), await _rows(url, "names")
+
+    def again(t: NewTask, name: str | None = "other") -> NewTask:
+        # the same id, other content: a retried send must not change anything
+        return NewTask(t.id, "q", b"changed", name=name)
+
+    fresh = task(name="fresh")
+    # async: one unnamed (plain), one named, a named batch with an id twice, a COPY batch
+    for t in existing:
+        assert await broker.enqueue([again(t, None)]) == [True]
+        assert await broker.enqueue([again(t)]) == [True]
+        assert await broker.enqueue([again(t, t.name)]) == [True]
+    assert await broker.enqueue([again(ready), fresh, again(dead), fresh]) == [True] * 4
+    copy = [again(t, None) for t in existing] + [task() for _ in range(70)]
+    assert await broker.enqueue(copy + copy[-3:]) == [True] * 77
+    # blocking, own pool (held connection and COPY) and in a caller's transaction
+    for t in existing:
+        assert broker.enqueue_blocking([again(t, None)]) == [True]
+        assert broker.enqueue_blocking([again(t)]) == [True]
+    assert broker.enqueue_blocking(copy) == [True] * 74
+    with psycopg.connect(POSTGRES_URL) as conn:
+        assert broker.enqueue_blocking([again(leased)], connection=conn) == [True]
+        assert broker.enqueue_blocking(copy, connection=conn) == [True] * 74
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as aconn:
+        assert await broker.enqueue([again(dead)], connection=aconn) == [True]
+        assert await broker.enqueue(copy, connection=aconn) == [True] * 74
+        await aconn.commit()
+    tasks_after = {r[0]: r for r in await _rows(url, "tasks")}
+    for row in tasks_before:
+        assert tasks_after[row[0]] == row, "an existing task was changed by a second send"
+    assert len(tasks_after) == len(tasks_before) + 71  # fresh + the 70 new ones of the COPY
+    names_after = await _rows(url, "names")
+    assert names_after == sorted([*names_before, ("q", "fresh", None)])
+
+
+# -- protocol: stats' policy, dead_letters' limit ----------------------------------------------
+
+
+async def test_stats_reports_the_enforced_policy(broker):
+    assert (await broker.stats("q")).policy is None
+    await broker.set_paused("q", True)  # pausing is not declaring
+    s = await broker.stats("q")
+    assert s.paused and s.policy is None
+    await broker.declare([QueuePolicy("q", rate="2/s", bucket_size=5, max_concurrent=3, lease=9)])
+    assert (await broker.stats("q")).policy == EnforcedPolicy(
+        rate=2.0, bucket=5.0, max_concurrent=3, lease=9.0, dedup_window=3600.0
+    )
+    await broker.declare([QueuePolicy("q", dedup_window=10)])  # the last declaration wins
+    s = await broker.stats("q")
+    assert s.paused and s.policy == EnforcedPolicy(lease=60.0, dedup_window=10.0)
+
+
+async def test_dead_letters_limit_is_checked_before_any_io(broker, url):
+    unopened = broker_from_url(url)
+    for bad in (-1, 10_001, True, 1.5, "5", None):
+        with pytest.raises(ConfigError, match=f"limit={bad!r}"):
+            await unopened.dead_letters("q", bad)
+    assert await broker.dead_letters("q", 0) == []
+    assert await broker.dead_letters("q", 10_000) == []
+
+
+# -- protocol: errors are offload's: refused, full, unavailable -------------------------------
+
+
+async def test_nul_or_lone_surrogate_is_refused_and_nothing_is_half_done(broker):
+    await broker.enqueue([task()])
+    [c] = await broker.claim(["q"], 1)
+    for bad in ("bad \x00 text", "bad \udc80 text"):
+        with pytest.raises(BrokerRefused, match="retrying failed") as info:
+            await broker.retry(c.lease, 0, bad)
+        assert not isinstance(info.value, BrokerUnavailable)
+        with pytest.raises(BrokerRefused, match="dead-lettering failed"):
+            await broker.dead_letter(c.lease, "error", bad)
+        with pytest.raises(BrokerRefused):
+            await broker.enqueue([task(name=bad)])
+        with pytest.raises(BrokerRefused):
+            broker.enqueue_blocking([task(queue=bad)])
+        with pytest.raises(BrokerRefused):
+            broker.enqueue_blocking([task(queue=bad) for _ in range(100)])  # COPY
+    s = await broker.stats("q")
+    assert (s.ready, s.leased, s.dead) == (0, 1, 0), s
+    assert await broker.dead_letter(c.lease, "bad  text", "")  # the lease still holds
+    [d] = await broker.dead_letters("q")
+    assert d.error == "bad  text"
+
+
+async def test_server_out_of_resources_is_broker_full(tmp_path):
+    # SQLSTATE class 53 from a real server: a temp_file_limit the enqueue's spill exceeds
+    # (53400). Workers wait a BrokerFull out like an outage; nothing was stored.
+    opts = "-c%20work_mem%3D64kB%20-c%20temp_file_limit%3D64kB"
+    url = make_url("postgres", tmp_path)
+    b = broker_from_url(f"{url}&options={opts}")
+    await b.open()
+    try:
+        with pytest.raises(BrokerFull, match=r"out of resources.*temp_file_limit"):
+            await b.enqueue([task(payload=b"x" * 2000, name=f"n{i}") for i in range(500)])
+        assert (await b.stats("q")).ready == 0
+        assert await b.enqueue([task(name="n0")]) == [True]  # the name was not taken
+    finally:
+        await b.close()
+        _drop_pg_schema(url)

@@ -68,26 +68,20 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from ...core.policy import QueuePolicy
-from ...errors import BrokerError, BrokerUnavailable, ConfigError
-from ..base import (
-    Capabilities,
-    Claimed,
-    DeadLetter,
-    Lease,
-    NewTask,
-    QueueStats,
-    TaskMetrics,
-)
+from ...errors import BrokerError, BrokerRefused, ConfigError, OffloadError
+from ..base import Capabilities, Claimed, Lease, NewTask
+from .admin import Admin
+from .failures import connect_error, translate
 from .listen import Listener
 from .queries import (
     LATEST_VERSION,
     PostgresConfig,
     by_copy,
     channel,
+    check_delay,
     copy_rows,
     created,
     enqueue_statement,
@@ -100,7 +94,6 @@ _ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
 
 __all__ = ["PostgresBroker"]
 
-_NET_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed, OSError)
 _GC_EVERY = 60.0  # seconds between expired-name clean-ups by one broker's idle wait()
 
 
@@ -108,7 +101,7 @@ def _lease_params(leases: Sequence[Lease]) -> dict[str, list[str]]:
     return {"ids": [x.id for x in leases], "tokens": [x.token for x in leases]}
 
 
-class PostgresBroker:
+class PostgresBroker(Admin):
     """A broker on a PostgreSQL database (see the module docstring for the URL)."""
 
     capabilities = Capabilities(inline=False, transactional_enqueue=True)
@@ -120,7 +113,7 @@ class PostgresBroker:
         self._pool: AsyncConnectionPool | None = None
         self._listener: Listener | None = None
         self._open_lock = asyncio.Lock()
-        self._sync = SyncSide(self.config, self._q, self._errors, self._check_version)
+        self._sync = SyncSide(self.config, self._q, self._errors, self._check_version, self._where)
         self._last_gc = 0.0
         self._turn = 0
 
@@ -129,25 +122,22 @@ class PostgresBroker:
 
     # -- errors and connections ------------------------------------------------------------
 
-    def _unavailable(self, what: str, exc: BaseException) -> BrokerUnavailable:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return BrokerUnavailable(
-            f"PostgreSQL broker at {self.config.where} (schema {self.config.schema!r}): "
-            f"{what} failed: {detail}. Check that the server is running and reachable and "
-            "that the URL is right; nothing was done, retry later"
-        )
+    @property
+    def _where(self) -> str:
+        return f"{self.config.where} (schema {self.config.schema!r})"
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
+        """Driver errors become offload's (see :mod:`.failures`); the rest pass."""
         try:
             yield
-        except _NET_ERRORS as exc:
-            raise self._unavailable(what, exc) from exc
-        except psycopg.Error as exc:
-            raise BrokerError(
-                f"PostgreSQL broker at {self.config.where} (schema {self.config.schema!r}): "
-                f"{what} failed: {exc}"
-            ) from exc
+        except OffloadError:
+            raise
+        except Exception as exc:
+            mapped = translate(exc, what, self._where)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     @contextlib.asynccontextmanager
     async def _conn(self, what: str) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -196,11 +186,28 @@ class PostgresBroker:
     # -- life cycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect the pool and create or migrate the schema. Idempotent."""
+        """Connect, create or migrate the schema, and open the pool. Idempotent.
+
+        The first connection is made directly, not by the pool (whose workers retry in the
+        background until ``pool_timeout``), so that a database or role the server does not
+        have, or a wrong password, raises :class:`~offload.errors.BrokerURLError` at once,
+        and an unreachable server :class:`~offload.errors.BrokerUnavailable`.
+        """
         async with self._open_lock:
             if self._pool is not None:
                 return
             cfg = self.config
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    cfg.conninfo, autocommit=True, connect_timeout=cfg.connect_timeout
+                )
+            except Exception as exc:
+                raise connect_error(exc, cfg.where, self._where) from exc
+            try:
+                with self._errors("migrating the schema"):
+                    await self._migrate(conn)
+            finally:
+                await conn.close()
             pool = AsyncConnectionPool(
                 cfg.conninfo,
                 min_size=cfg.pool_min,
@@ -214,8 +221,6 @@ class PostgresBroker:
             try:
                 with self._errors("connecting"):
                     await pool.open(wait=cfg.pool_min > 0, timeout=cfg.pool_timeout)
-                    async with pool.connection() as conn:
-                        await self._migrate(conn)
             except BaseException:
                 await pool.close()
                 raise
@@ -283,7 +288,8 @@ class PostgresBroker:
     async def enqueue(
         self, tasks: Sequence[NewTask], *, connection: psycopg.AsyncConnection | None = None
     ) -> list[bool]:
-        """Store tasks durably; per task, True when created, False for a duplicate name.
+        """Store tasks durably; per task, True when created or when a task with its id
+        exists already (left as it is), False for a duplicate name.
 
         With ``connection`` (the application's own ``psycopg.AsyncConnection``) the insert
         runs in the caller's transaction and nothing is committed here: the tasks exist, and
@@ -292,10 +298,9 @@ class PostgresBroker:
         if not tasks:
             return []
         if connection is None:
+            if by_copy(tasks):
+                return await self._enqueue_copy(tasks)
             async with self._conn("enqueueing") as conn:
-                if by_copy(tasks):
-                    async with conn.transaction():
-                        return await self._copy(conn, tasks)
                 return await self._insert(conn, tasks)
         if not isinstance(connection, psycopg.AsyncConnection):
             raise ConfigError(
@@ -314,13 +319,28 @@ class PostgresBroker:
         cur = await conn.execute(sql, params)
         return created(tasks, await cur.fetchall())
 
+    async def _enqueue_copy(self, tasks: Sequence[NewTask]) -> list[bool]:
+        for last in (False, True):
+            try:
+                async with self._conn("enqueueing") as conn, conn.transaction():
+                    return await self._copy(conn, tasks)
+            except BrokerRefused as exc:
+                # a racing sender stored one of these ids between copy_prepare and the
+                # COPY, so all of it rolled back; once more, copy_prepare now sees that id
+                if last or not isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                    raise
+        raise AssertionError("unreachable")
+
     async def _copy(self, conn: psycopg.AsyncConnection, tasks: Sequence[NewTask]) -> list:
         q = self._q
-        now = (await (await conn.execute(q.now)).fetchone())[0]
-        async with conn.cursor().copy(q.enqueue_copy) as copy:
-            for row in copy_rows(tasks, now):
-                await copy.write_row(row)
-        await conn.execute(q.notify, {"queues": sorted({t.queue for t in tasks})})
+        cur = await conn.execute(q.copy_prepare, {"ids": [t.id for t in tasks]})
+        now, known = await cur.fetchone()
+        rows, queues = copy_rows(tasks, now, known)
+        if rows:
+            async with conn.cursor().copy(q.enqueue_copy) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+            await conn.execute(q.notify, {"queues": queues})
         return [True] * len(tasks)
 
     def enqueue_blocking(
@@ -359,11 +379,13 @@ class PostgresBroker:
                 now=r[7],
                 token=r[8],
                 lease_until=r[9],
+                expired=r[10],
             )
             for r in rows
         ]
 
     async def ack(self, leases: Sequence[Lease]) -> None:
+        """Remove finished tasks whatever their state and token (a finished run wins)."""
         # Acks commit without waiting for the WAL flush, like claims: an ack lost in a
         # server crash only runs a finished task again (at-least-once), and a worker's
         # claim+ack cycle stops paying a disk flush per batch.
@@ -371,26 +393,31 @@ class PostgresBroker:
             return
         async with self._conn("acking") as conn, conn.pipeline(), conn.transaction():
             await conn.execute(_ASYNC_COMMIT)
-            await conn.execute(self._q.ack, _lease_params(leases))
+            await conn.execute(self._q.ack, {"ids": [x.id for x in leases]})
 
     async def retry(self, lease: Lease, delay: float, error: str) -> bool:
         params = {"id": lease.id, "token": lease.token, "delay": float(delay), "error": error}
         return await self._one("retrying", self._q.retry, params) is not None
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease], delay: float = 0.0) -> None:
+        """Give tasks back uncounted, claimable after ``delay`` seconds (broker clock)."""
+        params = {**_lease_params(leases), "delay": check_delay(delay)}
         if leases:
-            await self._all("releasing", self._q.release, _lease_params(leases))
+            await self._all("releasing", self._q.release, params)
 
     async def dead_letter(self, lease: Lease, error: str, traceback: str) -> bool:
         params = {"id": lease.id, "token": lease.token, "error": error, "traceback": traceback}
         return await self._one("dead-lettering", self._q.dead_letter, params) is not None
 
-    async def extend(self, leases: Sequence[Lease]) -> list[bool]:
+    async def extend(self, leases: Sequence[Lease]) -> list[float | None]:
+        """Renew leases; per lease, the lease length applied (the queue's stored lease),
+        or None when it is no longer held."""
         if not leases:
             return []
-        rows = await self._all("extending leases", self._q.extend, _lease_params(leases))
-        held = {(r[0], r[1]) for r in rows}
-        return [(x.id, x.token) in held for x in leases]
+        params = {**_lease_params(leases), "queues": [x.queue for x in leases]}
+        rows = await self._all("extending leases", self._q.extend, params)
+        applied = {(r[0], r[1]): r[2] for r in rows}
+        return [applied.get((x.id, x.token)) for x in leases]
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a task of ``queues`` may be claimable, or ``timeout`` seconds.
@@ -423,68 +450,3 @@ class PostgresBroker:
             with self._errors("listening for new tasks"):
                 await self._listener.start()
         return self._listener
-
-    # -- inspection and administration ------------------------------------------------------
-
-    async def stats(self, queue: str) -> QueueStats:
-        r = await self._one("reading stats", self._q.stats, {"queue": queue})
-        return QueueStats(queue, ready=r[0], scheduled=r[1], leased=r[2], dead=r[3], paused=r[4])
-
-    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        rows = await self._all(
-            "listing dead letters", self._q.dead_letters, {"queue": queue, "limit": int(limit)}
-        )
-        return [DeadLetter(*r) for r in rows]
-
-    async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
-        params = {"queue": queue, "ids": None if ids is None else list(ids)}
-        return (await self._one("requeueing dead letters", self._q.requeue_dead, params))[0]
-
-    async def purge(self, queue: str) -> int:
-        return (await self._one("purging", self._q.purge, {"queue": queue}))[0]
-
-    async def delete(self, queue: str, *, id: str | None = None, name: str | None = None) -> bool:
-        if id is None and name is None:
-            raise ConfigError("delete(queue, id=..., name=...): give id or name")
-        params = {"queue": queue, "id": id, "name": name}
-        return (await self._one("deleting a task", self._q.delete, params))[0] > 0
-
-    async def record(self, metrics: Sequence[TaskMetrics]) -> None:
-        if not metrics:
-            return
-        merged: dict[str, TaskMetrics] = {}
-        for m in metrics:  # one row per task: ON CONFLICT may touch a row only once
-            acc = merged.setdefault(m.task, TaskMetrics(m.task))
-            acc.count += m.count
-            acc.failures += m.failures
-            acc.wall_total += m.wall_total
-            acc.wall_max = max(acc.wall_max, m.wall_max)
-            acc.cpu_total += m.cpu_total
-            acc.cpu_max = max(acc.cpu_max, m.cpu_max)
-            acc.mem_peak_max = max(acc.mem_peak_max, m.mem_peak_max)
-            for k, v in m.extra.items():  # as record.sql: *_max keys keep the largest
-                old = acc.extra.get(k)
-                if old is None:
-                    acc.extra[k] = float(v)
-                else:
-                    acc.extra[k] = max(old, float(v)) if k.endswith("_max") else old + float(v)
-        ms = list(merged.values())
-        params = {
-            "tasks": [m.task for m in ms],
-            "counts": [m.count for m in ms],
-            "failures": [m.failures for m in ms],
-            "wall_totals": [float(m.wall_total) for m in ms],
-            "wall_maxes": [float(m.wall_max) for m in ms],
-            "cpu_totals": [float(m.cpu_total) for m in ms],
-            "cpu_maxes": [float(m.cpu_max) for m in ms],
-            "mem_peak_maxes": [int(m.mem_peak_max) for m in ms],
-            "extras": [Jsonb(m.extra) for m in ms],
-        }
-        await self._exec("recording metrics", self._q.record, params)
-
-    async def metrics(self) -> list[TaskMetrics]:
-        rows = await self._all("reading metrics", self._q.metrics)
-        return [TaskMetrics.from_row(r, {k: float(v) for k, v in r[8].items()}) for r in rows]
-
-    async def now(self) -> float:
-        return (await self._one("reading the clock", self._q.now))[0]

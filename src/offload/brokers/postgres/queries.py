@@ -9,16 +9,21 @@ the same text.
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 import select
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from ...errors import BrokerURLError
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
+
+from ...errors import BrokerURLError, ConfigError
 from ..base import NewTask
 
 __all__ = [
@@ -27,6 +32,8 @@ __all__ = [
     "PostgresConfig",
     "Queries",
     "by_copy",
+    "check_delay",
+    "check_limit",
     "copy_rows",
     "created",
     "enqueue_statement",
@@ -85,6 +92,7 @@ class Queries:
     enqueue_one: str
     enqueue_plain: str
     enqueue_copy: str
+    copy_prepare: str
     notify: str
     claim_lock: str
     claim: str
@@ -108,8 +116,9 @@ class Queries:
 
 
 _NAMED = [
-    "enqueue", "enqueue_one", "enqueue_plain", "enqueue_copy", "notify", "claim_lock", "claim",
-    "ack", "retry", "release", "dead_letter", "extend", "next_due", "stats", "dead_letters",
+    "enqueue", "enqueue_one", "enqueue_plain", "enqueue_copy", "copy_prepare", "notify",
+    "claim_lock", "claim", "ack", "retry", "release", "dead_letter", "extend", "next_due",
+    "stats", "dead_letters",
     "requeue_dead", "set_paused", "purge", "delete", "declare", "record", "metrics", "now",
     "gc_names",
 ]  # fmt: skip
@@ -175,6 +184,7 @@ class PostgresConfig:
     pool_max: int = 10
     pool_timeout: float = 10.0  # seconds to wait for a connection before BrokerUnavailable
     where: str = ""  # the URL without password or query, for messages
+    connect_timeout: int = 10  # seconds for open()'s first connection (libpq's, if given)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresConfig:
@@ -186,6 +196,7 @@ class PostgresConfig:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             (own.__setitem__(key, value) if key in _OWN else rest.append((key, value)))
         conninfo = urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote)))
+        libpq = _check_libpq(url, [k for k, _ in rest], conninfo)
         schema = own.get("schema", "offload")
         if not _SCHEMA_NAME.match(schema):
             raise BrokerURLError(
@@ -211,6 +222,10 @@ class PostgresConfig:
                 f"broker URL {_redact(url)!r}: pool_timeout must be a number of seconds > 0"
             )
         listen = own.get("listen_url") or conninfo
+        if "connect_timeout" in libpq:
+            connect_timeout = _int(url, "connect_timeout", libpq["connect_timeout"], 0)
+        else:
+            connect_timeout = max(2, math.ceil(timeout))
         return cls(
             conninfo=conninfo,
             listen_conninfo=listen,
@@ -220,7 +235,39 @@ class PostgresConfig:
             pool_max=pool_max,
             pool_timeout=timeout,
             where=_redact(url),
+            connect_timeout=connect_timeout,
         )
+
+
+@cache
+def _libpq_keywords() -> frozenset[str]:
+    """The connection parameters this libpq accepts (read from the library, no I/O)."""
+    return frozenset(d.keyword.decode() for d in pq.Conninfo.get_defaults())
+
+
+def _check_libpq(url: str, keys: list[str], conninfo: str) -> dict[str, str]:
+    """Refuse, without I/O, a query parameter that neither offload nor libpq knows (a typo
+    such as ``?shema=`` would otherwise reach libpq and fail at every connection attempt),
+    a malformed URL, and a port that is not a number from 1 to 65535."""
+    known = _libpq_keywords()
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(_OWN | known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BrokerURLError(
+                f"broker URL {_redact(url)!r}: unknown parameter {key!r}{hint}; offload's own "
+                f"are {', '.join(sorted(_OWN))}, the rest must be libpq connection parameters"
+            )
+    try:
+        params = conninfo_to_dict(conninfo)
+    except Exception as exc:  # psycopg's ProgrammingError, with libpq's reason
+        raise BrokerURLError(f"broker URL {_redact(url)!r}: {exc}") from None
+    for port in str(params.get("port", "")).split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise BrokerURLError(
+                f"broker URL {_redact(url)!r}: port {port!r} must be a number from 1 to 65535"
+            )
+    return {k: str(v) for k, v in params.items()}
 
 
 # -- enqueue: which statement, with which parameters (shared by every caller) -----------
@@ -262,14 +309,57 @@ def by_copy(tasks: Sequence[NewTask]) -> bool:
     return len(tasks) >= COPY_MIN and all(t.name is None for t in tasks)
 
 
-def copy_rows(tasks: Sequence[NewTask], now: float) -> Iterator[tuple[Any, ...]]:
+def copy_rows(
+    tasks: Sequence[NewTask], now: float, known: Sequence[str]
+) -> tuple[list[tuple[Any, ...]], list[str]]:
+    """The COPY rows of a batch and the queues to notify: an id that exists already
+    (``known``, read by copy_prepare.sql) or repeats within the batch is left out, so the
+    COPY, which has no ON CONFLICT, never meets a duplicate key (idempotent by id)."""
+    seen = set(known)
+    rows = []
+    queues = set()
     for t in tasks:
+        if t.id in seen:
+            continue
+        seen.add(t.id)
         visible = float(t.eta) if t.eta is not None else now + float(t.delay or 0.0)
-        yield (t.id, t.queue, bytes(t.payload), visible, now)
+        rows.append((t.id, t.queue, bytes(t.payload), visible, now))
+        queues.add(t.queue)
+    return rows, sorted(queues)
 
 
 def created(tasks: Sequence[NewTask], rows: list) -> list[bool]:
+    """Per task, whether it exists now: created, or already there (same id)."""
     if len(tasks) == 1:
-        return [bool(rows)]
+        # enqueue_plain.sql returns no row only when the id exists: True as well
+        return [bool(rows) or tasks[0].name is None]
     done = {r[0] for r in rows}
     return [t.id in done for t in tasks]
+
+
+# -- arguments checked before any I/O, the same on every broker ----------------------------
+
+#: the most dead letters one dead_letters() call returns
+MAX_DEAD_LETTERS = 10_000
+
+
+def check_delay(delay: float) -> float:
+    """A release delay: a finite number of seconds, 0 or more."""
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, (int, float))
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise ConfigError(f"release: delay={delay!r} must be a finite number of seconds, 0 or more")
+    return float(delay)
+
+
+def check_limit(limit: int) -> int:
+    """A dead_letters limit: an int (not a bool) from 0 to MAX_DEAD_LETTERS."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_DEAD_LETTERS:
+        raise ConfigError(
+            f"dead_letters: limit={limit!r} must be a whole number from 0 to "
+            f"{MAX_DEAD_LETTERS:,} (the most one call returns)"
+        )
+    return limit

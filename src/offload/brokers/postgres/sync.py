@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ...errors import ConfigError
 from ..base import NewTask
+from .failures import connect_error
 from .queries import (
     LATEST_VERSION,
     PostgresConfig,
@@ -62,8 +63,10 @@ class SyncSide:
         q: Queries,
         errors: Callable[[str], AbstractContextManager[None]],
         check_version: Callable[[int], None],
+        where: str,
     ) -> None:
         self._config = config
+        self._where = where  # the server and schema, for messages
         self._q = q
         self._errors = errors
         self._check_version = check_version
@@ -94,22 +97,33 @@ class SyncSide:
             with self._errors("enqueueing"):
                 return self._run(connection, tasks)
         pool = self._pool or self._open()
-        try:
-            if self._take_held():
-                try:
-                    return self._run_held(pool, tasks)
-                finally:
-                    self._held_lock.release()
-            with pool.connection() as conn:
-                if by_copy(tasks):
-                    with conn.transaction():
-                        return self._run(conn, tasks)
-                return self._run(conn, tasks)
-        except Exception:
-            # mapped here, not by a with-block around the call: that is a generator per send
-            with self._errors("enqueueing"):
-                raise
-            raise  # unreachable: _errors re-raises what it does not map (for type checkers)
+        for last in (not by_copy(tasks), True):
+            try:
+                return self._send(pool, tasks)
+            except psycopg.errors.UniqueViolation:
+                # a racing sender stored one of a COPY batch's ids after copy_prepare read
+                # them, so all of it rolled back; once more, copy_prepare now sees that id
+                if not last:
+                    continue
+                with self._errors("enqueueing"):
+                    raise
+            except Exception:
+                # mapped here, not by a with-block around the call: a generator per send
+                with self._errors("enqueueing"):
+                    raise
+        raise AssertionError("unreachable: _errors re-raises what it does not map")
+
+    def _send(self, pool: ConnectionPool, tasks: Sequence[NewTask]) -> list[bool]:
+        if self._take_held():
+            try:
+                return self._run_held(pool, tasks)
+            finally:
+                self._held_lock.release()
+        with pool.connection() as conn:
+            if by_copy(tasks):
+                with conn.transaction():
+                    return self._run(conn, tasks)
+            return self._run(conn, tasks)
 
     def _take_held(self) -> bool:
         """Acquire the held connection's lock: at once or not at all, unless the pool has a
@@ -175,11 +189,13 @@ class SyncSide:
         if not by_copy(tasks):
             sql, params = enqueue_statement(q, tasks)
             return created(tasks, conn.execute(sql, params).fetchall())
-        now = conn.execute(q.now).fetchone()[0]
-        with conn.cursor().copy(q.enqueue_copy) as copy:
-            for row in copy_rows(tasks, now):
-                copy.write_row(row)
-        conn.execute(q.notify, {"queues": sorted({t.queue for t in tasks})})
+        now, known = conn.execute(q.copy_prepare, {"ids": [t.id for t in tasks]}).fetchone()
+        rows, queues = copy_rows(tasks, now, known)
+        if rows:
+            with conn.cursor().copy(q.enqueue_copy) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            conn.execute(q.notify, {"queues": queues})
         return [True] * len(tasks)
 
     def _open(self) -> ConnectionPool:
@@ -197,13 +213,24 @@ class SyncSide:
                 open=False,
                 name=f"offload-{cfg.schema}-sync",
             )
+            if not self.migrated:
+                # a direct connection, as PostgresBroker.open: a missing database or role
+                # fails at once with BrokerURLError instead of after pool_timeout
+                try:
+                    conn = psycopg.connect(
+                        cfg.conninfo, autocommit=True, connect_timeout=cfg.connect_timeout
+                    )
+                except Exception as exc:
+                    raise connect_error(exc, cfg.where, self._where) from exc
+                try:
+                    with self._errors("migrating the schema"):
+                        self._migrate(conn)
+                finally:
+                    conn.close()
+                self.migrated = True
             try:
                 with self._errors("connecting"):
                     pool.open(wait=False)
-                    if not self.migrated:
-                        with pool.connection() as conn:
-                            self._migrate(conn)
-                        self.migrated = True
             except BaseException:
                 pool.close()
                 raise

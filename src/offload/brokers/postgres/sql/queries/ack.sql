@@ -1,13 +1,15 @@
--- ack: delete finished tasks whose lease (id, token) is still held; stale tokens match
--- nothing. A named task's name stays reserved for its queue's dedup_window. A queue with
--- max_concurrent is notified: a slot came free for an idle worker.
+-- ack: delete finished tasks. A finished run wins: the task goes whatever its state and
+-- token (leased by this lease; leased again by another worker after this lease expired;
+-- ready again after the expiry; dead-lettered meanwhile as "worker died"); unknown ids
+-- match nothing. A named task's name stays reserved for its queue's dedup_window. A queue
+-- with max_concurrent is notified: a slot came free for an idle worker (the leased count
+-- is read from the rows, so a task leased by someone else no longer counts once deleted).
 WITH now_ AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS t
 ),
 gone AS (
     DELETE FROM {schema}.tasks t
-    USING unnest(%(ids)s::text[], %(tokens)s::text[]) AS l(id, token)
-    WHERE t.id = l.id AND t.token = l.token AND t.state = 'leased'
+    WHERE t.id = ANY(%(ids)s::text[])
     RETURNING t.queue, t.name
 ),
 names AS (

@@ -4,6 +4,8 @@
 -- an expired lease) FOR UPDATE SKIP LOCKED; then share %(limit)s round-robin across queues
 -- (first task of each queue, then the second, ...; the queue that goes first rotates with
 -- %(turn)s so that claims of 1 serve every queue), lease them, and take the tokens.
+-- `expired` is read from the row as it was before the UPDATE (a leased row is only due when
+-- its lease expired): the claim takes over an attempt that ended without a verdict.
 WITH now_ AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS t
 ),
@@ -35,11 +37,12 @@ allow AS (
 ),
 cand AS (
     SELECT c.id, c.visible_at, c.seq, a.name AS queue, a.ord, a.lease,
+           c.state = 'leased' AS expired,
            row_number() OVER (PARTITION BY a.name ORDER BY c.visible_at, c.seq) AS rn
     FROM allow a
     CROSS JOIN now_
     CROSS JOIN LATERAL (
-        SELECT t.id, t.visible_at, t.seq
+        SELECT t.id, t.visible_at, t.seq, t.state
         FROM {schema}.tasks t
         WHERE t.queue = a.name AND t.state IN ('ready', 'leased') AND t.visible_at <= now_.t
         ORDER BY t.visible_at, t.seq
@@ -61,7 +64,7 @@ claimed AS (
     FROM pick p CROSS JOIN now_
     WHERE t.id = p.id
     RETURNING t.id, t.queue, t.name, t.payload, t.attempts, t.first_attempt_at,
-              t.enqueued_at, t.token, t.visible_at, p.rn, p.ord
+              t.enqueued_at, t.token, t.visible_at, p.rn, p.ord, p.expired
 ),
 spent AS (
     UPDATE {schema}.queues q
@@ -70,6 +73,6 @@ spent AS (
     WHERE q.name = c.queue AND a.name = c.queue AND a.rate IS NOT NULL
 )
 SELECT c.id, c.queue, c.name, c.payload, c.attempts, c.first_attempt_at, c.enqueued_at,
-       now_.t, c.token, c.visible_at
+       now_.t, c.token, c.visible_at, c.expired
 FROM claimed c CROSS JOIN now_
 ORDER BY c.rn, c.ord

@@ -1,6 +1,7 @@
 -- declare: create or update queues (the last writer wins), in name order so that it cannot
 -- deadlock with claim_lock.sql. The token bucket's state is kept; a changed policy applies
--- at the next claim. Idle workers are woken to look again.
+-- at the next claim. Idle workers are woken to look again. A row made by pausing an
+-- undeclared queue becomes declared.
 WITH up AS (
     INSERT INTO {schema}.queues AS q (name, rate, bucket, max_concurrent, lease, dedup_window)
     SELECT * FROM unnest(%(names)s::text[], %(rates)s::float8[], %(buckets)s::float8[],
@@ -10,7 +11,7 @@ WITH up AS (
     ON CONFLICT (name) DO UPDATE
     SET rate = excluded.rate, bucket = excluded.bucket,
         max_concurrent = excluded.max_concurrent, lease = excluded.lease,
-        dedup_window = excluded.dedup_window
+        dedup_window = excluded.dedup_window, declared = true
     RETURNING q.name
 )
 SELECT pg_notify({channel}, name) FROM up

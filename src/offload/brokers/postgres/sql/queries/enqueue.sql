@@ -1,15 +1,27 @@
--- enqueue: insert a batch of tasks; returns the ids created (a duplicate name is left out).
--- The same text runs on the broker's pool and, for transactional enqueue, on the caller's
--- own connection inside the caller's transaction: the NOTIFY is sent at commit, never on
--- rollback. Parameters are parallel arrays, one element per task.
+-- enqueue: insert a batch of tasks; returns the ids created, and the ids that exist already
+-- (idempotent by id: such a task is left as it is, in any state, its name not taken again,
+-- nobody woken; a batch holding one id twice creates its first occurrence). A duplicate name
+-- is left out. The same text runs on the broker's pool and, for transactional enqueue, on
+-- the caller's own connection inside the caller's transaction: the NOTIFY is sent at
+-- commit, never on rollback. Parameters are parallel arrays, one element per task.
 WITH now_ AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS t
 ),
-input AS (
+given AS (
     SELECT *
     FROM unnest(%(ids)s::text[], %(queues)s::text[], %(names)s::text[], %(payloads)s::bytea[],
                 %(etas)s::float8[], %(delays)s::float8[])
          WITH ORDINALITY AS i(id, queue, name, payload, eta, delay, ord)
+),
+known AS (
+    SELECT t.id FROM {schema}.tasks t WHERE t.id IN (SELECT id FROM given)
+),
+-- the tasks to create: the first occurrence of each id that does not exist yet
+input AS (
+    SELECT DISTINCT ON (g.id) g.*
+    FROM given g
+    WHERE g.id NOT IN (SELECT id FROM known)
+    ORDER BY g.id, g.ord
 ),
 -- the first task of each (queue, name) in the batch competes for the name; later ones
 -- of the same batch are duplicates of it
@@ -35,9 +47,12 @@ ins AS (
     WHERE i.name IS NULL
        OR i.id IN (SELECT f.id FROM firsts f JOIN reserved r USING (queue, name))
     ORDER BY i.ord
+    ON CONFLICT (id) DO NOTHING
     RETURNING id, queue
 ),
 woken AS (
     SELECT pg_notify({channel}, q.queue) FROM (SELECT DISTINCT queue FROM ins) q
 )
 SELECT id FROM ins WHERE (SELECT count(*) FROM woken) >= 0
+UNION ALL
+SELECT id FROM known

@@ -1,8 +1,10 @@
--- release: give leased tasks back at once without counting the attempt (drain, shutdown).
+-- release: give leased tasks back without counting the attempt (drain, shutdown, a task
+-- this worker must not run), claimable again %(delay)s seconds from now; stale tokens
+-- match nothing. Waiters are notified (they read the new due time from the table).
 WITH done AS (
     UPDATE {schema}.tasks t
     SET state = 'ready',
-        visible_at = extract(epoch FROM clock_timestamp()),
+        visible_at = extract(epoch FROM clock_timestamp()) + %(delay)s::float8,
         attempts = greatest(t.attempts - 1, 0),
         first_attempt_at = CASE WHEN t.attempts <= 1 THEN NULL ELSE t.first_attempt_at END,
         token = NULL
