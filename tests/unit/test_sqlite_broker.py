@@ -22,7 +22,7 @@ import pytest
 
 import offload
 from offload.brokers import broker_from_url
-from offload.brokers.base import EnforcedPolicy, Lease, NewTask, TaskMetrics
+from offload.brokers.base import EnforcedPolicy, Lease, NewTask, QueueStats, TaskMetrics
 from offload.brokers.sqlite import SQLiteBroker
 from offload.brokers.sqlite.doorbell import Doorbell, wake_dir
 from offload.brokers.sqlite.queries import SCHEMA_VERSION, _step_sql
@@ -275,7 +275,7 @@ def test_every_coroutine_but_wait_completes_without_suspending(broker):
     assert run(broker.enqueue([task(), task(name="n"), task(name="n")])) == [True, True, False]
     claimed = run(broker.claim(["q"], 3))
     assert len(claimed) == 2
-    assert run(broker.extend([c.lease for c in claimed])) == [True, True]
+    assert run(broker.extend([c.lease for c in claimed])) == [30.0, 30.0]
     assert run(broker.retry(claimed[0].lease, 0, "err")) is True
     assert run(broker.dead_letter(claimed[1].lease, "err", "tb")) is True
     run(broker.release([]))
@@ -595,16 +595,99 @@ def test_claim_spreads_the_limit_over_queues(broker):
     assert [c.queue for c in got] == ["a"] * 6
 
 
-def test_stale_leases_are_ignored(broker):
+def test_stale_leases_are_ignored_but_by_ack(broker):
     run(broker.enqueue([task()]))
     (c,) = run(broker.claim(["q"], 1))
     stale = Lease(c.queue, c.id, "not-the-token")
-    run(broker.ack([stale]))
     assert run(broker.retry(stale, 0, "x")) is False
-    assert run(broker.extend([stale, c.lease])) == [False, True]
+    assert run(broker.dead_letter(stale, "x", "")) is False
+    assert run(broker.extend([stale, c.lease])) == [None, 60.0]
+    run(broker.release([stale]))
+    assert run(broker.stats("q")).leased == 1
     run(broker.release([c.lease]))
     (again,) = run(broker.claim(["q"], 1))
     assert again.attempt == 1 and again.token != c.token
+    run(broker.ack([stale]))  # a finished run wins, whatever its token
+    assert run(broker.stats("q")) == QueueStats("q")
+
+
+def test_extend_returns_the_stored_lease_and_none_when_lost(broker):
+    run(broker.declare([QueuePolicy("q", lease=30)]))
+    run(broker.enqueue([task(), task("other")]))
+    b, a = sorted(run(broker.claim(["q", "other"], 2)), key=lambda c: c.queue)
+    assert a.lease_until - a.now == pytest.approx(30.0)  # q declared
+    assert b.lease_until - b.now == pytest.approx(60.0)  # other: the default
+    run(broker.declare([QueuePolicy("q", lease=12.5)]))  # a later deploy changed it
+    t0 = time.time()
+    assert run(broker.extend([a.lease, b.lease])) == [12.5, 60.0]
+    (until,) = (
+        broker._store.conn()
+        .execute("SELECT visible_at FROM tasks WHERE id = ?", (a.id,))
+        .fetchone()
+    )
+    assert t0 + 12.5 <= until <= time.time() + 12.5
+    run(broker.ack([a.lease]))
+    assert run(broker.extend([a.lease, Lease("q", "unknown", "t")])) == [None, None]
+
+
+@pytest.mark.parametrize("meanwhile", ["re-claimed", "expired", "dead", "retried"])
+def test_a_late_ack_wins(broker, meanwhile):
+    run(broker.declare([QueuePolicy("q", lease=0.05, max_concurrent=1, dedup_window=60)]))
+    run(broker.enqueue([task(name="n")]))
+    (late,) = run(broker.claim(["q"], 1))
+    time.sleep(0.06)  # the lease expires while the run goes on
+    if meanwhile == "re-claimed":
+        (other,) = run(broker.claim(["q"], 1))
+        assert other.expired and run(broker.stats("q")).leased == 1
+    elif meanwhile == "dead":  # another worker's "worker died" verdict
+        (other,) = run(broker.claim(["q"], 1))
+        assert run(broker.dead_letter(other.lease, "worker died", "")) is True
+    elif meanwhile == "retried":
+        run(broker.declare([QueuePolicy("q", lease=60, max_concurrent=1, dedup_window=60)]))
+        (other,) = run(broker.claim(["q"], 1))
+        assert run(broker.retry(other.lease, 30, "x")) is True
+    run(broker.ack([late.lease, Lease("q", "unknown", "t")]))
+    assert run(broker.stats("q")) == QueueStats("q", policy=run(broker.stats("q")).policy)
+    assert run(broker.enqueue([task(name="n")])) == [False]  # name kept for the window
+    run(broker.enqueue([task()]))
+    assert len(run(broker.claim(["q"], 1))) == 1  # max_concurrent's slot is free again
+
+
+def test_enqueue_is_idempotent_by_id(broker):
+    leased, dead = task(name="n1"), task(name="n2")
+    run(broker.enqueue([leased, dead]))
+    by_id = {c.id: c for c in run(broker.claim(["q"], 2))}
+    run(broker.dead_letter(by_id[dead.id].lease, "x", ""))
+    ready, scheduled = task(name="n3"), task(name="n4", delay=100)
+    run(broker.enqueue([ready, scheduled]))
+    conn = broker._store.conn()
+    tasks_before = conn.execute("SELECT * FROM tasks ORDER BY seq").fetchall()
+    names_before = conn.execute("SELECT * FROM names ORDER BY name").fetchall()
+    # the same ids again: same name, no name, another name; another payload and eta
+    again = [
+        NewTask(id=t.id, queue="q", payload=b"other", name=name, delay=delay)
+        for t in (ready, scheduled, leased, dead)
+        for name, delay in ((t.name, 0.0), (None, 5.0), ("fresh", 0.0))
+    ]
+    assert run(broker.enqueue(again)) == [True] * len(again)
+    for t in again:  # one by one too
+        assert run(broker.enqueue([t])) == [True]
+    assert conn.execute("SELECT * FROM tasks ORDER BY seq").fetchall() == tasks_before
+    assert conn.execute("SELECT * FROM names ORDER BY name").fetchall() == names_before
+    stats = run(broker.stats("q"))
+    assert (stats.ready, stats.scheduled, stats.leased, stats.dead) == (1, 1, 1, 1)
+
+
+def test_a_batch_holding_an_id_twice_creates_it_once(broker):
+    first = task(name="a")
+    twice = [first, NewTask(id=first.id, queue="q", payload=b"2nd", name="b"), task()]
+    twice.append(NewTask(id=twice[2].id, queue="q", payload=b"2nd", name="c"))
+    assert run(broker.enqueue(twice)) == [True] * 4
+    got = run(broker.claim(["q"], 10))
+    assert sorted((c.id, c.name, c.payload) for c in got) == sorted(
+        (t.id, t.name, t.payload) for t in (twice[0], twice[2])
+    )
+    assert run(broker.enqueue([task(name="b"), task(name="c")])) == [True, True]
 
 
 def test_release_with_a_delay(broker):

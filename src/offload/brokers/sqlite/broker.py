@@ -165,13 +165,14 @@ class SQLiteBroker:
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[bool]:
         """Store tasks in one transaction; per task True (created) or False (its name is
-        taken in the queue, or was within the queue's dedup window). Committed on return
-        (see the module docstring for what survives a power loss)."""
+        taken in the queue, or was within the queue's dedup window). Idempotent by id: a
+        task whose id exists already is left untouched and reported True. Committed on
+        return (see the module docstring for what survives a power loss)."""
         self._store.require_open()
         if not tasks:
             return []
-        created = self._store.write("enqueue", tx.enqueue, tasks)
-        if True in created:
+        created, written = self._store.write("enqueue", tx.enqueue, tasks)
+        if written:
             self._ring()
         return created
 
@@ -187,7 +188,10 @@ class SQLiteBroker:
         return self._store.write("claim", tx.claim, order, limit)
 
     async def ack(self, leases: Sequence[Lease]) -> None:
-        """Delete finished tasks in one transaction; stale tokens are ignored."""
+        """Delete finished tasks in one transaction. A finished run wins: the task goes
+        whatever its state and token (a late ack after the lease expired, another worker
+        re-claimed or dead-lettered it); its name stays reserved for the dedup window.
+        Unknown ids are ignored."""
         self._store.require_open()
         if not leases:
             return
@@ -250,8 +254,9 @@ class SQLiteBroker:
             self._ring_if_limited(lease.queue)
         return done
 
-    async def extend(self, leases: Sequence[Lease]) -> list[bool]:
-        """Renew each lease by its queue's lease duration; per lease, whether still held."""
+    async def extend(self, leases: Sequence[Lease]) -> list[float | None]:
+        """Renew each lease by its queue's lease duration as stored now; per lease, that
+        duration in seconds, or None when the lease is no longer held."""
         self._store.require_open()
         if not leases:
             return []

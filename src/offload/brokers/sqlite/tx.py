@@ -36,23 +36,36 @@ def json_list(values: Sequence[str]) -> str:
 # ---- writes on the hot path -----------------------------------------------------------------
 
 
-def enqueue(conn: sqlite3.Connection, now: float, tasks: Sequence[NewTask]) -> list[bool]:
+def enqueue(
+    conn: sqlite3.Connection, now: float, tasks: Sequence[NewTask]
+) -> tuple[list[bool], bool]:
+    """Per task: created (True) or its name taken (False); and whether any row was written
+    (a repeated send of existing ids writes none, so nobody needs waking). A task whose
+    id exists already, or came earlier in this batch, is left as it is and reported True."""
     Q = queries()
     rows, created = [], []
+    seen: set[str] = set()
     for t in tasks:
+        if t.id in seen:
+            created.append(True)
+            continue
         if t.name is not None:
             params = {"queue": t.queue, "name": t.name, "id": t.id, "now": now}
             if conn.execute(Q.reserve_name, params).rowcount != 1:
-                created.append(False)
+                exists = conn.execute(Q.task_exists, (t.id,)).fetchone() is not None
+                created.append(exists)
                 continue
+        seen.add(t.id)
         visible_at = t.eta if t.eta is not None else now + (t.delay or 0.0)
         rows.append((t.id, t.queue, t.name, t.payload, visible_at, now))
         created.append(True)
     if len(rows) == 1:
-        conn.execute(Q.insert_task, rows[0])
+        written = conn.execute(Q.insert_task, rows[0]).rowcount
     elif rows:
-        conn.executemany(Q.insert_task, rows)
-    return created
+        written = conn.executemany(Q.insert_task, rows).rowcount
+    else:
+        written = 0
+    return created, written > 0
 
 
 def claim(conn: sqlite3.Connection, now: float, order: list[str], limit: int) -> list[Claimed]:
@@ -132,12 +145,10 @@ def _refill(now: float, rate: float, bucket: float, tokens: Any, tokens_at: Any)
 
 
 def ack(conn: sqlite3.Connection, now: float, leases: Sequence[Lease]) -> bool:
-    """Delete the leased tasks; True when one of them was in a max_concurrent queue (its
-    waiters may claim again)."""
+    """Delete the tasks, whatever their state and token (a finished run wins); True when
+    one of them was in a max_concurrent queue (its waiters may claim again)."""
     Q = queries()
-    ids = json_list([x.id for x in leases])
-    tokens = json_list([x.token for x in leases])
-    gone = conn.execute(Q.ack, {"ids": ids, "tokens": tokens}).fetchall()
+    gone = conn.execute(Q.ack, {"ids": json_list([x.id for x in leases])}).fetchall()
     if not gone:
         return False
     release_names(conn, now, gone)
@@ -162,16 +173,16 @@ def sweep_names(conn: sqlite3.Connection, now: float) -> None:
     conn.execute(queries().names_gc, (now,))
 
 
-def extend(conn: sqlite3.Connection, now: float, leases: Sequence[Lease]) -> list[bool]:
+def extend(conn: sqlite3.Connection, now: float, leases: Sequence[Lease]) -> list[float | None]:
+    """Per lease: the lease length applied (the queue's stored lease), None when lost."""
     sql = queries().extend
-    lease = DEFAULTS.lease
-    return [
-        conn.execute(
-            sql, {"id": x.id, "token": x.token, "now": now, "default_lease": lease}
-        ).rowcount
-        == 1
-        for x in leases
-    ]
+    default = DEFAULTS.lease
+    out: list[float | None] = []
+    for x in leases:
+        params = {"id": x.id, "token": x.token, "now": now, "default_lease": default}
+        rows = conn.execute(sql, params).fetchall()
+        out.append(float(rows[0][0]) if rows else None)
+    return out
 
 
 # ---- wait -----------------------------------------------------------------------------------

@@ -31,15 +31,22 @@ VALUES (:name, :lease, :dedup_window, :paused)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused;
 
 -- name: reserve_name
--- Takes the name unless a task holds it or its dedup window is still open; the statement
--- changes no row (rowcount 0) when the name is taken.
-INSERT INTO names (queue, name, task_id, expires_at) VALUES (:queue, :name, :id, NULL)
+-- Takes the name unless a task holds it or its dedup window is still open, or a task with
+-- this id exists already (a repeated send: left as it is); the statement changes no row
+-- (rowcount 0) in those cases, and task_exists tells them apart.
+INSERT INTO names (queue, name, task_id, expires_at)
+SELECT :queue, :name, :id, NULL WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE id = :id)
 ON CONFLICT (queue, name) DO UPDATE SET task_id = excluded.task_id, expires_at = NULL
 WHERE names.expires_at IS NOT NULL AND names.expires_at <= :now;
 
+-- name: task_exists
+SELECT 1 FROM tasks WHERE id = ?;
+
 -- name: insert_task
+-- Idempotent by id: a task that exists already, in any state, is left untouched.
 INSERT INTO tasks (id, queue, name, payload, visible_at, enqueued_at)
-VALUES (?, ?, ?, ?, ?, ?);
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING;
 
 -- name: claim
 -- The due entries of one queue, oldest eta first: ready ones and expired leases are two
@@ -75,11 +82,10 @@ SELECT count(*) FROM tasks WHERE queue = ? AND state = 1 AND visible_at > ?;
 UPDATE queues SET tokens = ?, tokens_at = ? WHERE name = ?;
 
 -- name: ack
--- Tokens are random per claim, so "id in ids and token in tokens" equals pairwise matching.
+-- A finished run wins: the task goes whatever its state and token (leased by another
+-- worker after this lease expired, ready again, dead-lettered meanwhile).
 DELETE FROM tasks
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND token IN (SELECT value FROM json_each(:tokens))
-  AND state = 1
 RETURNING queue, name;
 
 -- name: any_max_concurrent
@@ -119,9 +125,11 @@ UPDATE tasks SET state = 2, error = :error, traceback = :traceback, failed_at = 
 WHERE id = :id AND token = :token AND state = 1;
 
 -- name: extend
+-- Returns the lease length applied (the queue's stored lease); no row: the lease is lost.
 UPDATE tasks SET visible_at = :now + coalesce(
     (SELECT lease FROM queues WHERE queues.name = tasks.queue), :default_lease)
-WHERE id = :id AND token = :token AND state = 1;
+WHERE id = :id AND token = :token AND state = 1
+RETURNING coalesce((SELECT lease FROM queues WHERE queues.name = tasks.queue), :default_lease);
 
 -- name: stats
 SELECT state, visible_at <= ? AS due, count(*) FROM tasks WHERE queue = ?
