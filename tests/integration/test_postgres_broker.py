@@ -898,3 +898,74 @@ async def test_server_out_of_resources_is_broker_full(tmp_path):
     finally:
         await b.close()
         _drop_pg_schema(url)
+
+
+# -- row locks: claims skip what another transaction holds -----------------------------------
+
+
+async def test_claim_skips_a_row_another_transaction_has_locked(broker, url):
+    # Without SKIP LOCKED a claim would wait for the lock (here: until the test gives up)
+    # or, worse, hand out the locked task once it is released.
+    tasks = [task() for _ in range(5)]
+    for t in tasks:  # one by one: the first is the oldest, the first a claim would meet
+        await broker.enqueue([t])
+    locked = tasks[0].id
+    locker = await psycopg.AsyncConnection.connect(POSTGRES_URL)
+    try:
+        await locker.execute(
+            f'SELECT id FROM "{schema_of(url)}".tasks WHERE id = %s FOR UPDATE', (locked,)
+        )
+        t0 = time.monotonic()
+        got = await asyncio.wait_for(broker.claim(["q"], 10), 2.0)
+        elapsed = time.monotonic() - t0
+        assert sorted(c.id for c in got) == sorted(t.id for t in tasks[1:])
+        assert elapsed < 0.5, f"the claim took {elapsed:.2f}s beside a locked row"
+        await broker.ack([c.lease for c in got])
+        assert await asyncio.wait_for(broker.claim(["q"], 10), 2.0) == []
+    finally:
+        await locker.rollback()
+        await locker.close()
+    [c] = await broker.claim(["q"], 10)  # the lock is gone: the task is claimable
+    assert c.id == locked
+
+
+# -- broker URLs: faults found without I/O, and those only the server can tell ----------------
+
+
+def test_url_faults_fail_at_construction_with_one_line():
+    faults = {
+        "postgresql://h/db?shema=app": r"unknown parameter 'shema' \(did you mean 'schema'\?\)",
+        "postgresql://h/db?pool_maxx=3": r"did you mean 'pool_max'\?",
+        "postgresql://h/db?sslmod=disable": r"did you mean 'sslmode'\?",
+        "postgresql://h:abc/db": r"port 'abc' must be a number from 1 to 65535",
+        "postgresql://h:99999/db": r"port '99999'",
+        "postgresql://h/db?schema=no-dash": r"schema='no-dash'",
+    }
+    for bad, message in faults.items():
+        with pytest.raises(BrokerURLError, match=message) as info:
+            broker_from_url(bad)
+        assert "\n" not in str(info.value)
+    # libpq's own parameters still pass through, several hosts too
+    ok = broker_from_url(
+        "postgresql://u@h1:5432,h2:5433/db?schema=s&sslmode=disable&connect_timeout=3"
+        "&application_name=x&target_session_attrs=any&keepalives=1"
+    )
+    assert ok.config.connect_timeout == 3 and ok.config.schema == "s"
+
+
+@pytest.mark.parametrize("what", ["database", "role"])
+async def test_missing_database_or_role_fails_open_at_once(what):
+    name = f"no_such_{'db' if what == 'database' else 'role'}_{uuid.uuid4().hex[:8]}"
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    if what == "database":
+        url = f"{base}/{name}?schema=s"
+    else:
+        url = f"postgresql://{name}@{base.split('@', 1)[1]}/test?schema=s"
+    b = broker_from_url(url)
+    for attempt in (b.open, lambda: asyncio.to_thread(b.enqueue_blocking, [task()])):
+        t0 = time.monotonic()
+        with pytest.raises(BrokerURLError, match=f"{what} '{name}' does not exist") as info:
+            await attempt()
+        assert time.monotonic() - t0 < 2.0
+        assert "\n" not in str(info.value) and not isinstance(info.value, BrokerUnavailable)
+    await b.close()
