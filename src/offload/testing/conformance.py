@@ -27,12 +27,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
+from .conformance_failures import (
+    check_claim_expired_flag,
+    check_dead_letters_limit,
+    check_enqueue_idempotent_by_id,
+    check_extend_returns_stored_lease,
+    check_late_ack_removes_dead_letter,
+    check_late_ack_wins,
+    check_release_delay,
+    check_stats_policy,
+    check_unstorable_error_text,
+)
 from .conformance_limits import (
     check_backlog_batches,
     check_concurrent_claimers_no_duplicates,
     check_fair_across_queues,
     check_max_concurrent,
     check_token_bucket,
+    check_token_bucket_idle_cap,
 )
 from .conformance_queues import (
     check_declare_idempotent_updates,
@@ -123,6 +135,7 @@ CHECKS: list[Check] = [
     check_declare_idempotent_updates,
     check_undeclared_queue_defaults,
     check_token_bucket,
+    check_token_bucket_idle_cap,
     check_max_concurrent,
     check_fair_across_queues,
     check_backlog_batches,
@@ -135,6 +148,15 @@ CHECKS: list[Check] = [
     check_wait_wakes_for_lease_expiry,
     check_wait_wakes_for_rate_token,
     check_record_metrics,
+    check_claim_expired_flag,
+    check_extend_returns_stored_lease,
+    check_late_ack_wins,
+    check_late_ack_removes_dead_letter,
+    check_release_delay,
+    check_enqueue_idempotent_by_id,
+    check_stats_policy,
+    check_dead_letters_limit,
+    check_unstorable_error_text,
 ]
 
 

@@ -13,6 +13,7 @@ from .conformance_support import (
     BrokerFactory,
     declare,
     new_task,
+    opened,
     opened_many,
     qname,
     require_live,
@@ -51,6 +52,29 @@ async def check_token_bucket(factory: BrokerFactory) -> None:
         assert total >= floor, (
             f"only {total} tasks claimed in {now - t0:.2f}s at {rate:g}/s "
             f"(expected at least {floor:.0f}); tokens are not refilled"
+        )
+
+
+async def check_token_bucket_idle_cap(factory: BrokerFactory) -> None:
+    """An idle bucket refills up to its bucket_size and no further: after idling several
+    times as long as a refill takes, one claim with a large limit gets exactly
+    bucket_size tasks."""
+    q = qname("rate-idle")
+    rate, cap = 20.0, 3
+    async with opened(factory) as b:
+        await declare(b, q, rate=rate, bucket_size=cap)
+        await b.enqueue([new_task(q) for _ in range(50)])
+        first = await b.claim([q], 100)
+        assert len(first) == cap, f"a full bucket of {cap} gave {len(first)} tasks at once"
+        idle = 4 * cap / rate  # a bucket without its cap would hold 4 * cap tokens by then
+        await sleep_until(b, first[0].now + idle)
+        got = await b.claim([q], 100)
+        waited = (got[0].now if got else await b.now()) - first[0].now
+        assert len(got) == cap, (
+            f"after the bucket of {cap} (rate {rate:g}/s, so full again after "
+            f"{cap / rate:.2f}s) sat idle for {waited:.2f}s, one claim with limit 100 took "
+            f"{len(got)} tasks, expected exactly {cap}: the bucket must not fill beyond "
+            "bucket_size"
         )
 
 
