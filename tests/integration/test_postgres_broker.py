@@ -969,3 +969,43 @@ async def test_missing_database_or_role_fails_open_at_once(what):
         assert time.monotonic() - t0 < 2.0
         assert "\n" not in str(info.value) and not isinstance(info.value, BrokerUnavailable)
     await b.close()
+
+
+async def test_copy_batch_racing_a_send_of_the_same_id_still_lands_once(broker, url):
+    # Another sender inserts one of the batch's ids after copy_prepare read the known ids:
+    # the COPY meets the duplicate key, its transaction rolls back, and the broker runs it
+    # once more (now leaving that id out) instead of refusing the whole batch.
+    for blocking in (False, True):
+        batch = [task() for _ in range(80)]
+        racer = await psycopg.AsyncConnection.connect(POSTGRES_URL)
+        try:
+            await racer.execute(
+                f'INSERT INTO "{schema_of(url)}".tasks (id, queue, payload, visible_at, '
+                "enqueued_at) VALUES (%s, 'q', 'x', 0, 0)",
+                (batch[40].id,),
+            )
+            xid = (await (await racer.execute("SELECT pg_current_xact_id()::text")).fetchone())[0]
+            if blocking:
+                send = asyncio.create_task(asyncio.to_thread(broker.enqueue_blocking, batch))
+            else:
+                send = asyncio.create_task(broker.enqueue(batch))
+            async with await admin() as watch:
+                for _ in range(200):  # until the COPY waits on the racer's uncommitted row
+                    cur = await watch.execute(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted "
+                        "AND locktype = 'transactionid' AND transactionid::text = %s",
+                        (xid,),
+                    )
+                    if (await cur.fetchone())[0]:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    pytest.fail("the COPY never waited on the racing sender's row")
+            await racer.commit()
+            assert await asyncio.wait_for(send, 5.0) == [True] * 80
+        finally:
+            await racer.close()
+        rows = await _rows(url, "tasks")
+        assert {t.id for t in batch} <= {r[0] for r in rows}
+        assert [r[3] for r in rows if r[0] == batch[40].id] == [b"x"]  # the racer's
+    await broker.purge("q")

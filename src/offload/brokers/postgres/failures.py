@@ -80,11 +80,15 @@ def translate(exc: BaseException, what: str, where: str) -> BaseException:
     if state[:2] in _REFUSED_CLASSES or isinstance(
         exc, (psycopg.DataError, psycopg.IntegrityError, UnicodeError)
     ):
+        fix = (
+            "change the data (text may not contain NUL characters or unpaired surrogates)"
+            if state.startswith("22") or isinstance(exc, (psycopg.DataError, UnicodeError))
+            else "change the request"
+        )
         return BrokerRefused(
             f"{prefix}: the server refused the request ({_detail(exc)}"
             f"{f', SQLSTATE {state}' if state else ''}). Nothing was done, and the same "
-            "request fails again: change the data (text may not contain NUL characters or "
-            "unpaired surrogates)"
+            f"request fails again: {fix}"
         )
     if isinstance(exc, _OUTAGE):
         return BrokerUnavailable(
