@@ -1,7 +1,7 @@
 """The PostgreSQL broker: ``postgresql://user:pass@host:5432/db?schema=offload``.
 
 psycopg 3 (async) with a psycopg_pool ``AsyncConnectionPool``; every statement is a named
-file under ``sql/postgres/queries/``. The broker's clock is the server's
+file under ``sql/queries/`` beside this module. The broker's clock is the server's
 (``extract(epoch FROM clock_timestamp())``).
 
 URL parameters of offload's own (the rest go to libpq unchanged, ``postgres://`` works too):
@@ -39,7 +39,9 @@ Design notes:
   INSERT's rows/s at 1,000), then ``notify.sql``, in one transaction. Claims commit with
   ``synchronous_commit = off`` (set LOCAL to their transaction): a claim lost in a server
   crash only makes its tasks claimable again, as when a worker dies. Enqueue, ack, retry and
-  the rest wait for the WAL flush: what they return is durable.
+  the rest wait for the WAL flush: what they return is durable. Every path is idempotent by
+  id (``ON CONFLICT (id) DO NOTHING``; the COPY leaves out the ids ``copy_prepare.sql``
+  found, and runs once more if a racing sender stored one meanwhile).
 * **Names** (dedup): a ``names`` table keyed by (queue, name) whose ``expires_at`` is NULL
   while the task exists in any state and ``removal + dedup_window`` afterwards. Enqueue
   takes a name with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expires_at <= now``, whose
@@ -54,9 +56,12 @@ Design notes:
   ``enqueue_blocking`` is its synchronous twin for a ``psycopg.Connection`` (or, without
   one, a lazily opened thread-safe sync pool that commits, one of whose connections is
   held for one-by-one sends: see :mod:`.sync`).
-* **Failures**: a connection error raises ``BrokerUnavailable`` naming the server; the
-  pool drops broken connections, and checks an idle connection's socket before handing
-  it out, so a server restart or ``pg_terminate_backend`` costs at most one failed call.
+* **Failures** (:mod:`.failures`): a connection error raises ``BrokerUnavailable`` naming
+  the server, a full server ``BrokerFull``, a request the server rejects (a NUL in text)
+  ``BrokerRefused``; ``open()`` connects once directly so that a missing database or role
+  raises ``BrokerURLError`` at once. The pool drops broken connections, and checks an idle
+  connection's socket before handing it out, so a server restart or
+  ``pg_terminate_backend`` costs at most one failed call.
 """
 
 from __future__ import annotations
