@@ -63,6 +63,8 @@ def broker_from_url(url: str) -> Broker:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
+        if (exc.name or "").startswith("offload"):
+            raise  # a bug of ours, not a missing driver: show it as it is
         hint = f"pip install 'offload[{extra}]'" if extra else "reinstall offload"
         raise BrokerURLError(
             f"broker URL {url!r} needs a driver that is not installed ({exc.name}): {hint}"

@@ -225,8 +225,12 @@ class TaskRunner:
         replaced; whatever it does later is ignored."""
         if self._running.get(run.claim.id) is not run:
             return
+        ident = run.thread
+        if ident is None:  # it is ending right now; its result is on its way
+            run.timer = self._loop.call_later(0.05, self._abandon, run, error)
+            return
         self.stats.abandoned += 1
-        self._threads.abandon()
+        self._threads.abandon(ident)
         log.warning(
             "task %s (%s) did not stop after its timeout; abandoning its thread (%d "
             "abandoned so far): its slot is free again, and whatever it does is ignored",

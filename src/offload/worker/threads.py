@@ -26,7 +26,7 @@ class ThreadPool:
         self._jobs: SimpleQueue[Any] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
-        self._excess = 0  # threads to retire: replacements were made for abandoned ones
+        self._abandoned: set[int] = set()  # threads that retire once their job ends
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[[], Any]) -> None:
@@ -41,12 +41,14 @@ class ThreadPool:
                 self._idle -= 1
         self._jobs.put(fn)
 
-    def abandon(self) -> None:
-        """A job was given up on while its thread still runs it (a handler past its
-        timeout): allow one more thread, and retire one once that job ends."""
+    def abandon(self, ident: int) -> None:
+        """The job running on thread ``ident`` was given up on while it still runs (a
+        handler past its timeout): allow one more thread now, and retire that one once
+        its job ends."""
         with self._lock:
-            self._size += 1
-            self._excess += 1
+            if ident not in self._abandoned:
+                self._abandoned.add(ident)
+                self._size += 1
 
     def _loop(self) -> None:
         get = self._jobs.get
@@ -59,8 +61,9 @@ class ThreadPool:
             except BaseException:  # an async TaskTimeout that landed after the handler
                 pass
             with self._lock:
-                if self._excess:
-                    self._excess -= 1
+                me = threading.get_ident()
+                if me in self._abandoned:
+                    self._abandoned.discard(me)
                     self._size -= 1
                     self._threads.remove(threading.current_thread())
                     return
