@@ -134,3 +134,66 @@ def test_bucket_defaults_to_one_second_of_rate():
 def test_bad_queue_name():
     with pytest.raises(PolicyError, match="queue name"):
         QueuePolicy("has space")
+
+
+# -- the one give-up rule (core.policy.give_up), used at failure time and at claim time ---
+
+
+@given(
+    limit=st.one_of(st.none(), st.integers(0, 20)),
+    age_limit=st.one_of(st.none(), st.floats(0, 100)),
+    attempt=st.integers(1, 40),
+    age=st.floats(0, 200),
+)
+def test_give_up_is_monotonic_and_matches_app_engine(limit, age_limit, attempt, age):
+    from offload.core.policy import give_up
+
+    p = RetryPolicy(limit=limit, age_limit=age_limit)
+    verdict = give_up(p, attempt, age)
+    # never un-gives-up: a later attempt, or an older task, is given up too
+    if verdict:
+        assert give_up(p, attempt + 1, age) and give_up(p, attempt, age + 1)
+    if limit is None and age_limit is None:
+        assert not verdict
+    elif age_limit is None:
+        assert verdict == (attempt - 1 >= limit)  # `limit` retries after the first attempt
+    elif limit is None:
+        assert verdict == (age >= age_limit)
+    else:
+        assert verdict == (attempt - 1 >= limit and age >= age_limit)
+
+
+@given(limit=st.integers(0, 10))
+def test_a_task_runs_exactly_limit_plus_one_times(limit):
+    from offload.core.policy import give_up
+
+    p = RetryPolicy(limit=limit)
+    runs = 1
+    while not give_up(p, runs, 0.0):
+        runs += 1
+    assert runs == limit + 1
+
+
+def test_backoff_never_overflows():
+    p = RetryPolicy(limit=None, min_backoff=0.5, max_backoff=60, max_doublings=10**6)
+    assert p.backoff(5000) == 60 and p.backoff(10**9) == 60
+    assert RetryPolicy(min_backoff=0, max_backoff=0).backoff(10**6) == 0
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"max_concurrent": 10**30}, "max_concurrent"),
+        ({"bucket_size": 10**12, "rate": "1/s"}, "bucket_size"),
+        ({"lease": 1e12}, "lease"),
+        ({"dedup_window": float("inf")}, "dedup_window"),
+        ({"rate": 1e300}, "rate"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"retry": Retry(limit=10**30)}, "retry.limit"),
+        ({"retry": Retry(max_doublings=1.5)}, "retry.max_doublings"),
+    ],
+)
+def test_values_no_broker_can_hold_fail_at_declaration(kw, field):
+    with pytest.raises(PolicyError, match=field.replace(".", r"\.")):
+        QueuePolicy("q", **kw)
