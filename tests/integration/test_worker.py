@@ -14,6 +14,7 @@ import pytest
 from offload import App, Fail, Retry, Worker, current_task
 from offload.brokers import broker_from_url
 from offload.brokers.base import NewTask
+from offload.hooks import Hooks
 from offload.testing.apps import run_until_idle
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,23 +55,40 @@ def test_async_and_sync_handlers_run_and_see_their_task(broker_url):
 
 
 def test_retry_gaps_follow_the_backoff_formula(broker_url):
+    """Each retry asks the broker for exactly the formula's backoff, and the broker's own
+    claim times show the task waited that long (not much longer: no extra doubling)."""
     app = make_app(
         broker_url, retry=Retry(limit=3, min_backoff=0.2, max_backoff=0.5, max_doublings=1)
     )
-    starts: list[float] = []
+    claimed_at: list[float] = []  # broker clock, from each claim
+    delays: list[float] = []  # what the worker asked the broker for
+
+    class Watch(Hooks):
+        def claimed(self, claim) -> None:
+            claimed_at.append(claim.now)
+
+        def retried(self, claim, delay: float, error: str) -> None:
+            delays.append(delay)
 
     @app.task(queue="q", name="flaky")
     def flaky() -> None:
-        starts.append(time.monotonic())
         raise ConnectionError("upstream down")
 
     flaky.send()
-    run_until_idle(app)
-    assert len(starts) == 4  # first attempt + limit=3 retries
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
+
+    async def main() -> None:
+        await asyncio.wait_for(Worker(app, burst=True, hooks=Watch()).run(), 30)
+
+    asyncio.run(main())
     # n=1: 0.2, n=2: 0.4 -> capped 0.4 (< 0.5), n=3: 0.2*2*(3-1)=0.8 -> capped 0.5
-    for got, want in zip(gaps, [0.2, 0.4, 0.5], strict=True):
-        assert want - 0.02 <= got <= want + 0.35, (gaps, [0.2, 0.4, 0.5])
+    want = [0.2, 0.4, 0.5]
+    assert delays == pytest.approx(want, abs=1e-9), f"backoffs asked for: {delays}"
+    assert len(claimed_at) == 4  # first attempt + limit=3 retries
+    gaps = [b - a for a, b in itertools.pairwise(claimed_at)]
+    # Never early (the broker's clock on both ends); late only by a run, a verdict and a
+    # wake-up, far less than the next doubling would add.
+    for got, w in zip(gaps, want, strict=True):
+        assert w - 0.005 <= got <= w + 0.25, f"gaps {gaps}, backoffs {want}"
     [d] = app.dead_letters("q")
     assert d.attempts == 4 and "ConnectionError: upstream down" in d.error
     assert "retry policy exhausted after 4 attempts" in d.error
