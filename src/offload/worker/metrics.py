@@ -42,5 +42,7 @@ class MetricsBuffer:
         batch, self._by_task = list(self._by_task.values()), {}
         try:
             await broker.record(batch)
-        except BrokerError as exc:
+        except BrokerError as exc:  # an outage, a full broker (Redis OOM), a refusal
             log.warning("could not store task metrics: %s", exc)
+        except Exception:  # measuring must never cost the worker
+            log.exception("could not store task metrics")

@@ -1,0 +1,87 @@
+"""The outbox tells a refused request from an outage: a verdict the broker refuses is sent
+once more in a form it can store, else dropped and logged, and never blocks the acks queued
+behind it; an outage keeps everything for later. Run against a real SQLite broker."""
+
+from __future__ import annotations
+
+import logging
+
+from offload.brokers import broker_from_url
+from offload.brokers.base import NewTask
+from offload.core.policy import QueuePolicy
+from offload.errors import BrokerRefused, BrokerUnavailable
+from offload.worker.outbox import Outbox
+
+
+async def _two_claimed(tmp_path):
+    b = broker_from_url(f"sqlite:///{tmp_path / 'o.db'}")
+    await b.open()
+    await b.declare([QueuePolicy("q")])
+    await b.enqueue([NewTask("t1", "q", b"1"), NewTask("t2", "q", b"2")])
+    got = await b.claim(["q"], 10)
+    return b, {c.id: c for c in got}
+
+
+async def test_a_refused_verdict_falls_back_and_never_blocks_the_acks_behind_it(tmp_path, caplog):
+    b, claimed = await _two_claimed(tmp_path)
+    box = Outbox()
+    sent: list[str] = []
+
+    async def refuse():
+        raise BrokerRefused("value too long")
+
+    async def fallback():
+        sent.append("fallback")
+        return await b.dead_letter(claimed["t1"].lease, "short", "")
+
+    box.verdict(refuse, fallback, "t1")
+    box.ack(claimed["t2"].lease)
+    with caplog.at_level(logging.WARNING, logger="offload.worker"):
+        assert await box.flush(b) is True
+    assert sent == ["fallback"] and len(box) == 0
+    assert [d.error for d in await b.dead_letters("q")] == ["short"]
+    st = await b.stats("q")
+    assert (st.ready, st.leased, st.dead) == (0, 0, 1)  # t2 acked, t1 dead
+    await b.close()
+
+
+async def test_a_verdict_refused_twice_is_dropped_and_logged_once(tmp_path, caplog):
+    b, claimed = await _two_claimed(tmp_path)
+    box = Outbox()
+
+    async def refuse():
+        raise BrokerRefused("no")
+
+    async def bug():
+        raise RuntimeError("a broker bug")
+
+    box.verdict(refuse, refuse, "t1")
+    box.verdict(bug, None, "t1")
+    box.ack(claimed["t2"].lease)
+    with caplog.at_level(logging.ERROR, logger="offload.worker"):
+        assert await box.flush(b) is True
+    assert box.refused == 2 and len(box) == 0
+    assert sum("refused its verdict for good" in r.getMessage() for r in caplog.records) == 2
+    assert (await b.stats("q")).leased == 1  # t1 stays leased: it runs again later
+    await b.close()
+
+
+async def test_an_outage_keeps_everything_for_the_next_flush(tmp_path):
+    b, claimed = await _two_claimed(tmp_path)
+    box = Outbox()
+    calls = 0
+
+    async def flaky():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise BrokerUnavailable("connection refused")
+        return await b.retry(claimed["t1"].lease, 0.0, "again")
+
+    box.verdict(flaky, None, "t1")
+    box.ack(claimed["t2"].lease)
+    assert await box.flush(b) is False and len(box) == 2
+    assert await box.flush(b) is True and len(box) == 0
+    st = await b.stats("q")
+    assert (st.ready, st.leased) == (1, 0)
+    await b.close()
