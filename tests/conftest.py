@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -19,9 +20,14 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BROKERS = ["sqlite", "redis", "postgres"]
 
 
-def _reachable(host: str, port: int) -> bool:
+def _reachable(url: str, default_port: int) -> bool:
+    """Whether a TCP connection to the host and port ``url`` names opens (a URL without a
+    host, e.g. a PostgreSQL socket directory in ``?host=``, is left to the driver)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return True
     try:
-        with socket.create_connection((host, port), timeout=1):
+        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=1):
             return True
     except OSError:
         return False
@@ -30,9 +36,9 @@ def _reachable(host: str, port: int) -> bool:
 def require_server(kind: str) -> None:
     """Skip (laptop) or fail (CI) when ``kind``'s server is not reachable."""
     if kind == "redis":
-        ok, where = _reachable("127.0.0.1", 6379), REDIS_URL
+        ok, where = _reachable(REDIS_URL, 6379), REDIS_URL
     elif kind == "postgres":
-        ok, where = _reachable("127.0.0.1", 5432), POSTGRES_URL
+        ok, where = _reachable(POSTGRES_URL, 5432), POSTGRES_URL
     else:
         return
     if ok:
@@ -50,10 +56,21 @@ def make_url(kind: str, tmp_path) -> str:
         return f"sqlite:///{tmp_path / 'broker.db'}"
     require_server(kind)
     if kind == "redis":
-        return f"{REDIS_URL}?prefix={ns}"
+        return _with_param(REDIS_URL, "prefix", ns)
     if kind == "postgres":
-        return f"{POSTGRES_URL}?schema={ns}"
+        return _with_param(POSTGRES_URL, "schema", ns)
     raise ValueError(kind)
+
+
+def _with_param(url: str, key: str, value: str) -> str:
+    """``url`` with ``key=value`` added to (or replacing it in) its query string."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    return urlunsplit(parts._replace(query=urlencode([*query, (key, value)])))
+
+
+def _param(url: str, key: str) -> str:
+    return dict(parse_qsl(urlsplit(url).query))[key]
 
 
 @pytest.fixture(params=BROKERS)
@@ -76,9 +93,13 @@ def _drop_pg_schema(url: str) -> None:
         import psycopg
     except ImportError:
         return
-    schema = url.rsplit("schema=", 1)[1]
+    schema = _param(url, "schema")
+    # The configured server and database, without offload's own query parameters.
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("schema",)]
+    conninfo = urlunsplit(parts._replace(query=urlencode(query)))
     try:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     except Exception:
         pass
@@ -89,9 +110,18 @@ def _drop_redis_prefix(url: str) -> None:
         import redis
     except ImportError:
         return
-    prefix = url.rsplit("prefix=", 1)[1]
+    prefix = _param(url, "prefix")
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0)  # the configured database, as the broker reads it
     try:
-        r = redis.Redis.from_url(REDIS_URL)
+        r = redis.Redis(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=db,
+            username=parts.username or None,
+            password=parts.password or None,
+            ssl=parts.scheme == "rediss",
+        )
         keys = list(r.scan_iter(match=f"*{prefix}*", count=1000))
         for i in range(0, len(keys), 500):
             r.delete(*keys[i : i + 500])
