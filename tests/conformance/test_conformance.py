@@ -9,6 +9,7 @@ import pytest
 from offload.brokers import broker_from_url
 from offload.testing import ConformanceFailure, CouldNotCheck, check_broker
 from offload.testing.conformance import CHECKS
+from offload.testing.conformance_queues import check_stats_exact
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
@@ -46,3 +47,20 @@ async def test_check_broker_reports_each_failed_check(tmp_path):
         "check_fifo_by_eta",
         "check_eta_not_claimable_before_due",
     ]
+
+
+async def test_a_check_too_slow_to_assert_says_so(tmp_path):
+    """A timing check whose leases always run out before it can read exact counts does not
+    pass silently: it retries with longer leases, then raises CouldNotCheck."""
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    readings = []
+
+    class Stalling(type(broker_from_url(url))):
+        async def now(self):
+            # Every reading comes 5 s after the last, as on a machine that stalls.
+            readings.append(None)
+            return await super().now() + 5.0 * len(readings)
+
+    with pytest.raises(CouldNotCheck, match="too slow") as info:
+        await check_stats_exact(lambda: Stalling(url))
+    assert "x1: " in str(info.value) and "x9: " in str(info.value), str(info.value)
