@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
-from .brokers.base import Broker, QueueStats, TaskMetrics
+from .brokers.base import Broker, EnforcedPolicy, QueueStats, TaskMetrics
 from .core import envelope as _env
 from .core.policy import QueuePolicy, RetryPolicy, check_timeout
 from .errors import BadArguments, BrokerURLError, ConfigError, UnknownTask
@@ -188,6 +188,36 @@ class App:
         """Counts for one queue: ready, scheduled, leased, dead, paused."""
         self._policy(queue)
         return self._call(lambda b: b.stats(queue))
+
+    def inspect(self, queue: str) -> QueueStats:
+        """Like :meth:`stats`, but without declaring this App's queues first: the counts
+        and the policy the broker enforces now (``.policy``), which a worker of another
+        deploy or another App may have declared differently (see :meth:`policy_drift`)."""
+        self._policy(queue)
+        return self.registry.call(lambda b: b.stats(queue), declare=False)
+
+    def policy_drift(self, queue: str, enforced: EnforcedPolicy | None) -> dict[str, tuple]:
+        """Fields where this App's declaration of ``queue`` differs from what the broker
+        enforces: ``{field: (declared, enforced)}``; empty when they agree or the queue was
+        never declared in the broker."""
+        if enforced is None:
+            return {}
+        p = self._policy(queue)
+        mine = {
+            "rate": p.rate,
+            "bucket": p.bucket,
+            "max_concurrent": p.max_concurrent,
+            "lease": p.lease,
+            "dedup_window": p.dedup_window,
+        }
+        out = {}
+        for field, value in mine.items():
+            theirs = getattr(enforced, field)
+            if (value is None) != (theirs is None) or (
+                value is not None and abs(value - theirs) > 1e-9 * max(1.0, abs(value))
+            ):
+                out[field] = (value, theirs)
+        return out
 
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetterInfo]:
         """Dead-lettered tasks, oldest first, with the last error and traceback; at most

@@ -304,11 +304,14 @@ def _find_task(app: App, task: str) -> TaskFunction:
 @app_arg
 @json_flag
 def queues(app_spec: str, as_json: bool) -> None:
-    """Show every queue: its policy and how many tasks are in each state."""
+    """Show every queue: how many tasks are in each state, and the policy the broker
+    enforces (flagging where this app's declaration differs: its workers would change it)."""
     app = load_app(app_spec)
     rows = []
     for name, p in sorted(app.queues.items()):
-        s = app.stats(name)
+        s = app.inspect(name)  # reads the broker as it is: declares nothing
+        enforced = s.policy
+        drift = app.policy_drift(name, enforced)
         rows.append(
             {
                 "queue": name,
@@ -317,11 +320,13 @@ def queues(app_spec: str, as_json: bool) -> None:
                 "leased": s.leased,
                 "dead": s.dead,
                 "paused": s.paused,
-                "rate": p.rate,
-                "bucket": p.bucket,
-                "max_concurrent": p.max_concurrent,
-                "lease": p.lease,
+                "rate": enforced.rate if enforced else p.rate,
+                "bucket": enforced.bucket if enforced else p.bucket,
+                "max_concurrent": enforced.max_concurrent if enforced else p.max_concurrent,
+                "lease": enforced.lease if enforced else p.lease,
                 "retry_limit": p.retry.limit,
+                "declared_in_broker": enforced is not None,
+                "differs": {f: {"declared": a, "enforced": b} for f, (a, b) in drift.items()},
             }
         )
     if as_json:

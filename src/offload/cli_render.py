@@ -114,7 +114,8 @@ def _table(title: str, columns: Sequence[tuple[str, dict[str, Any]]]) -> Any:
 
 
 def queues_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One row per queue: counts by state, then its policy."""
+    """One row per queue: counts by state, then the policy the broker enforces; a line
+    below for each field where the app's own declaration differs."""
     right = {"justify": "right"}
     width = max((len(r["queue"]) for r in rows), default=5)
     cols = (
@@ -145,6 +146,18 @@ def queues_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
             _fmt(r["retry_limit"]),
         )
     console.print(table)
+    for r in rows:
+        for field, d in sorted(r.get("differs", {}).items()):
+            console.print(
+                f"queue {r['queue']}: {field} is {_fmt(d['enforced'])} in the broker but "
+                f"{_fmt(d['declared'])} in this app's declaration (its workers would change it)",
+                style="yellow",
+            )
+        if not r.get("declared_in_broker", True):
+            console.print(
+                f"queue {r['queue']}: not declared in the broker yet (a worker declares it)",
+                style="dim",
+            )
 
 
 def metrics_table(rows: Sequence[Mapping[str, Any]]) -> None:

@@ -119,10 +119,14 @@ class Registry:
             return self._portal.run(coro)
         return run_inline(coro)
 
-    def call(self, op: Callable[[Broker], Awaitable[Any]]) -> Any:
-        """Run ``op(broker)`` on the facade, opening it and declaring the queues first."""
+    def call(self, op: Callable[[Broker], Awaitable[Any]], *, declare: bool = True) -> Any:
+        """Run ``op(broker)`` on the facade, opening it and (unless ``declare`` is False:
+        reading what the broker holds as it is) declaring the queues first."""
         b = self.facade()
         if not self._declared:
+            if not declare:
+                self.run(b.open())
+                return self.run(op(b))
             self.run(b.open())
             self.run(b.declare(list(self.queues.values())))
             self._declared = True

@@ -295,3 +295,28 @@ def test_careless_input_is_one_clear_line_and_changes_nothing(cli, started, args
     import tests.cliapp as mod
 
     assert {q: mod.app.stats(q).ready for q in mod.app.queues} == {"default": 0, "emails": 0}
+
+
+def test_queues_shows_what_the_broker_enforces_and_flags_a_differing_declaration(
+    cli, tmp_path
+):
+    # Another deploy (or another app) declared "emails" differently, and its workers run.
+    from offload import App
+
+    other = App("cli", broker=f"sqlite:///{tmp_path / 'cli.db'}")
+    other.queue("emails", rate="5/s", max_concurrent=2, lease=30)
+    other.open()
+    other.close()
+    rows = {q["queue"]: q for q in json.loads(cli("queues", APP, "--json").output)}
+    emails = rows["emails"]
+    assert emails["rate"] == 5.0 and emails["lease"] == 30.0  # the broker's, not ours
+    assert emails["differs"] == {
+        "rate": {"declared": 20.0, "enforced": 5.0},
+        "bucket": {"declared": 20.0, "enforced": 5.0},
+        "lease": {"declared": 60.0, "enforced": 30.0},
+    }
+    text = cli("queues", APP).output
+    assert "rate is 5 in the broker but 20 in this app's declaration" in text
+    # reading changed nothing: the broker still enforces the other declaration
+    again = {q["queue"]: q for q in json.loads(cli("queues", APP, "--json").output)}
+    assert again["emails"]["rate"] == 5.0
