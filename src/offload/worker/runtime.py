@@ -55,7 +55,7 @@ class Worker(TaskRunner):
     ) -> None:
         self.app = app
         self._core = core = app.registry
-        self.queues = list(dict.fromkeys(queues)) if queues else sorted(core.queues)
+        self.queues = list(dict.fromkeys(queues)) if queues is not None else sorted(core.queues)
         if queues is not None and not self.queues:
             raise ConfigError("Worker(queues=[]) names no queue; leave queues out for all")
         for q in self.queues:
