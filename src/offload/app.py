@@ -151,7 +151,6 @@ class App:
         """The policy this App declares for ``queue``; raises :class:`UnknownQueue`."""
         return self.registry.policy(queue)
 
-    _policy = policy  # the CLI's older spelling
 
     def get_task(self, name: str) -> TaskFunction:
         try:
@@ -186,14 +185,14 @@ class App:
 
     def stats(self, queue: str) -> QueueStats:
         """Counts for one queue: ready, scheduled, leased, dead, paused."""
-        self._policy(queue)
+        self.policy(queue)
         return self._call(lambda b: b.stats(queue))
 
     def inspect(self, queue: str) -> QueueStats:
         """Like :meth:`stats`, but without declaring this App's queues first: the counts
         and the policy the broker enforces now (``.policy``), which a worker of another
         deploy or another App may have declared differently (see :meth:`policy_drift`)."""
-        self._policy(queue)
+        self.policy(queue)
         return self.registry.call(lambda b: b.stats(queue), declare=False)
 
     def policy_drift(self, queue: str, enforced: EnforcedPolicy | None) -> dict[str, tuple]:
@@ -202,7 +201,7 @@ class App:
         never declared in the broker."""
         if enforced is None:
             return {}
-        p = self._policy(queue)
+        p = self.policy(queue)
         mine = {
             "rate": p.rate,
             "bucket": p.bucket,
@@ -222,7 +221,7 @@ class App:
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetterInfo]:
         """Dead-lettered tasks, oldest first, with the last error and traceback; at most
         ``limit`` (0 to 10,000)."""
-        self._policy(queue)
+        self.policy(queue)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 10_000:
             raise BadArguments(f"dead_letters: limit {limit!r} must be a whole number 0..10000")
         out = []
@@ -251,26 +250,26 @@ class App:
 
     def requeue_dead(self, queue: str, id: str | None = None) -> int:
         """Make one dead task (or all, without ``id``) ready again with fresh attempts."""
-        self._policy(queue)
+        self.policy(queue)
         return self._call(lambda b: b.requeue_dead(queue, None if id is None else [id]))
 
     def pause(self, queue: str) -> None:
         """Stop every worker from claiming this queue's tasks; running ones finish."""
-        self._policy(queue)
+        self.policy(queue)
         self._call(lambda b: b.set_paused(queue, True))
 
     def resume(self, queue: str) -> None:
-        self._policy(queue)
+        self.policy(queue)
         self._call(lambda b: b.set_paused(queue, False))
 
     def purge(self, queue: str) -> int:
         """Delete every ready and scheduled task of the queue; returns how many."""
-        self._policy(queue)
+        self.policy(queue)
         return self._call(lambda b: b.purge(queue))
 
     def delete_task(self, queue: str, id: str | None = None, name: str | None = None) -> bool:
         """Delete one task by id or name, in any state. False when there was none."""
-        self._policy(queue)
+        self.policy(queue)
         if (id is None) == (name is None):
             raise BadArguments("delete_task: give exactly one of id= or name=")
         return self._call(lambda b: b.delete(queue, id=id, name=name))

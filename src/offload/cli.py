@@ -175,7 +175,7 @@ def _queue_list(app: App, given: str | None) -> list[str] | None:
         )
     for q in names:
         try:
-            app._policy(q)
+            app.policy(q)
         except UnknownQueue as exc:
             raise click.UsageError(f"--queues: {exc}") from None
     return names
@@ -389,7 +389,7 @@ def resume(app_spec: str, queue: str) -> None:
 def purge(app_spec: str, queue: str, yes: bool) -> None:
     """Delete every ready and scheduled task of the queue."""
     app = load_app(app_spec)
-    app._policy(queue)
+    app.policy(queue)
     if not yes and sys.stdin.isatty():
         click.confirm(f"delete every waiting task of {queue}?", abort=True)
     out.say(f"purged {app.purge(queue)} task(s) from {queue}")
