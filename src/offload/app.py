@@ -11,7 +11,13 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
-from .brokers.base import Broker, EnforcedPolicy, QueueStats, TaskMetrics
+from .brokers.base import (
+    Broker,
+    EnforcedPolicy,
+    QueueStats,
+    TaskMetrics,
+    check_dead_letters_limit,
+)
 from .core import envelope as _env
 from .core.policy import QueuePolicy, RetryPolicy, check_timeout
 from .errors import BadArguments, BrokerURLError, ConfigError, UnknownTask
@@ -151,7 +157,6 @@ class App:
         """The policy this App declares for ``queue``; raises :class:`UnknownQueue`."""
         return self.registry.policy(queue)
 
-
     def get_task(self, name: str) -> TaskFunction:
         try:
             return self.registry.tasks[name]
@@ -222,8 +227,7 @@ class App:
         """Dead-lettered tasks, oldest first, with the last error and traceback; at most
         ``limit`` (0 to 10,000)."""
         self.policy(queue)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 10_000:
-            raise BadArguments(f"dead_letters: limit {limit!r} must be a whole number 0..10000")
+        check_dead_letters_limit(limit)
         out = []
         for d in self._call(lambda b: b.dead_letters(queue, limit)):
             task, args, kwargs = "<undecodable payload>", None, None

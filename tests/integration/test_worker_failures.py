@@ -388,11 +388,11 @@ def test_a_worker_leaves_another_apps_tasks_alone_uncharged(broker_url, caplog):
 
 
 def test_dead_letters_limit_is_checked_the_same_on_every_broker(broker_url):
-    from offload import BadArguments
+    from offload import ConfigError
 
     app = make_app(broker_url)
     for bad in (-1, "5", 1.5, True, 10_001):
-        with pytest.raises(BadArguments, match="limit"):
+        with pytest.raises(ConfigError, match="limit"):
             app.dead_letters("q", limit=bad)
     assert app.dead_letters("q", limit=0) == []
     app.close()

@@ -20,11 +20,13 @@ by the App's synchronous facade.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.policy import QueuePolicy
+from ..errors import ConfigError
 
 __all__ = [
     "BlockingEnqueue",
@@ -39,7 +41,36 @@ __all__ = [
     "QueueStats",
     "TaskMetrics",
     "TransactionalEnqueue",
+    "check_dead_letters_limit",
+    "check_release_delay",
 ]
+
+#: the most dead letters one ``dead_letters()`` call returns
+MAX_DEAD_LETTERS = 10_000
+
+
+def check_release_delay(delay: float) -> float:
+    """A ``release`` delay, checked before any I/O the same on every broker: a finite
+    number of seconds, 0 or more."""
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, (int, float))
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise ConfigError(f"release: delay={delay!r} must be a finite number of seconds, 0 or more")
+    return float(delay)
+
+
+def check_dead_letters_limit(limit: int) -> int:
+    """A ``dead_letters`` limit, checked before any I/O the same on every broker: an int
+    (not a bool) from 0 to :data:`MAX_DEAD_LETTERS`."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_DEAD_LETTERS:
+        raise ConfigError(
+            f"dead_letters: limit={limit!r} must be a whole number from 0 to "
+            f"{MAX_DEAD_LETTERS:,} (the most one call returns)"
+        )
+    return limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,14 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ...errors import ConfigError
-from ..base import DeadLetter, EnforcedPolicy, QueueStats, TaskMetrics
-from .queries import Queries, check_limit
+from ..base import (
+    DeadLetter,
+    EnforcedPolicy,
+    QueueStats,
+    TaskMetrics,
+    check_dead_letters_limit,
+)
+from .queries import Queries
 
 __all__ = ["Admin"]
 
@@ -48,7 +54,7 @@ class Admin:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Oldest failure first, at most ``limit`` (an int from 0 to 10,000, else
         ConfigError before any I/O)."""
-        check_limit(limit)
+        check_dead_letters_limit(limit)
         rows = await self._all(
             "listing dead letters", self._q.dead_letters, {"queue": queue, "limit": limit}
         )

@@ -77,7 +77,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ...core.policy import QueuePolicy
 from ...errors import BrokerError, BrokerRefused, ConfigError, OffloadError
-from ..base import Capabilities, Claimed, Lease, NewTask
+from ..base import Capabilities, Claimed, Lease, NewTask, check_release_delay
 from .admin import Admin
 from .failures import connect_error, translate
 from .listen import Listener
@@ -86,7 +86,6 @@ from .queries import (
     PostgresConfig,
     by_copy,
     channel,
-    check_delay,
     copy_rows,
     created,
     enqueue_statement,
@@ -406,7 +405,7 @@ class PostgresBroker(Admin):
 
     async def release(self, leases: Sequence[Lease], delay: float = 0.0) -> None:
         """Give tasks back uncounted, claimable after ``delay`` seconds (broker clock)."""
-        params = {**_lease_params(leases), "delay": check_delay(delay)}
+        params = {**_lease_params(leases), "delay": check_release_delay(delay)}
         if leases:
             await self._all("releasing", self._q.release, params)
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
-from ...errors import BrokerURLError, ConfigError
+from ...errors import BrokerURLError
 from ..base import NewTask
 
 __all__ = [
@@ -32,8 +32,6 @@ __all__ = [
     "PostgresConfig",
     "Queries",
     "by_copy",
-    "check_delay",
-    "check_limit",
     "copy_rows",
     "created",
     "enqueue_statement",
@@ -337,29 +335,3 @@ def created(tasks: Sequence[NewTask], rows: list) -> list[bool]:
     return [t.id in done for t in tasks]
 
 
-# -- arguments checked before any I/O, the same on every broker ----------------------------
-
-#: the most dead letters one dead_letters() call returns
-MAX_DEAD_LETTERS = 10_000
-
-
-def check_delay(delay: float) -> float:
-    """A release delay: a finite number of seconds, 0 or more."""
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, (int, float))
-        or not math.isfinite(delay)
-        or delay < 0
-    ):
-        raise ConfigError(f"release: delay={delay!r} must be a finite number of seconds, 0 or more")
-    return float(delay)
-
-
-def check_limit(limit: int) -> int:
-    """A dead_letters limit: an int (not a bool) from 0 to MAX_DEAD_LETTERS."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_DEAD_LETTERS:
-        raise ConfigError(
-            f"dead_letters: limit={limit!r} must be a whole number from 0 to "
-            f"{MAX_DEAD_LETTERS:,} (the most one call returns)"
-        )
-    return limit

@@ -36,13 +36,22 @@ due time it computed (an eta, a lease expiry, a rate-limit token), or for the ti
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Sequence
 
 from ...core.policy import QueuePolicy
 from ...errors import ConfigError
-from ..base import Capabilities, Claimed, DeadLetter, Lease, NewTask, QueueStats, TaskMetrics
+from ..base import (
+    Capabilities,
+    Claimed,
+    DeadLetter,
+    Lease,
+    NewTask,
+    QueueStats,
+    TaskMetrics,
+    check_dead_letters_limit,
+    check_release_delay,
+)
 from . import tx
 from .doorbell import Doorbell
 from .queries import queries
@@ -53,7 +62,6 @@ __all__ = ["SQLiteBroker"]
 # How often a waiter looks at the database when it cannot use the doorbell (seconds).
 _POLL_WITHOUT_DOORBELL = 0.5
 # The most dead letters one dead_letters() call returns (the same on every broker).
-MAX_DEAD_LETTERS = 10_000
 # Expired name reservations are swept at most this often per broker instance (seconds).
 _NAMES_GC_EVERY = 60.0
 
@@ -228,7 +236,7 @@ class SQLiteBroker:
         """Give tasks back, claimable again after ``delay`` seconds; the attempt does not
         count and a stale token is ignored. ConfigError for a delay that is not a finite
         number >= 0."""
-        _check_delay(delay)
+        check_release_delay(delay)
         self._store.require_open()
         if not leases:
             return
@@ -309,7 +317,7 @@ class SQLiteBroker:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """The queue's dead tasks, oldest failure first; at most ``limit`` (an int from 0 to
         10,000, else ConfigError)."""
-        _check_limit(limit)
+        check_dead_letters_limit(limit)
         return self._store.read("dead_letters", tx.dead_letters, queue, limit)
 
     async def requeue_dead(self, queue: str, ids: Sequence[str] | None = None) -> int:
@@ -378,26 +386,6 @@ class SQLiteBroker:
         """The broker's clock: this host's ``time.time()``."""
         self._store.require_open()
         return time.time()
-
-
-def _check_delay(delay: float) -> None:
-    """A release delay: a finite number of seconds, 0 or more (checked before any I/O)."""
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, (int, float))
-        or not math.isfinite(delay)
-        or delay < 0
-    ):
-        raise ConfigError(f"release: delay={delay!r} must be a finite number of seconds, 0 or more")
-
-
-def _check_limit(limit: int) -> None:
-    """A dead_letters limit: an int from 0 to MAX_DEAD_LETTERS (checked before any I/O)."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_DEAD_LETTERS:
-        raise ConfigError(
-            f"dead_letters: limit={limit!r} must be a whole number from 0 to "
-            f"{MAX_DEAD_LETTERS:,} (the most one call returns)"
-        )
 
 
 def _wake_future(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
