@@ -15,11 +15,17 @@ import time
 import msgspec
 import pytest
 
-from offload.brokers import NewTask, broker_from_url
+from offload.brokers import Lease, NewTask, broker_from_url
 from offload.core.envelope import new_id
 from offload.core.policy import QueuePolicy
-from offload.errors import BrokerUnavailable
-from tests.conftest import make_url
+from offload.errors import (
+    BrokerFull,
+    BrokerRefused,
+    BrokerUnavailable,
+    BrokerURLError,
+    ConfigError,
+)
+from tests.conftest import REDIS_URL, make_url
 
 redis = pytest.importorskip("redis")
 from redis.cluster import key_slot  # noqa: E402
@@ -48,7 +54,8 @@ async def broker(url):
 
 @pytest.fixture
 def raw():
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    """A plain client on the configured test database (never a server-wide command)."""
+    r = redis.Redis.from_url(REDIS_URL)
     yield r
     r.close()
 
@@ -57,7 +64,12 @@ def task(queue="q", payload=b"p", **kw) -> NewTask:
     return NewTask(new_id(), queue, payload, **kw)
 
 
-async def test_scripts_reload_after_script_flush(broker, raw):
+async def test_scripts_reload_after_script_flush(own_server):
+    # SCRIPT FLUSH is server-wide: on a server of this test's own only
+    raw = redis.Redis(port=own_server.port)
+    broker = broker_from_url(f"redis://127.0.0.1:{own_server.port}/0?prefix=flush")
+    await broker.open()
+    await broker.declare([QueuePolicy("q", lease=5.0)])
     assert await broker.enqueue([task()]) == [True]
     raw.script_flush()
     assert await broker.enqueue([task(), task()]) == [True, True]
@@ -72,6 +84,8 @@ async def test_scripts_reload_after_script_flush(broker, raw):
     assert broker.enqueue_blocking([task()]) == [True]
     stats = await broker.stats("q")
     assert (stats.ready, stats.leased) == (2, 1)
+    await broker.close()
+    raw.close()
 
 
 async def test_every_key_of_a_queue_shares_one_slot(broker, raw):
@@ -126,7 +140,7 @@ async def test_unreadable_records_are_dead_lettered_by_the_claim(broker, raw):
     assert [(c.id, c.payload) for c in again] == [("garbage", b"\xc1\xc1 not msgpack")]
     # ack/retry/extend on a record damaged while leased report a lost lease
     raw.hset(k_tasks, good.id, b"garbage")
-    assert await broker.extend([claimed[0].lease]) == [False]
+    assert await broker.extend([claimed[0].lease]) == [None]
     assert await broker.retry(claimed[0].lease, 0, "x") is False
     await broker.ack([claimed[0].lease])
     assert await broker.delete("q", id="garbage") is True
@@ -408,27 +422,24 @@ async def test_a_paused_or_rate_limited_queue_hands_nothing_off(broker, url):
 
 
 async def test_wake_tokens_only_for_parked_workers_that_got_no_task(broker, url, raw):
-    db_raw = redis.Redis.from_url(url.split("?")[0])
+    db_raw = raw
     wake = QueueKeys.of(broker.prefix, "q").wake
-    try:
-        # Nobody parked, so nobody is blocked: an enqueue needs to wake no one.
-        broker.enqueue_blocking([task()])
-        assert db_raw.llen(wake) == 0
-        await broker.claim(["q"], 10)
-        # A wake-only (cluster) worker parked: it gets a token, not the task.
-        db_raw.zadd(QueueKeys.of(broker.prefix, "q").keys[8], {"~w": 9e15})
-        sent = task()
-        broker.enqueue_blocking([sent])
-        assert db_raw.llen(wake) == 1
-        assert [c.id for c in await broker.claim(["q"], 10)] == [sent.id]
-        # A later eta, with a worker parked: a token, so it can re-time its wait.
-        db_raw.delete(wake)
-        w = await _parked(broker, ["q"])
-        broker.enqueue_blocking([task(delay=30.0)])
-        await asyncio.wait_for(w, 0.5)
-        assert (await broker.stats("q")).scheduled == 1
-    finally:
-        db_raw.close()
+    # Nobody parked, so nobody is blocked: an enqueue needs to wake no one.
+    broker.enqueue_blocking([task()])
+    assert db_raw.llen(wake) == 0
+    await broker.claim(["q"], 10)
+    # A wake-only (cluster) worker parked: it gets a token, not the task.
+    db_raw.zadd(QueueKeys.of(broker.prefix, "q").keys[8], {"~w": 9e15})
+    sent = task()
+    broker.enqueue_blocking([sent])
+    assert db_raw.llen(wake) == 1
+    assert [c.id for c in await broker.claim(["q"], 10)] == [sent.id]
+    # A later eta, with a worker parked: a token, so it can re-time its wait.
+    db_raw.delete(wake)
+    w = await _parked(broker, ["q"])
+    broker.enqueue_blocking([task(delay=30.0)])
+    await asyncio.wait_for(w, 0.5)
+    assert (await broker.stats("q")).scheduled == 1
 
 
 async def test_cancelled_waits_lose_no_hand_off(broker, url):
@@ -598,7 +609,7 @@ async def test_plain_redis_url_to_a_tls_port_is_a_clear_error(tls_server):
 async def test_a_workers_empty_claim_parks_it_and_a_plain_claim_does_not(broker, url, raw):
     other = RedisBroker(url)
     parked_key = QueueKeys.of(broker.prefix, "q").keys[8]
-    db_raw = redis.Redis.from_url(url.split("?")[0])
+    db_raw = raw
     try:
         # A plain consumer (no on_handoff: it may never wait) is not parked by a claim, so
         # an enqueue leaves the task for anyone.
@@ -621,7 +632,6 @@ async def test_a_workers_empty_claim_parks_it_and_a_plain_claim_does_not(broker,
         broker.on_handoff = None
         assert await broker.claim(["q"], 10) == [] and db_raw.zcard(parked_key) == 0
     finally:
-        db_raw.close()
         await other.close()
 
 
@@ -647,3 +657,377 @@ async def test_connections_outside_the_pool_reconnect_after_a_restart(own_server
         assert (await b.stats("q")).ready == 4
     finally:
         await b.close()
+
+
+# -- the protocol changes: expired claims, applied leases, late acks, delayed releases -----
+
+
+async def test_a_claim_says_when_it_takes_over_an_expired_lease(broker):
+    await broker.declare([QueuePolicy("q", lease=0.2)])
+    await broker.enqueue([task()])
+    (first,) = await broker.claim(["q"], 1)
+    assert (first.expired, first.attempt) == (False, 1)
+    await asyncio.sleep(0.25)
+    (again,) = await broker.claim(["q"], 1)  # its worker died: no verdict
+    assert (again.expired, again.attempt) == (True, 2)
+    # a retry, a release and a requeue all end in a plain (not expired) claim
+    assert await broker.retry(again.lease, 0, "boom")
+    (c,) = await broker.claim(["q"], 1)
+    assert (c.expired, c.attempt) == (False, 3)
+    await broker.release([c.lease])
+    (c,) = await broker.claim(["q"], 1)
+    assert (c.expired, c.attempt) == (False, 3)
+    assert await broker.dead_letter(c.lease, "x", "")
+    assert await broker.requeue_dead("q") == 1
+    (c,) = await broker.claim(["q"], 1)
+    assert (c.expired, c.attempt) == (False, 1)
+
+
+async def test_extend_returns_the_lease_the_broker_applies(broker):
+    await broker.enqueue([task(), task()])
+    a, b = await broker.claim(["q"], 2)
+    assert a.lease_until - a.now == pytest.approx(5.0)
+    assert await broker.extend([a.lease, b.lease]) == [5.0, 5.0]
+    await broker.declare([QueuePolicy("q", lease=0.3)])  # a later deploy shortened it
+    stale = Lease("q", b.id, "not-the-token")
+    assert await broker.extend([a.lease, stale]) == [0.3, None]
+    await broker.ack([a.lease])
+    assert await broker.extend([a.lease]) == [None]
+    await broker.enqueue([task()])
+    (c,) = await broker.claim(["q"], 1)
+    assert c.lease_until - c.now == pytest.approx(0.3)
+
+
+async def test_a_late_ack_wins_whatever_happened_to_the_task(broker, raw):
+    await broker.declare([QueuePolicy("q", lease=0.2, dedup_window=60)])
+    other = task(name="kept")
+    await broker.enqueue([task(name="n1"), task(), task(), other])
+    got = {c.id: c for c in await broker.claim(["q"], 4)}
+    first = next(c for c in got.values() if c.name == "n1")
+    rest = [c for c in got.values() if c.id not in (first.id, other.id)]
+    await asyncio.sleep(0.25)
+    # re-leased to another worker, left ready, and dead-lettered after the expiry
+    (retaken,) = [c for c in await broker.claim(["q"], 1)]
+    ids = {retaken.id}
+    for c in await broker.claim(["q"], 10):
+        if c.id == rest[0].id or c.id == other.id:
+            await broker.release([c.lease])
+        else:
+            ids.add(c.id)
+            assert await broker.dead_letter(c.lease, "worker died", "")
+    leases = [c.lease for c in got.values() if c.id != other.id]
+    await broker.ack([*leases, Lease("q", "no-such-id", "t")])
+    s = await broker.stats("q")
+    assert (s.ready, s.leased, s.dead) == (1, 0, 0)  # only `other`, released, is left
+    # the acked name stays reserved for the dedup window
+    assert await broker.enqueue([task(name="n1")]) == [False]
+    k_tasks = QueueKeys.of(broker.prefix, "q").keys[3]
+    assert raw.hlen(k_tasks) == 1
+    # max_concurrent counts what is really leased: nothing now
+    await broker.declare([QueuePolicy("q", lease=5, max_concurrent=1)])
+    assert [c.id for c in await broker.claim(["q"], 5)] == [other.id]
+
+
+async def test_release_with_a_delay(broker):
+    await broker.enqueue([task()])
+    (c,) = await broker.claim(["q"], 1)
+    for bad in (-1, float("nan"), float("inf"), "1", True, None):
+        with pytest.raises(ConfigError, match="delay"):
+            await broker.release([c.lease], bad)
+    await broker.release([Lease("q", c.id, "stale")], 0)  # ignored
+    assert (await broker.stats("q")).leased == 1
+    await broker.release([c.lease], 0.3)
+    s = await broker.stats("q")
+    assert (s.scheduled, s.leased) == (1, 0)
+    assert await broker.claim(["q"], 1) == []
+    await asyncio.sleep(0.32)
+    (again,) = await broker.claim(["q"], 1)
+    assert again.attempt == 1  # not counted
+
+
+async def test_enqueue_is_idempotent_by_id_in_every_state(broker):
+    ready, later, leased, dead = task(), task(delay=60), task(name="a"), task()
+    assert await broker.enqueue([leased, dead]) == [True, True]
+    got = {c.id: c for c in await broker.claim(["q"], 2)}
+    assert await broker.dead_letter(got[dead.id].lease, "x", "")
+    assert await broker.enqueue([ready, later]) == [True, True]
+    before = await broker.stats("q")
+    again = [ready, later, leased, dead, ready]
+    assert await broker.enqueue(again) == [True] * 5
+    assert [broker.enqueue_blocking([t]) for t in again] == [[True]] * 5
+    assert await broker.enqueue([leased]) == [True]
+    after = await broker.stats("q")
+    assert (after.ready, after.scheduled, after.leased, after.dead) == (
+        before.ready,
+        before.scheduled,
+        before.leased,
+        before.dead,
+    )
+
+
+async def test_stats_carry_the_enforced_policy(url):
+    b = RedisBroker(url)
+    await b.open()
+    try:
+        assert (await b.stats("fresh")).policy is None
+        await b.declare([QueuePolicy("fresh", rate=2.0, max_concurrent=3, lease=7.5)])
+        p = (await b.stats("fresh")).policy
+        assert (p.rate, p.bucket, p.max_concurrent, p.lease, p.dedup_window) == (
+            2.0,
+            2.0,
+            3,
+            7.5,
+            3600.0,
+        )
+        await b.declare([QueuePolicy("fresh", dedup_window=10)])
+        p = (await b.stats("fresh")).policy
+        assert (p.rate, p.bucket, p.max_concurrent, p.lease, p.dedup_window) == (
+            None,
+            None,
+            None,
+            60.0,
+            10.0,
+        )
+    finally:
+        await b.close()
+
+
+async def test_dead_letters_limit_is_checked_before_any_io():
+    b = RedisBroker("redis://127.0.0.1:1/0?prefix=nowhere")  # never opened
+    for bad in (-1, 10_001, 1.5, "10", True, None):
+        with pytest.raises(ConfigError, match="limit"):
+            await b.dead_letters("q", bad)
+    assert await b.dead_letters("q", 0) == []
+
+
+# -- errors by who is at fault --------------------------------------------------------------
+
+
+async def test_a_request_redis_rejects_is_broker_refused(broker, raw):
+    await broker.enqueue([task()])
+    (c,) = await broker.claim(["q"], 1)
+    with pytest.raises(BrokerRefused, match="position 3"):
+        await broker.retry(c.lease, 0, "bad\ud800text")
+    with pytest.raises(BrokerRefused, match="position"):
+        await broker.dead_letter(c.lease, "ok", "tb \udfff")
+    with pytest.raises(BrokerRefused):
+        await broker.enqueue([task(name="\ud800")])
+    with pytest.raises(BrokerRefused):
+        broker.enqueue_blocking([task(name="\ud800")])
+    s = await broker.stats("q")
+    assert (s.ready, s.leased, s.dead) == (0, 1, 0)  # nothing happened
+    assert await broker.extend([c.lease]) == [5.0]
+    # an error reply that is no outage: a key of the wrong type under the queue's prefix
+    raw.set(QueueKeys.of(broker.prefix, "bad").keys[0], "not a hash")
+    with pytest.raises(BrokerRefused, match=r"claim.*WRONGTYPE"):
+        await broker.claim(["bad"], 1)
+
+
+@pytest.fixture
+def small_server(tmp_path):
+    """A redis-server of this test's own with 2 MB of memory and no eviction."""
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.skip("redis-server not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--maxmemory", "2mb", "--maxmemory-policy", "noeviction", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if redis.Redis(port=port).ping():
+                break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+async def test_a_full_server_is_broker_full_and_nothing_is_half_done(small_server):
+    b = RedisBroker(f"redis://127.0.0.1:{small_server}/0?prefix=full")
+    await b.open()
+    try:
+        await b.declare([QueuePolicy("q", lease=30)])
+        sent = 0
+        with pytest.raises(BrokerFull, match=r"out of memory.*maxmemory"):
+            for _ in range(200):
+                await b.enqueue([task(payload=b"x" * 50_000)])
+                sent += 1
+        before = await b.stats("q")
+        assert before.ready == sent > 0
+        with pytest.raises(BrokerFull):
+            await b.enqueue([task(payload=b"x" * 50_000, name=f"n{i}") for i in range(5)])
+        with pytest.raises(BrokerFull):
+            b.enqueue_blocking([task(payload=b"x" * 50_000)])
+        assert (await b.stats("q")).ready == sent
+        # workers keep going (claim, extend, ack all free memory or need none): the queue
+        # drains, and sends succeed again
+        got = await b.claim(["q"], 100)
+        assert len(got) == sent
+        assert await b.extend([got[0].lease]) == [30.0]
+        await b.ack([c.lease for c in got])
+        assert await b.enqueue([task()]) == [True]
+    finally:
+        await b.close()
+
+
+# -- URLs: faults found when the broker is built, or at open() ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://", "no host"),
+        ("redis://:6379/0", "no host"),
+        ("redis://127.0.0.1:6379/abc", "database 'abc'"),
+        ("redis://127.0.0.1:6379/-1", "database '-1'"),
+        ("redis://127.0.0.1:6379/0?db=x", "db='x'"),
+        ("redis://127.0.0.1:6379/0?prefx=a", "did you mean 'prefix'"),
+        ("redis://127.0.0.1:6379/0?socket_timeuot=1", "did you mean 'socket_timeout'"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout='soon'"),
+        ("redis://127.0.0.1:99999/0", "port"),
+        ("redis://127.0.0.1:port/0", "port"),
+        ("redis+cluster://127.0.0.1:7000/2", "database 0 only"),
+        ("redis://127.0.0.1/0?prefix={x}", "braces"),
+    ],
+)
+def test_url_faults_fail_at_construction(url, says):
+    with pytest.raises(BrokerURLError, match=says) as err:
+        broker_from_url(url)
+    assert "\n" not in str(err.value)
+
+
+async def test_a_database_the_server_lacks_fails_at_open_with_the_count():
+    url = REDIS_URL.rsplit("/", 1)[0] + "/99?prefix=nodb"
+    b = broker_from_url(url)
+    t = time.monotonic()
+    with pytest.raises(BrokerURLError, match=r"database 99 does not exist.* 16 databases"):
+        await b.open()
+    assert time.monotonic() - t < 2
+    await b.close()
+
+
+async def test_a_wrong_password_fails_at_open(tmp_path):
+    import shutil
+    import socket
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.skip("redis-server not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--requirepass", "sesame", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port, password="sesame").ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        for creds in (":wrong@", ""):
+            b = broker_from_url(f"redis://{creds}127.0.0.1:{port}/0?prefix=pw")
+            with pytest.raises(BrokerURLError, match="password"):
+                await b.open()
+            await b.close()
+        good = broker_from_url(f"redis://:sesame@127.0.0.1:{port}/0?prefix=pw")
+        await good.open()
+        await good.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# -- hand-offs a worker cannot start, and workers killed while parked --------------------
+
+
+async def test_a_refused_hand_off_is_released_at_once_uncounted(broker, url):
+    other = RedisBroker(url)
+    await other.open()
+    try:
+        broker.on_handoff = lambda got: False  # no free slot (or stopping)
+        assert await broker.claim(["q"], 10) == []  # a worker's empty claim parks it
+        w = asyncio.create_task(broker.wait(["q"], 2))
+        await asyncio.sleep(0.05)
+        sent = task()
+        await other.enqueue([sent])
+        await asyncio.wait_for(w, 1)
+        s = await other.stats("q")
+        assert (s.ready, s.leased) == (1, 0)  # given back, not left leased un-heartbeated
+        (c,) = await other.claim(["q"], 10)
+        assert (c.id, c.attempt, c.expired) == (sent.id, 1, False)
+    finally:
+        await other.close()
+
+
+async def _killed_while_parked(url: str) -> RedisBroker:
+    """A worker's broker that parked (its empty claim) and then died: its connections are
+    gone, nothing unparked it or gave anything back."""
+    dead = RedisBroker(url)
+    await dead.open()
+    dead.on_handoff = lambda got: True
+    assert await dead.claim(["q"], 10) == []
+    dead._park.queues.clear()  # so close() neither unparks nor gives back: a kill -9
+    await dead.close()
+    return dead
+
+
+async def test_a_hand_off_to_a_killed_worker_costs_no_attempt(broker, url):
+    await broker.declare([QueuePolicy("q", lease=0.3)])
+    await _killed_while_parked(url)
+    sent = task()
+    await broker.enqueue([sent])
+    s = await broker.stats("q")
+    assert s.leased == 1  # handed to the dead worker: its inbox holds it, unread
+    await asyncio.sleep(0.35)
+    (c,) = await broker.claim(["q"], 10)
+    # that lease was no attempt: the task never ran (with limit=0 it must not be buried)
+    assert (c.id, c.attempt, c.expired) == (sent.id, 1, False)
+    await broker.ack([c.lease])
+
+
+async def test_a_hand_off_read_by_a_worker_that_then_died_counts(broker, url):
+    await broker.declare([QueuePolicy("q", lease=0.3)])
+    reader = RedisBroker(url)
+    await reader.open()
+    w = await _parked(reader, ["q"])
+    sent = task()
+    await broker.enqueue([sent])
+    await asyncio.wait_for(w, 1)  # read: it may have started, and crashed the worker
+    reader._park.queues.clear()
+    reader._park.handed.clear()
+    await reader.close()
+    await asyncio.sleep(0.35)
+    (c,) = await broker.claim(["q"], 10)
+    assert (c.id, c.attempt, c.expired) == (sent.id, 2, True)
+
+
+async def test_a_killed_parked_worker_stops_receiving_hand_offs_soon(broker, url):
+    from offload.brokers.redis.park import CLAIM_PARK_TTL
+
+    await _killed_while_parked(url)
+    await asyncio.sleep(CLAIM_PARK_TTL + 0.05)
+    broker.enqueue_blocking([task()])
+    s = await broker.stats("q")
+    assert (s.ready, s.leased) == (1, 0)
+    assert CLAIM_PARK_TTL <= 1.5

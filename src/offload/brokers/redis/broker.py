@@ -13,32 +13,29 @@ its claim: one hop from send to start instead of a wake-up and a claim. The work
 claim unparks it and takes back anything handed to it meanwhile; :meth:`RedisBroker.close`
 gives such tasks back. With nobody parked, nobody is blocked, and enqueue wakes no one.
 
-A connection failure raises :class:`~offload.errors.BrokerUnavailable` naming the server;
-the next call connects again. Writes are never retried blindly (a repeated claim would
-hide tasks until their lease ends); idempotent reads retry three times with backoff.
-The synchronous :meth:`RedisBroker.enqueue_blocking` serves the App's sync facade.
+Connections and script calls are in :mod:`.calls`, errors by who is at fault in
+:mod:`.faults` (an outage raises :class:`~offload.errors.BrokerUnavailable` naming the
+server, and the next call connects again), URLs in :mod:`.url`. The synchronous
+:meth:`RedisBroker.enqueue_blocking` serves the App's sync facade.
 
 ``?prefix=name`` namespaces every key (default ``offload``), so several apps or tests can
-share one server. Other query arguments are redis-py's (``?socket_timeout=5``, ...).
+share one server. Other query arguments are redis-py's connection options (see
+:data:`.url.OPTIONS`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio as _aredis
-from redis.asyncio.retry import Retry as _AsyncRetry
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError as _ConnError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as _Timeout
+from redis.exceptions import NoScriptError
 
 from ...core.policy import QueuePolicy
-from ...errors import BrokerError, BrokerUnavailable
+from ...errors import BrokerError, ConfigError
 from ..base import (
     Capabilities,
     Claimed,
@@ -48,11 +45,9 @@ from ..base import (
     QueueStats,
     TaskMetrics,
 )
-from .park import Parking
+from .calls import ScriptCalls
+from .park import PARK_MARGIN, Parking
 from .scripts import (
-    CommandPacker,
-    QueueKeys,
-    Script,
     claimed_from,
     dead_from,
     enqueue_args,
@@ -61,50 +56,44 @@ from .scripts import (
     metrics_key,
     parked_delay,
     record_args,
-    scripts,
-    split_url,
     stats_from,
 )
 from .sync import SyncScripts
-from .wait import SOCKET_TIMEOUT, BlockingConnection, blpop, blpop_cluster, probe
+from .url import parse_url
+from .wait import BlockingConnection, blpop, blpop_cluster
 
 __all__ = ["RedisBroker"]
 
-_UNAVAILABLE = (_ConnError, _Timeout, OSError)
 _MAX_BLOCK = 20.0  # longest single block, below SOCKET_TIMEOUT; waking early is allowed
+# Longest block while parked: a worker killed while parked is passed over by hand-offs once
+# its park ends, so parks are short and a longer wait returns early (which is allowed).
+_PARKED_BLOCK = 2.0
 _PURGE_BATCH = 5000
+_MAX_DEAD_LETTERS = 10_000
 
 
-class RedisBroker:
+class RedisBroker(ScriptCalls):
     """A broker on one Redis server or a Redis Cluster. Open it before use; the
-    synchronous :meth:`enqueue_blocking` needs no open (it has its own connections)."""
+    synchronous :meth:`enqueue_blocking` needs no open (it has its own connections).
+    A URL fault that needs no I/O to see raises :class:`~offload.errors.BrokerURLError`
+    here."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self._redis_url, self.prefix, self._cluster, self._where = split_url(url)
+        super().__init__(url, parse_url(url))
         self.capabilities = Capabilities(
             inline=False, cluster=self._cluster, handoff=not self._cluster
         )
-        self._scripts = scripts()
-        self._keys: dict[str, QueueKeys] = {}
-        self._r: Any = None
         self._sync: Any = None
         self._sync_lock = threading.Lock()
         self._rr = itertools.count()
-        self._packer = CommandPacker()
-        self._fast: Any = None
-        self._fast_lock = asyncio.Lock()
         self._blocking: BlockingConnection | None = None
         self._cleanups: set[asyncio.Future] = set()
         self._park = Parking(self._cluster)
-        self._read_retry = _AsyncRetry(
-            ExponentialBackoff(cap=0.25, base=0.01), 3, supported_errors=(BrokerUnavailable,)
-        )
 
     @property
     def on_handoff(self) -> Callable[[list[Claimed]], bool] | None:
         """Set by a worker: called with tasks handed to it while it waits, to start them at
-        once; returns False to have them returned by the next claim instead."""
+        once (True); False gives them back at once, uncounted (HandoffReceiver)."""
         return self._park.on_handoff
 
     @on_handoff.setter
@@ -113,45 +102,18 @@ class RedisBroker:
 
     # -- connections ---------------------------------------------------------------------
 
-    def _unavailable(self, exc: BaseException) -> BrokerUnavailable:
-        return BrokerUnavailable(
-            f"cannot reach Redis at {self._where} ({type(exc).__name__}: {exc}); check that "
-            f"the server is running and that the broker URL is right; the call did not "
-            "complete, so retry it once Redis is back (enqueue is idempotent by task id)"
-        )
-
-    def _client_kwargs(self) -> dict[str, Any]:
-        return {"socket_connect_timeout": 5.0, "socket_timeout": SOCKET_TIMEOUT}
-
     async def open(self) -> None:
-        if self._r is None:
-            if self._cluster:
-                self._r = _aredis.RedisCluster.from_url(self._redis_url, **self._client_kwargs())
-            else:
-                # No blind retries: a claim repeated after a lost reply would lease tasks
-                # nobody runs until the lease ends. Reads retry explicitly (_read).
-                self._r = _aredis.Redis.from_url(
-                    self._redis_url, retry=_AsyncRetry(NoBackoff(), 0), **self._client_kwargs()
-                )
-        try:
-            await self._load_scripts()
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
+        await self._connect()
 
     async def close(self) -> None:
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         if self._r is not None and (self._park.queues or self._park.handed):
             await self._give_back()
-        r, self._r = self._r, None
-        fast, self._fast = self._fast, None
-        if fast is not None:
-            await fast.disconnect()
         blocking, self._blocking = self._blocking, None
         if blocking is not None:
             await blocking.close()
-        if r is not None:
-            await r.aclose()
+        await self._close_calls()
         with self._sync_lock:
             s, self._sync = self._sync, None
         if s is not None:
@@ -169,91 +131,6 @@ class RedisBroker:
             await self.release([c.lease for c in handed])
         except BrokerError:
             pass  # unreachable: those leases run out and the tasks are claimed again
-
-    async def _load_scripts(self) -> None:
-        for s in self._scripts.values():
-            await self._r.script_load(s.source)
-
-    def _client(self) -> Any:
-        if self._r is None:
-            raise BrokerError(f"Redis broker {self.url!r} is not open: call open() first")
-        return self._r
-
-    def _qkeys(self, queue: str) -> QueueKeys:
-        k = self._keys.get(queue)
-        if k is None:
-            k = self._keys[queue] = QueueKeys.of(self.prefix, queue)
-        return k
-
-    # -- script calls --------------------------------------------------------------------
-
-    async def _eval(self, name: str, queue: str, args: Sequence[Any] = ()) -> Any:
-        """Run one per-queue script; raise BrokerUnavailable when Redis can't be reached."""
-        r = self._client()
-        s = self._scripts[name]
-        keys = self._qkeys(queue).keys
-        try:
-            try:
-                return await self._evalsha(r, s, keys, args)
-            except NoScriptError:
-                # SCRIPT FLUSH or a restarted server: load everything again, then once more.
-                await self._load_scripts()
-                return await self._evalsha(r, s, keys, args)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        except ResponseError as exc:
-            raise BrokerError(f"Redis at {self._where} refused script {name!r}: {exc}") from exc
-
-    async def _evalsha(self, r: Any, s: Script, keys: tuple[str, ...], args: Sequence[Any]) -> Any:
-        if self._cluster or self._fast_lock.locked():
-            return await r.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
-        # Calls one at a time (the common case) share one connection outside the pool,
-        # packed by hand: redis-py's pool checkout costs more than the script runs.
-        # Concurrent calls go through the pool above, in parallel.
-        async with self._fast_lock:
-            conn = self._fast
-            if conn is None:
-                pool = r.connection_pool
-                conn = self._fast = pool.connection_class(**pool.connection_kwargs)
-            elif conn.is_connected and await probe(conn):
-                await conn.disconnect()  # closed by the server: reconnect
-            try:
-                await conn.send_packed_command([self._packer.evalsha(s, keys, args)])
-                return await conn.read_response()
-            except ResponseError:
-                raise  # the reply was read whole: the connection is fine
-            except BaseException:
-                await conn.disconnect()  # a reply may be pending: never reuse as is
-                raise
-
-    async def _eval_many(self, name: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list:
-        """One script on several queues, pipelined (one round trip on a single server)."""
-        if len(calls) == 1:
-            return [await self._eval(name, *calls[0])]
-        r = self._client()
-        s = self._scripts[name]
-        try:
-            pipe = r.pipeline(transaction=False)
-            for queue, args in calls:
-                keys = self._qkeys(queue).keys
-                pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        out = []
-        for (queue, args), res in zip(calls, results, strict=True):
-            if isinstance(res, NoScriptError):
-                res = await self._eval(name, queue, args)
-            elif isinstance(res, _UNAVAILABLE):
-                raise self._unavailable(res)
-            elif isinstance(res, RedisError):
-                raise BrokerError(f"Redis at {self._where} refused script {name!r}: {res}")
-            out.append(res)
-        return out
-
-    async def _read(self, fn: Callable[[], Any]) -> Any:
-        """Run an idempotent read, retrying a dropped connection with backoff."""
-        return await self._read_retry.call_with_retry(fn, lambda _e: asyncio.sleep(0))
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -366,23 +243,29 @@ class RedisBroker:
         args = (lease.id, lease.token, repr(float(delay)), error)
         return bool(await self._eval("retry", lease.queue, args))
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease], delay: float = 0.0) -> None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+            raise ConfigError(f"release(delay={delay!r}): delay must be a number of seconds")
+        if not math.isfinite(delay) or delay < 0:
+            raise ConfigError(f"release(delay={delay!r}): delay must be finite and 0 or more")
         if leases:
-            await self._eval_many("release", list(self._lease_groups(leases).items()))
+            at = repr(float(delay))
+            groups = self._lease_groups(leases)
+            await self._eval_many("release", [(q, [at, *pairs]) for q, pairs in groups.items()])
 
     async def dead_letter(self, lease: Lease, error: str, traceback: str) -> bool:
         args = (lease.id, lease.token, error, traceback)
         return bool(await self._eval("dead_letter", lease.queue, args))
 
-    async def extend(self, leases: Sequence[Lease]) -> list[bool]:
+    async def extend(self, leases: Sequence[Lease]) -> list[float | None]:
         if not leases:
             return []
         groups = self._lease_groups(leases)
         replies = await self._eval_many("extend", list(groups.items()))
-        held = {}
+        held: dict[tuple[str, str, str], float | None] = {}
         for (queue, pairs), reply in zip(groups.items(), replies, strict=True):
-            for j, ok in enumerate(reply):
-                held[(queue, pairs[2 * j], pairs[2 * j + 1])] = bool(ok)
+            for j, us in enumerate(reply):
+                held[(queue, pairs[2 * j], pairs[2 * j + 1])] = None if us is None else us / 1e6
         return [held[(le.queue, le.id, le.token)] for le in leases]
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -391,12 +274,12 @@ class RedisBroker:
             return
         if self._park.handed:
             return  # handed to us already: the next claim returns them
-        timeout = min(timeout, _MAX_BLOCK)
+        timeout = min(timeout, _MAX_BLOCK if self._cluster else _PARKED_BLOCK)
         # Park: until the next claim, enqueue may lease a task to us (or wake us). The
         # claim just before has usually done it already.
         delays = self._park.parked_by_claim(queues, timeout)
         if delays is None:
-            park, before = self._park.park(queues, timeout + 1.0)
+            park, before = self._park.park(queues, timeout + PARK_MARGIN)
             delays = await self._read(lambda: self._eval_many("peek", [(q, park) for q in queues]))
             self._park.peeked(queues, delays, before)
         soonest = min((d / 1e6 for d in delays if d >= 0), default=None)
@@ -411,31 +294,45 @@ class RedisBroker:
         try:
             if self._cluster:
                 await blpop_cluster(self._client(), wake, timeout)
-            else:
-                keys = [*self._park.inboxes(self._qkeys), *wake]
-                r = self._client()
-                conns = self._blocking = self._blocking or BlockingConnection(r)
-                popped = await blpop(r, conns, keys, timeout, self._cleanups, self._abandoned)
-                if popped:
-                    self._park.take(popped)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        except ResponseError as exc:  # e.g. an ACL that denies CLIENT ID / CLIENT UNBLOCK
-            raise BrokerError(
-                f"Redis at {self._where} refused a blocking wait: {exc}; the broker needs "
-                "BLPOP, CLIENT ID and CLIENT UNBLOCK on its connections"
-            ) from exc
+                return
+            keys = [*self._park.inboxes(self._qkeys), *wake]
+            r = self._client()
+            conns = self._blocking = self._blocking or BlockingConnection(r)
+            popped = await blpop(r, conns, keys, timeout, self._cleanups, self._abandoned)
+        except Exception as exc:
+            self._park.pre.clear()  # the server may have lost our park (a restart)
+            raise self._faults.error("a blocking wait (BLPOP)", exc) from exc
+        if popped:
+            await self._taken(popped)
+
+    async def _taken(self, popped: tuple[bytes, bytes]) -> bool:
+        """Pass on what a BLPOP popped; False when it was a wake-up token. A hand-off the
+        worker cannot start now goes back at once, uncounted, for any worker to claim: it
+        would not be heartbeated here, and its lease would run out under a second runner."""
+        taken, refused = self._park.take(popped)
+        if refused:
+            await self.release([c.lease for c in refused])
+        return taken
 
     async def _abandoned(self, popped: tuple[bytes, bytes]) -> None:
         # A wake-up token taken by a wait nobody awaits any more: another idle worker's.
-        if not self._park.take(popped):
-            await self._client().execute_command("LPUSH", popped[0], popped[1])
+        if not await self._taken(popped):
+            await self._command("waking another worker", "LPUSH", popped[0], popped[1])
 
     async def stats(self, queue: str) -> QueueStats:
         return stats_from(queue, await self._read(lambda: self._eval("stats", queue)))
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        if limit <= 0:
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 0 <= limit <= _MAX_DEAD_LETTERS
+        ):
+            raise ConfigError(
+                f"dead_letters(limit={limit!r}): limit must be an int from 0 to "
+                f"{_MAX_DEAD_LETTERS:,}; page through more with requeue_dead or delete"
+            )
+        if limit == 0:
             return []
         reply = await self._read(lambda: self._eval("dead_letters", queue, (limit,)))
         return dead_from(queue, reply)
@@ -458,7 +355,7 @@ class RedisBroker:
 
     async def delete(self, queue: str, *, id: str | None = None, name: str | None = None) -> bool:
         if id is None and name is None:
-            raise ValueError("delete() needs id= or name=")
+            raise ConfigError("delete() needs id= or name=")
         return bool(await self._eval("delete", queue, (id or "", name or "")))
 
     async def record(self, metrics: Sequence[TaskMetrics]) -> None:
@@ -478,24 +375,18 @@ class RedisBroker:
                     await r.execute_command("EVALSHA", s.sha, 1, key, *record_args(m))
                 elif isinstance(res, Exception):
                     raise res
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
+        except Exception as exc:
+            raise self._faults.error("recording metrics", exc) from exc
 
     async def metrics(self) -> list[TaskMetrics]:
-        async def read() -> dict:
-            try:
-                return await self._client().hgetall(metrics_key(self.prefix))
-            except _UNAVAILABLE as exc:
-                raise self._unavailable(exc) from exc
-
-        return metrics_from(await read())
+        raw = await self._read(
+            lambda: self._command("reading metrics", "HGETALL", metrics_key(self.prefix))
+        )
+        return metrics_from(raw)
 
     async def now(self) -> float:
-        try:
-            sec, usec = await self._client().time()
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        return sec + usec / 1e6
+        sec, usec = await self._command("reading the clock", "TIME")
+        return int(sec) + int(usec) / 1e6
 
     # -- synchronous producer path --------------------------------------------------------
 
@@ -507,11 +398,9 @@ class RedisBroker:
             return []
         with self._sync_lock:
             if self._sync is None:
-                self._sync = SyncScripts(self._redis_url, self._cluster, self._client_kwargs())
+                self._sync = SyncScripts(self._url.redis_url, self._cluster, self._client_kwargs())
             sync = self._sync
         try:
             return sync.enqueue(self._scripts["enqueue"], lambda q: self._qkeys(q).keys, tasks)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
-        except ResponseError as exc:
-            raise BrokerError(f"Redis at {self._where} refused to enqueue: {exc}") from exc
+        except Exception as exc:
+            raise self._faults.error("enqueue", exc) from exc

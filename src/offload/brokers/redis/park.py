@@ -18,10 +18,16 @@ from typing import Any
 from ..base import Claimed
 from .scripts import QueueKeys, handed_from
 
-__all__ = ["Parking"]
+__all__ = ["CLAIM_PARK_TTL", "PARK_MARGIN", "Parking"]
 
+# A worker killed while parked receives hand-offs until its park ends (those tasks wait for
+# their lease to run out; the claim that takes them over then does not count that lease as
+# an attempt), so parks are kept short: the wait that follows a claim, plus a margin for
+# the round trip between the park and the block.
 #: how long a claim that found nothing parks its worker: its wait follows at once
-CLAIM_PARK_TTL = 3.0
+CLAIM_PARK_TTL = 1.5
+#: how much longer than its block a wait parks its worker
+PARK_MARGIN = 0.25
 
 
 class Parking:
@@ -62,20 +68,22 @@ class Parking:
             out.append(key)
         return out
 
-    def take(self, popped: tuple[bytes, bytes]) -> bool:
-        """Take a hand-off a BLPOP read (False: it read a wake-up token). The enqueue that
-        made it unparked us from its queue. The worker starts the tasks now if it can;
-        otherwise, or while parked elsewhere (the claim that unparks us there must come
-        first), the next claim returns them."""
+    def take(self, popped: tuple[bytes, bytes]) -> tuple[bool, list[Claimed]]:
+        """Take a hand-off a BLPOP read: (False, []) when it read a wake-up token; else
+        True and the tasks the worker refused, which the caller must release at once. The
+        enqueue that made it unparked us from its queue. A worker (``on_handoff`` set)
+        starts the tasks now or refuses them; for a plain consumer the next claim returns
+        them."""
         queue = self._inbox_queue.get(popped[0].decode())
         if queue is None:
-            return False
+            return False, []
         got = handed_from(queue, popped[1])
         self.queues.discard(queue)
         sink = self.on_handoff
-        if sink is None or self.queues or self.handed or not sink(got):
+        if sink is None:
             self.handed += got
-        return True
+            return True, []
+        return True, [] if sink(got) else got
 
     def take_handed(self, limit: int) -> tuple[list[Claimed], bool]:
         """Up to ``limit`` handed tasks for a claim, and whether the claim still needs a
@@ -112,7 +120,7 @@ class Parking:
             if got is None or q not in self.queues:
                 return None
             delay, at = got
-            if now - at + timeout + 1.0 > CLAIM_PARK_TTL:
+            if now - at + timeout + PARK_MARGIN > CLAIM_PARK_TTL:
                 return None
             out.append(delay if delay < 0 else max(0, delay - int((now - at) * 1e6)))
         return out

@@ -10,7 +10,8 @@ Key layout (``P`` the URL's ``?prefix=``, default ``offload``; ``Q`` the queue):
     {P:Q}:q       hash  policy (rate, cap, mc, lease, dedup), paused, bucket (tok, ts), seq
     {P:Q}:due     zset  ready tasks by visible_at (a future score: scheduled)
     {P:Q}:leased  zset  leased tasks by lease expiry
-    {P:Q}:tasks   hash  id -> record (msgpack: state, attempts, ..., payload)
+    {P:Q}:tasks   hash  id -> record (msgpack: state, attempts, ..., payload, ..., the
+                        parked worker its lease was handed to)
     {P:Q}:dead    zset  dead tasks by failed_at
     {P:Q}:names   hash  name -> id while the named task exists
     {P:Q}:nexp    zset  name -> end of its dedup window after the task was removed
@@ -33,10 +34,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ...errors import BrokerURLError
-from ..base import Claimed, DeadLetter, NewTask, QueueStats, TaskMetrics
+from ..base import Claimed, DeadLetter, EnforcedPolicy, NewTask, QueueStats, TaskMetrics
 
 __all__ = [
     "CommandPacker",
@@ -50,7 +49,7 @@ __all__ = [
     "metrics_from",
     "parked_delay",
     "scripts",
-    "split_url",
+    "stats_from",
 ]
 
 _LUA = Path(__file__).with_name("lua")
@@ -62,6 +61,7 @@ _ENQUEUE_CHUNK = 1000  # tasks per script call: bounds the time one script holds
 _SEP = "\x1f"
 _LEN = struct.Struct(">I")
 _US = 1_000_000  # the scripts' times are integer microseconds
+_DEFAULT_DEDUP = 3600.0  # DEFAULT_DEDUP in _lib.lua
 _METRIC_FIELDS = (
     "count",
     "failures",
@@ -115,7 +115,13 @@ def scripts() -> dict[str, Script]:
     out = {}
     for name in [*_QUEUE_SCRIPTS, "record"]:
         body = (_LUA / f"{name}.lua").read_text()
-        source = body if name == "record" else _with_lib(lib, body)
+        if name != "record":
+            # The shebang (Redis 7 script flags, e.g. allow-oom) must stay the first line.
+            flags, _, rest = body.partition("\n") if body.startswith("#!") else ("", "", body)
+            body = _with_lib(lib, rest)
+            source = f"{flags}\n{body}" if flags else body
+        else:
+            source = body
         out[name] = Script(name, source, hashlib.sha1(source.encode()).hexdigest())
     return out
 
@@ -176,12 +182,12 @@ def _s(b: bytes | str) -> str:
 
 def claimed_from(queue: str, reply: list) -> list[Claimed]:
     """Decode claim.lua's reply: {now, lease_until, (id, name, payload, attempts,
-    first_attempt_at, enqueued_at, token)*}, times in integer microseconds; or, from a
-    claim that found nothing and parked the worker, {now, lease_until, delay}."""
+    first_attempt_at, enqueued_at, token, expired)*}, times in integer microseconds; or,
+    from a claim that found nothing and parked the worker, {now, lease_until, delay}."""
     now, until = reply[0] / _US, reply[1] / _US
     out = []
-    for i in range(2, len(reply) if len(reply) != 3 else 2, 7):
-        id_, name, payload, attempts, first, enq, token = reply[i : i + 7]
+    for i in range(2, len(reply) if len(reply) != 3 else 2, 8):
+        id_, name, payload, attempts, first, enq, token, expired = reply[i : i + 8]
         out.append(
             Claimed(
                 id_.decode(),
@@ -194,6 +200,7 @@ def claimed_from(queue: str, reply: list) -> list[Claimed]:
                 now,
                 token.decode(),
                 until,
+                expired == 1,
             )
         )
     return out
@@ -206,8 +213,9 @@ def parked_delay(reply: list) -> int | None:
 
 
 def handed_from(queue: str, blob: bytes) -> list[Claimed]:
-    """Decode a hand-off from a parked worker's inbox: claim.lua's reply fields, each as a
-    4-byte big-endian length and the bytes (encode_fields in ``_lib.lua``)."""
+    """Decode a hand-off from a parked worker's inbox: claim.lua's reply fields but the
+    expired flag (a hand-off never is), each as a 4-byte big-endian length and the bytes
+    (encode_fields in ``_lib.lua``)."""
     fields: list[bytes] = []
     pos, end = 0, len(blob)
     while pos < end:
@@ -218,13 +226,24 @@ def handed_from(queue: str, blob: bytes) -> list[Claimed]:
     reply: list[Any] = [int(fields[0]), int(fields[1])]
     for i in range(2, len(fields), 7):
         id_, name, payload, attempts, first, enq, token = fields[i : i + 7]
-        reply += [id_, name or None, payload, int(attempts), int(first), int(enq), token]
+        reply += [id_, name or None, payload, int(attempts), int(first), int(enq), token, 0]
     return claimed_from(queue, reply)
 
 
 def stats_from(queue: str, reply: list) -> QueueStats:
-    ready, scheduled, leased, dead, paused = reply
-    return QueueStats(queue, ready, scheduled, leased, dead, bool(paused))
+    """Decode stats.lua's reply: counts, pause, and the stored policy (no lease stored:
+    never declared)."""
+    ready, scheduled, leased, dead, paused, rate, cap, mc, lease, dedup = reply
+    policy = None
+    if lease is not None:
+        policy = EnforcedPolicy(
+            rate=None if rate is None else float(rate),
+            bucket=None if cap is None else float(cap),
+            max_concurrent=None if mc is None else int(float(mc)),
+            lease=float(lease),
+            dedup_window=_DEFAULT_DEDUP if dedup is None else float(dedup),
+        )
+    return QueueStats(queue, ready, scheduled, leased, dead, bool(paused), policy)
 
 
 def dead_from(queue: str, reply: list) -> list[DeadLetter]:
@@ -278,34 +297,6 @@ def metrics_from(raw: dict) -> list[TaskMetrics]:
         elif measure in _METRIC_FIELDS:
             setattr(m, measure, v)
     return sorted(by_task.values(), key=lambda m: m.task)
-
-
-def split_url(url: str) -> tuple[str, str, bool, str]:
-    """(redis-py URL, key prefix, cluster?, "host:port") from an offload broker URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    cluster = scheme.endswith("+cluster")
-    base_scheme = scheme.removesuffix("+cluster")
-    if base_scheme not in ("redis", "rediss"):
-        raise BrokerURLError(f"broker URL {url!r}: not a redis:// or rediss:// URL")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = "offload"
-    rest = []
-    for k, v in query:
-        if k == "prefix":
-            prefix = v
-        else:
-            rest.append((k, v))
-    if not prefix or any(c in prefix for c in "{}"):
-        raise BrokerURLError(
-            f"broker URL {url!r}: prefix {prefix!r} must be non-empty, without braces"
-        )
-    try:
-        where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
-    except ValueError as exc:
-        raise BrokerURLError(f"broker URL {url!r}: {exc}") from None
-    clean = urlunsplit((base_scheme, parts.netloc, parts.path, urlencode(rest), ""))
-    return clean, prefix, cluster, where
 
 
 def enqueue_args(tasks: Sequence[NewTask]) -> list:

@@ -40,18 +40,20 @@ local function bound(x, exclusive)
   return (exclusive and '(' or '') .. string.format('%.0f', x)
 end
 
--- A record is ten concatenated msgpack values: state ('r' ready, 'l' leased, 'd' dead),
+-- A record is eleven concatenated msgpack values: state ('r' ready, 'l' leased, 'd' dead),
 -- attempts, first_attempt_at (0: none), enqueued_at, token ('': none), name ('': none),
--- payload (opaque bytes), error, traceback, failed_at (0: none). Fields are only appended.
+-- payload (opaque bytes), error, traceback, failed_at (0: none), and the id of the parked
+-- worker the current lease was handed to ('': claimed, not handed; see take_unread).
+-- Fields are only appended: a record of ten (an older version's) reads with w = ''.
 local function pack(r)
-  return cmsgpack.pack(r.s, r.a, r.f, r.e, r.k, r.n, r.p, r.err, r.tb, r.fa)
+  return cmsgpack.pack(r.s, r.a, r.f, r.e, r.k, r.n, r.p, r.err, r.tb, r.fa, r.w)
 end
 
 local STATES = { r = true, l = true, d = true }
 
 -- The record table; or false, reason when the value is not a record these scripts wrote.
 local function unpack_record(raw)
-  local ok, s, a, f, e, k, n, p, err, tb, fa = pcall(cmsgpack.unpack, raw)
+  local ok, s, a, f, e, k, n, p, err, tb, fa, w = pcall(cmsgpack.unpack, raw)
   if not ok then
     return false, 'not msgpack'
   end
@@ -60,10 +62,12 @@ local function unpack_record(raw)
   end
   if not STATES[s] or type(a) ~= 'number' or type(f) ~= 'number' or type(e) ~= 'number'
       or type(k) ~= 'string' or type(n) ~= 'string' or type(p) ~= 'string'
-      or type(err) ~= 'string' or type(tb) ~= 'string' then
+      or type(err) ~= 'string' or type(tb) ~= 'string'
+      or (w ~= nil and type(w) ~= 'string') then
     return false, 'fields of the wrong type'
   end
-  return { s = s, a = a, f = f, e = e, k = k, n = n, p = p, err = err, tb = tb, fa = fa }
+  return { s = s, a = a, f = f, e = e, k = k, n = n, p = p, err = err, tb = tb, fa = fa,
+           w = w or '' }
 end
 
 -- nil when there is no record; false, reason, raw when it is unreadable.
@@ -119,22 +123,22 @@ local function wake()
   end
 end
 
--- A leased record back to ready, at once and without counting the attempt.
-local function release_record(id, r, now)
-  r.s, r.k, r.a = 'r', '', math.max(0, r.a - 1)
+-- A leased record back to ready (visible at `at`) without counting the attempt.
+local function release_record(id, r, at)
+  r.s, r.k, r.w, r.a = 'r', '', '', math.max(0, r.a - 1)
   if r.a == 0 then
     r.f = 0
   end
   save(id, r)
   redis.call('ZREM', K_LEASED, id)
-  redis.call('ZADD', K_DUE, now, id)
+  redis.call('ZADD', K_DUE, at, id)
 end
 
 -- Dead-letter a record these scripts cannot read, keeping its raw bytes as the payload.
 local function bury_corrupt(id, raw, why, now)
   save(id, { s = 'd', a = 0, f = 0, e = 0, k = '', n = '', p = raw,
              err = 'corrupt task record (' .. why .. '): dead-lettered by the broker',
-             tb = '', fa = now })
+             tb = '', fa = now, w = '' })
   redis.call('ZREM', K_DUE, id)
   redis.call('ZREM', K_LEASED, id)
   redis.call('ZADD', K_DEAD, now, id)
@@ -163,15 +167,16 @@ local function any_due(now)
       or #redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, 1) > 0
 end
 
--- Leases from ARGV (id, token, ...) that are still held: list of {id, record}.
-local function held_leases()
+-- Leases from ARGV (id, token, ...) from ARGV[first] on that are still held: list of
+-- {id, record}.
+local function held_leases(first)
   local ids = {}
-  for i = 1, #ARGV, 2 do
+  for i = first, #ARGV, 2 do
     ids[#ids + 1] = ARGV[i]
   end
   local recs = load_many(ids)
   local out = {}
-  for i = 1, #ARGV, 2 do
+  for i = first, #ARGV, 2 do
     local r = recs[ARGV[i]]
     if r and r.s == 'l' and r.k == ARGV[i + 1] then
       out[#out + 1] = { ARGV[i], r }
@@ -182,8 +187,8 @@ local function held_leases()
 end
 
 -- A claim's reply fields appended to `out`: id, name|false, payload, attempts,
--- first_attempt_at, enqueued_at, token.
-local function append_claimed(out, id, r)
+-- first_attempt_at, enqueued_at, token, expired (1: the claim took over an expired lease).
+local function append_claimed(out, id, r, expired)
   local n = #out
   out[n + 1] = id
   out[n + 2] = r.n ~= '' and r.n or false
@@ -192,21 +197,71 @@ local function append_claimed(out, id, r)
   out[n + 5] = r.f
   out[n + 6] = r.e
   out[n + 7] = r.k
+  out[n + 8] = expired and 1 or 0
+end
+
+local function inbox_key(wid)
+  return string.sub(K_WAKE, 1, -5) .. 'inbox:' .. wid
+end
+
+-- A hand-off as it sits in an inbox: the fields of a claim reply up to each task's token
+-- (a hand-off is never expired), each as a 4-byte big-endian length and the bytes
+-- (numbers as integer text, false as ''), read back by the broker's Python
+-- (scripts.handed_from), by unpark and by take_unread below.
+local function encode_fields(t)
+  local parts = {}
+  for i, v in ipairs(t) do
+    if type(v) == 'number' then
+      v = string.format('%.0f', v)
+    elseif v == false then
+      v = ''
+    end
+    parts[i] = struct.pack('>I4', #v) .. v
+  end
+  return table.concat(parts)
+end
+
+local function decode_fields(blob)
+  local f, pos = {}, 1
+  while pos <= #blob do
+    local n, at = struct.unpack('>I4', blob, pos)
+    f[#f + 1] = string.sub(blob, at, at + n - 1)
+    pos = at + n
+  end
+  return f
+end
+
+-- Whether the lease `token` on task `id`, handed to worker `wid`, still sits unread in the
+-- worker's inbox (the worker died, or stopped, before its BLPOP took it); if so it is
+-- taken out. Such a lease ran out without its task ever running: it is no attempt.
+local function take_unread(wid, id, token)
+  local inbox = inbox_key(wid)
+  for _, blob in ipairs(redis.call('LRANGE', inbox, 0, -1)) do
+    local f = decode_fields(blob)
+    for i = 3, #f, 7 do
+      if f[i] == id and f[i + 6] == token then
+        redis.call('LREM', inbox, 1, blob)
+        return true
+      end
+    end
+  end
+  return false
 end
 
 -- claim(limit) proper, shared by claim.lua and the hand-off in enqueue.lua: lease up to
 -- `limit` claimable tasks, oldest visible_at first. Claimable: in `due` with score <= now,
 -- or in `leased` with an expired lease (its worker died). Honours pause, max_concurrent and
 -- the token bucket. `kept` ({id, record} leases the caller already holds, see unpark) come
--- first, their leases renewed. Returns {now, lease_until, then the fields of append_claimed
--- per task}.
-local function claim_batch(now, t, limit, kept)
+-- first, their leases renewed. Given `wid` (a hand-off to that parked worker), only due
+-- tasks are taken, never an expired lease (a hand-off is never expired), and each record
+-- notes the worker. Returns {now, lease_until, then the fields of append_claimed per task}.
+local function claim_batch(now, t, limit, kept, wid)
   local q = redis.call('HMGET', K_Q, 'paused', 'rate', 'cap', 'mc', 'lease', 'tok', 'ts')
   local until_ = now + (tonumber(q[5]) or DEFAULT_LEASE) * US
   local out = { now, until_ }
   for _, h in ipairs(kept) do
     redis.call('ZADD', K_LEASED, until_, h[1])
-    append_claimed(out, h[1], h[2])
+    append_claimed(out, h[1], h[2], false)
   end
   if q[1] == '1' or limit <= 0 then
     return out
@@ -233,7 +288,10 @@ local function claim_batch(now, t, limit, kept)
   end
   -- Candidates from both sets, merged by score.
   local d = redis.call('ZRANGEBYSCORE', K_DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-  local l = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local l = {}
+  if not wid then
+    l = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  end
   local ids, from_due = {}, {}
   local di, li = 1, 1
   while #ids < limit and (di <= #d or li <= #l) do
@@ -255,7 +313,15 @@ local function claim_batch(now, t, limit, kept)
     local r = recs[id]
     if r then
       claimed = claimed + 1
-      r.s, r.a, r.k = 'l', r.a + 1, prefix .. claimed
+      local expired = not from_due[id]
+      if expired and r.w ~= '' and r.s == 'l' and take_unread(r.w, id, r.k) then
+        -- handed to a worker that never read it: that lease was no attempt
+        expired, r.a = false, r.a - 1
+        if r.a == 0 then
+          r.f = 0
+        end
+      end
+      r.s, r.a, r.k, r.w = 'l', r.a + 1, prefix .. claimed, wid or ''
       if r.f == 0 then
         r.f = now
       end
@@ -266,7 +332,7 @@ local function claim_batch(now, t, limit, kept)
       if from_due[id] then
         zrem[#zrem + 1] = id
       end
-      append_claimed(out, id, r)
+      append_claimed(out, id, r, expired)
     elseif r == nil then -- an index entry without a record: drop it
       local o = from_due[id] and orphans_due or orphans_leased
       o[#o + 1] = id
@@ -295,36 +361,6 @@ local function claim_batch(now, t, limit, kept)
   return out
 end
 
-local function inbox_key(wid)
-  return string.sub(K_WAKE, 1, -5) .. 'inbox:' .. wid
-end
-
--- A hand-off as it sits in an inbox: every field of a claim reply as a 4-byte big-endian
--- length and the bytes (numbers as integer text, false as ''), read back by the broker's
--- Python (redis_lua.handed_from) and by unpark below.
-local function encode_fields(t)
-  local parts = {}
-  for i, v in ipairs(t) do
-    if type(v) == 'number' then
-      v = string.format('%.0f', v)
-    elseif v == false then
-      v = ''
-    end
-    parts[i] = struct.pack('>I4', #v) .. v
-  end
-  return table.concat(parts)
-end
-
-local function decode_fields(blob)
-  local f, pos = {}, 1
-  while pos <= #blob do
-    local n, at = struct.unpack('>I4', blob, pos)
-    f[#f + 1] = string.sub(blob, at, at + n - 1)
-    pos = at + n
-  end
-  return f
-end
-
 -- Tell the parked workers about an enqueue of `n` tasks due now (0: only later ones). Up
 -- to `n` of them, newest parked first, get one task each, leased to them and pushed to
 -- their inbox; if one is left without (a wake-only worker, whose id starts with '~', or a
@@ -342,15 +378,17 @@ local function notify_parked(now, t, n)
     if handed >= n or string.sub(wid, 1, 1) == '~' then
       break
     end
-    local out = claim_batch(now, t, 1, {})
+    local out = claim_batch(now, t, 1, {}, wid)
     if #out == 2 then
       break
     end
     redis.call('ZREM', K_PARKED, wid)
     local inbox = inbox_key(wid)
+    out[#out] = nil -- the expired flag: a hand-off never is
     redis.call('RPUSH', inbox, encode_fields(out))
-    -- a worker that died parked leaves its inbox behind: gone once its leases ran out
-    redis.call('PEXPIRE', inbox, math.floor((out[2] - now) / 1000) + 60000)
+    -- A worker that died parked leaves its inbox behind, read by the claim that takes
+    -- the expired lease over (take_unread); gone an hour after the lease ran out.
+    redis.call('PEXPIRE', inbox, math.floor((out[2] - now) / 1000) + 3600000)
     handed = handed + 1
   end
   if handed < #parked then

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- claim(limit, wid, park_wid, ttl): lease up to `limit` claimable tasks of this queue
 -- (claim_batch in _lib.lua). Given the id of a worker that parked on this queue (`wid`), it
 -- first unparks it and returns what enqueue handed to its inbox in the meantime. Returns

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- dead_letter(id, token, error, traceback): move a leased task to the dead letters; its
 -- name stays reserved. Returns 1, or 0 when the lease was lost.
 local id = ARGV[1]

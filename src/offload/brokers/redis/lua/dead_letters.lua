@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- dead_letters(limit): oldest first by failed_at; per task id, name|false, payload,
 -- attempts, error, traceback, failed_at. Read only.
 local ids = redis.call('ZRANGE', K_DEAD, 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')

@@ -1,3 +1,4 @@
+#!lua
 -- declare(rate, cap, mc, lease, dedup): store the queue's policy; '' clears a limit. The
 -- token bucket state (tok, ts) and pause flag are kept.
 local fields = { 'rate', 'cap', 'mc', 'lease', 'dedup' }

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- delete(id, name): delete one task in any state, found by id (or by name when id is '');
 -- its name stays reserved for the dedup window. Returns 1, or 0 when there is no such task.
 local id = ARGV[1]

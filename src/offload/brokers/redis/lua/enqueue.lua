@@ -1,3 +1,4 @@
+#!lua
 -- enqueue(id, name, payload, eta, delay, ...): five arguments per task. `eta` is epoch
 -- seconds ('' : now + `delay` seconds); `name` '' : none. Returns per task 1 (created, or
 -- that id exists already: enqueue is idempotent by id) or 0 (the name exists in the queue

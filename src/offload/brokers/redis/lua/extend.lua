@@ -1,6 +1,10 @@
--- extend(id, token, ...): renew held leases by the queue's lease. Returns 1/0 per lease.
+#!lua flags=allow-oom
+-- extend(id, token, ...): renew held leases by the queue's lease as stored now. Returns per
+-- lease that lease in microseconds (the holder times its next heartbeat from it), or
+-- false (nil) when the lease is no longer held.
 local now = clock()
-local until_ = now + (tonumber(redis.call('HGET', K_Q, 'lease')) or DEFAULT_LEASE) * US
+local lease = math.floor((tonumber(redis.call('HGET', K_Q, 'lease')) or DEFAULT_LEASE) * US + 0.5)
+local until_ = now + lease
 local ids = {}
 for i = 1, #ARGV, 2 do
   ids[#ids + 1] = ARGV[i]
@@ -12,9 +16,9 @@ for j, id in ipairs(ids) do
   if r and r.s == 'l' and r.k == ARGV[2 * j] then
     zadd[#zadd + 1] = until_
     zadd[#zadd + 1] = id
-    out[j] = 1
+    out[j] = lease
   else
-    out[j] = 0
+    out[j] = false
   end
 end
 call_many('ZADD', K_LEASED, zadd)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- purge(batch): delete up to `batch` ready or scheduled tasks (leased ones finish, dead
 -- ones stay); names stay reserved for the dedup window. Returns how many were deleted.
 local ids = redis.call('ZRANGE', K_DUE, 0, tonumber(ARGV[1]) - 1)

@@ -1,3 +1,4 @@
+#!lua
 -- record(task, count, failures, wall_total, wall_max, cpu_total, cpu_max, mem_peak_max,
 -- extra_name, extra_value, ...): add one task function's measurements. KEYS[1] is the
 -- metrics hash; its fields are "<task>\31<measure>". Sums add; maxima keep the largest.

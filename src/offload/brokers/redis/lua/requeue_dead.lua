@@ -1,3 +1,4 @@
+#!lua
 -- requeue_dead(id, ...): dead tasks become ready now with fresh attempt counters; no
 -- arguments: every dead task. Returns how many.
 local now = clock()

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- retry(id, token, delay, error): ready again after `delay` seconds; this attempt counts.
 -- Returns 1, or 0 when the lease was lost.
 local id = ARGV[1]
