@@ -22,6 +22,7 @@ class Harness:
         self.env = {**os.environ, "OFFLOAD_BROKER": url, "PROC_SINK": str(self.sink), **env}
         self.procs: list[subprocess.Popen] = []
         os.environ.update({"PROC_SINK": str(self.sink)})
+        env = {"OFFLOAD_BROKER": url, **env}  # the App reads its broker URL when made
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -37,7 +38,6 @@ class Harness:
                 else:
                     os.environ[k] = v
         self.app: App = self.mod.app
-        self.app.broker_url = url
 
     def worker(self, *args: str) -> subprocess.Popen:
         p = subprocess.Popen(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +43,8 @@ from ..base import (
     NewTask,
     QueueStats,
     TaskMetrics,
+    check_dead_letters_limit,
+    check_release_delay,
 )
 from .calls import ScriptCalls
 from .park import PARK_MARGIN, Parking
@@ -69,7 +70,6 @@ _MAX_BLOCK = 20.0  # longest single block, below SOCKET_TIMEOUT; waking early is
 # its park ends, so parks are short and a longer wait returns early (which is allowed).
 _PARKED_BLOCK = 2.0
 _PURGE_BATCH = 5000
-_MAX_DEAD_LETTERS = 10_000
 
 
 class RedisBroker(ScriptCalls):
@@ -244,10 +244,7 @@ class RedisBroker(ScriptCalls):
         return bool(await self._eval("retry", lease.queue, args))
 
     async def release(self, leases: Sequence[Lease], delay: float = 0.0) -> None:
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-            raise ConfigError(f"release(delay={delay!r}): delay must be a number of seconds")
-        if not math.isfinite(delay) or delay < 0:
-            raise ConfigError(f"release(delay={delay!r}): delay must be finite and 0 or more")
+        delay = check_release_delay(delay)
         if leases:
             at = repr(float(delay))
             groups = self._lease_groups(leases)
@@ -323,16 +320,7 @@ class RedisBroker(ScriptCalls):
         return stats_from(queue, await self._read(lambda: self._eval("stats", queue)))
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 0 <= limit <= _MAX_DEAD_LETTERS
-        ):
-            raise ConfigError(
-                f"dead_letters(limit={limit!r}): limit must be an int from 0 to "
-                f"{_MAX_DEAD_LETTERS:,}; page through more with requeue_dead or delete"
-            )
-        if limit == 0:
+        if check_dead_letters_limit(limit) == 0:
             return []
         reply = await self._read(lambda: self._eval("dead_letters", queue, (limit,)))
         return dead_from(queue, reply)
