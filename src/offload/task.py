@@ -20,6 +20,7 @@ import msgspec
 
 from .brokers.base import NewTask
 from .core import envelope as _env
+from .core import payload as _payload
 from .errors import BadArguments, PayloadError, TaskAlreadyExists
 
 if TYPE_CHECKING:
@@ -123,6 +124,10 @@ def current_task() -> TaskInfo:
     if info is None:
         raise LookupError("current_task() called outside a task handler")
     return info
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__qualname__", None) or repr(tp)
 
 
 def _needs_convert(tp: Any) -> bool:
@@ -262,10 +267,28 @@ class TaskFunction:
         headers: Mapping[str, str] | None = None,
         deadline: float | _dt.datetime | None = None,
     ) -> NewTask:
-        """Validate a call and turn it into a :class:`NewTask` (no I/O)."""
-        kwargs = dict(kwargs or {})
-        if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
-            raise BadArguments(f"{self.name}: args must be a list or tuple, got {args!r}")
+        """Validate a call and turn it into a :class:`NewTask` (no I/O). Raises
+        :class:`BadArguments` for a call the signature rejects and :class:`PayloadError`
+        for a value that would not arrive at the handler as it was sent."""
+        # Exact-type checks first: this runs on every send, and isinstance against ABCs and
+        # tuples of types costs more than the rest of the argument handling.
+        if type(kwargs) is dict:
+            kwargs = dict(kwargs) if kwargs else {}
+        elif kwargs is None:
+            kwargs = {}
+        elif isinstance(kwargs, Mapping):
+            kwargs = dict(kwargs)
+        else:
+            raise BadArguments(
+                f"{self.name}: kwargs must be a mapping of parameter names to values, "
+                f"got a {type(kwargs).__name__}: {kwargs!r:.100}"
+            )
+        if (
+            type(args) is not tuple
+            and type(args) is not list
+            and not isinstance(args, list | tuple)
+        ):
+            raise BadArguments(f"{self.name}: args must be a list or tuple, got {args!r:.100}")
         try:
             self._check(*args, **kwargs)
         except TypeError as exc:
@@ -295,7 +318,13 @@ class TaskFunction:
             headers=hdrs,
             sent_at=time.time(),
         )
-        return NewTask(env.id, qname, _env.encode(env), name, eta_s, float(delay or 0.0))
+        try:
+            payload, hinted = _env.encode_call(env)
+        except _env.ArgumentRefused as exc:
+            raise exc.named(_payload.param_name(self.signature, exc.pos)) from None
+        if hinted:
+            self._check_rebuilt(payload, args, kwargs, hinted)
+        return NewTask(env.id, qname, payload, name, eta_s, float(delay or 0.0))
 
     async def send_async(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """``send`` for async code: does not block the event loop on remote brokers."""
@@ -313,7 +342,13 @@ class TaskFunction:
             conv = self._converters = self._build_converters()
         if not conv:
             return args, kwargs
-        bound = self.signature.bind(*args, **kwargs)
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadArguments(
+                f"{self.name}{self.signature}: {exc} (payload args={args!r:.200}, "
+                f"kwargs={kwargs!r:.200})"
+            ) from None
         for pname, tp in conv.items():
             if pname in bound.arguments:
                 try:
@@ -322,7 +357,27 @@ class TaskFunction:
                     )
                 except msgspec.ValidationError as exc:
                     raise BadArguments(f"{self.name}: argument {pname!r}: {exc}") from None
+                except Exception as exc:  # e.g. a dataclass __post_init__ refusing the data
+                    raise BadArguments(
+                        f"{self.name}: argument {pname!r}: building {_type_name(tp)} from the "
+                        f"payload failed: {type(exc).__name__}: {exc}"
+                    ) from None
         return list(bound.args), dict(bound.kwargs)
+
+    def _check_rebuilt(
+        self, payload: bytes, args: Sequence[Any], kwargs: dict[str, Any], hinted: tuple
+    ) -> None:
+        """Dataclasses, Structs, NamedTuples and Enums travel as plain data and are rebuilt
+        from type hints: run the worker's own decoding and conversion here, and refuse the
+        send unless each such argument comes back as it went."""
+        env = _env.decode(payload)
+        try:
+            got = self.convert_args(env.args, env.kwargs)
+        except BadArguments as exc:
+            raise BadArguments(f"{exc} (the worker would refuse this payload)") from None
+        found = _payload.rebuilt_difference(self.signature, (args, kwargs), got, hinted)
+        if found is not None:
+            raise PayloadError(f"{self.name}: argument {found[0]!r}: {found[1]}")
 
     def _build_converters(self) -> dict[str, Any]:
         try:
