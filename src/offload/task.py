@@ -21,10 +21,11 @@ import msgspec
 from .brokers.base import NewTask
 from .core import envelope as _env
 from .core import payload as _payload
+from .core.policy import MAX_SECONDS
 from .errors import BadArguments, PayloadError, TaskAlreadyExists
 
 if TYPE_CHECKING:
-    from .app import App
+    from .registry import Registry
 
 __all__ = ["TaskFunction", "TaskHandle", "TaskInfo", "current_task"]
 
@@ -113,6 +114,8 @@ class TaskInfo:
             self._ctx[1]()
 
 
+_MAX_DELAY = MAX_SECONDS  # ten years: past any broker's patience, within every clock
+
 _current: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar(
     "offload_current_task", default=None
 )
@@ -141,12 +144,25 @@ def _needs_convert(tp: Any) -> bool:
 class TaskFunction:
     """A registered task function. Calling it runs it here and now; ``send`` enqueues it."""
 
-    def __init__(self, app: App, fn: Callable[..., Any], name: str, queue: str) -> None:
-        self.app = app
+    def __init__(
+        self,
+        registry: Registry,
+        fn: Callable[..., Any],
+        name: str,
+        queue: str,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self.registry = registry
+        #: seconds a run may take before TaskTimeout (None: the queue's timeout applies)
+        self.timeout = timeout
         self.fn = fn
         self.name = name
         self.queue = queue
-        self.is_async = inspect.iscoroutinefunction(fn)
+        # an ``async def`` under a plain decorator (functools.wraps) is async too
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            inspect.unwrap(fn)
+        )
         try:  # resolve string annotations, so errors show `to: str`, not `to: 'str'`
             self.signature = inspect.signature(fn, eval_str=True)
         except Exception:
@@ -211,7 +227,7 @@ class TaskFunction:
             headers=headers,
             deadline=deadline,
         )
-        created = self.app._enqueue([new], connection=connection)
+        created = self.registry.enqueue([new], connection=connection)
         if not created[0]:
             raise TaskAlreadyExists(
                 f"task name {name!r} already exists in queue {new.queue!r} (or finished "
@@ -243,7 +259,7 @@ class TaskFunction:
                 raise BadArguments(f"{self.name}.send_many: call #{i}: {exc}") from None
         if not built:
             return []
-        created = self.app._enqueue(built)
+        created = self.registry.enqueue(built)
         handles = [TaskHandle(t.id, t.queue, self.name, t.name) for t in built]
         dups = [t.name or t.id for t, ok in zip(built, created, strict=True) if not ok]
         if dups:
@@ -297,15 +313,19 @@ class TaskFunction:
                 f"{self.name}{self.signature}: {why} (sent args={list(args)!r}, kwargs={kwargs!r})"
             ) from None
         qname = queue or self.queue
-        self.app._policy(qname)  # raises UnknownQueue with the list of queues
+        self.registry.policy(qname)  # raises UnknownQueue with the list of queues
         if name is not None and (not isinstance(name, str) or not name or len(name) > 500):
             raise BadArguments(f"{self.name}: task name {name!r} must be a 1-500 char string")
         if delay is not None and eta is not None:
             raise BadArguments(f"{self.name}: give delay or eta, not both")
         if delay is not None and (
-            isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not 0 <= delay <= _MAX_DELAY
         ):
-            raise BadArguments(f"{self.name}: delay {delay!r} must be seconds >= 0")
+            raise BadArguments(
+                f"{self.name}: delay {delay!r} must be seconds from 0 to {_MAX_DELAY:,.0f}"
+            )
         eta_s = _env.to_epoch(eta) if eta is not None else None
         hdrs = _inherit_headers(headers, deadline)
         env = _env.Envelope(
@@ -317,6 +337,7 @@ class TaskFunction:
             name=name,
             headers=hdrs,
             sent_at=time.time(),
+            app=self.registry.name,
         )
         try:
             payload, hinted = _env.encode_call(env)
@@ -329,7 +350,7 @@ class TaskFunction:
     async def send_async(self, *args: Any, **kwargs: Any) -> TaskHandle:
         """``send`` for async code: does not block the event loop on remote brokers."""
         new = self.build(args, kwargs)
-        await self.app._enqueue_async([new])
+        await self.registry.enqueue_async([new])
         return TaskHandle(new.id, new.queue, self.name, None)
 
     # -- running (worker side) ----------------------------------------------------------
@@ -434,10 +455,17 @@ def _inherit_headers(
     if deadline is not None:
         if isinstance(deadline, _dt.datetime):
             dl = _env.to_epoch(deadline)
-        elif isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+        elif (
+            isinstance(deadline, (int, float))
+            and not isinstance(deadline, bool)
+            and 0 <= deadline <= _MAX_DELAY
+        ):
             dl = time.time() + float(deadline)
         else:
-            raise BadArguments(f"deadline {deadline!r}: seconds from now or an aware datetime")
+            raise BadArguments(
+                f"deadline {deadline!r}: give seconds from now (0 to {_MAX_DELAY:,.0f}) or an "
+                "aware datetime"
+            )
     parent = _current.get()
     if parent is not None:
         inherited = parent.headers.get(_env.DEADLINE)

@@ -52,6 +52,8 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str | None = None
     headers: dict[str, str] = {}
     sent_at: float = 0.0
+    #: the sending App's name: a worker of another App on the same queue leaves it alone
+    app: str = ""
 
 
 _FAST = frozenset({str, int, float, bool, type(None), bytes})  # the walk-free path
