@@ -224,7 +224,7 @@ class Worker(TaskRunner):
         """Start tasks an enqueue leased to this worker while it waited (a hand-off), right
         where the wait read them: no claim round trip, no loop turn in between."""
         if self._stopping or len(self._running) + len(claimed) > self.concurrency:
-            return False  # the broker keeps them for our next claim (or gives them back)
+            return False  # the broker releases them at once, uncounted, for any worker
         self.stats.claimed += len(claimed)
         for c in claimed:
             self._start(c)
