@@ -610,7 +610,8 @@ def make_chart(raw: Path) -> bool:
 
 
 def available_offload_brokers() -> list[str]:
-    have = {p.stem for p in (ROOT / "src" / "offload" / "brokers").glob("*.py")}
+    brokers = ROOT / "src" / "offload" / "brokers"
+    have = {p.parent.name for p in brokers.glob("*/__init__.py")}
     return [b for b in ("sqlite", "redis", "postgres") if b in have]
 
 
