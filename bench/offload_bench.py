@@ -64,7 +64,7 @@ class OffloadPeer(Peer):
 
         app = App("bench", broker=self.url)
         for tf in bench_app.app.tasks.values():
-            app._tasks[tf.name] = type(tf)(app, tf.fn, tf.name, tf.queue)
+            app.task(name=tf.name, queue=tf.queue)(tf.fn)
         self.app = app
         self.task = app.get_task(self.task_name)
         app.open()
