@@ -7,6 +7,7 @@ the dashboard and Prometheus metrics, deny-by-default (``pip install 'offload[ht
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -20,14 +21,25 @@ __all__ = ["create_app"]
 PARTS = ("api", "cloudtasks", "dashboard", "metrics")
 
 
-def create_app(app: App, *, tokens: list[str] | None = None, no_auth: bool = False) -> Any:
+def create_app(
+    app: App,
+    *,
+    tokens: list[str] | None = None,
+    no_auth: bool = False,
+    parts: tuple[str, ...] = PARTS,
+) -> Any:
     """The ASGI app serving ``app``. ``tokens``: the accepted bearer tokens (default:
-    ``$OFFLOAD_API_TOKENS``, comma-separated); with none, ``no_auth=True`` is required."""
+    ``$OFFLOAD_API_TOKENS``, comma-separated); with none, ``no_auth=True`` is required.
+    ``parts``: which of :data:`PARTS` to serve (a worker's ``--metrics-port`` serves only
+    ``("metrics",)``); every one sits behind the same authentication."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     from ..errors import ConfigError
+    from .auth import AuthMiddleware, auth_routes
     from .context import HttpContext
 
     if tokens is None:
@@ -44,8 +56,11 @@ def create_app(app: App, *, tokens: list[str] | None = None, no_auth: bool = Fal
     async def healthz(request: Any) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    routes: list[Any] = [Route("/healthz", healthz)]
-    for part in PARTS:
+    routes: list[Any] = [Route("/healthz", healthz), *auth_routes()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ConfigError(f"create_app: parts={sorted(unknown)} unknown; choose from {PARTS}")
+    for part in parts:
         try:
             module = importlib.import_module(f"{__name__}.{part}")
         except ModuleNotFoundError as exc:
@@ -53,6 +68,35 @@ def create_app(app: App, *, tokens: list[str] | None = None, no_auth: bool = Fal
                 continue
             raise
         routes.extend(module.routes(ctx))
-    server = Starlette(routes=routes)
+    server = Starlette(
+        routes=routes,
+        middleware=[Middleware(AuthMiddleware, ctx=ctx)],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+    )
     server.state.offload = ctx
     return server
+
+
+async def _http_error(request: Any, exc: Exception) -> Any:
+    """Starlette's own refusals (404, 405, a CSRF 403) in the one JSON error shape."""
+    from starlette.exceptions import HTTPException
+
+    from .auth import error_response
+
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route for {request.url.path}; see /api/v1/openapi.json"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, message, dict(exc.headers or {}) or None)
+
+
+async def _server_error(request: Any, exc: Exception) -> Any:
+    """A bug or an unexpected failure: logged with its traceback, answered as JSON."""
+    from .auth import error_response
+
+    logging.getLogger("offload.http").error(
+        "%s %s failed", request.method, request.url.path, exc_info=exc
+    )
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
