@@ -6,9 +6,13 @@ the dashboard and Prometheus metrics, deny-by-default (``pip install 'offload[ht
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import importlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,11 +74,40 @@ def create_app(
         routes.extend(module.routes(ctx))
     server = Starlette(
         routes=routes,
+        lifespan=functools.partial(_lifespan, app),
         middleware=[Middleware(AuthMiddleware, ctx=ctx)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     server.state.offload = ctx
     return server
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: App, server: Any) -> AsyncIterator[None]:
+    """Open a broker on the server's own loop, so async sends (``POST /api/v1/tasks``,
+    ``send_async``) go straight to it instead of through a thread and the App's portal.
+    A broker that cannot be reached now is not fatal: requests then take the App's
+    synchronous facade, which retries the connection on every call."""
+    from ..errors import BrokerError
+
+    loop = asyncio.get_running_loop()
+    registry = app.registry
+    broker = registry.new_broker()
+    try:
+        await broker.open()
+        await broker.declare(list(registry.queues.values()))
+    except BrokerError as exc:
+        logging.getLogger("offload.http").warning(
+            "broker not reachable at start (%s); serving through the App's facade", exc
+        )
+        yield
+        return
+    registry.attach(loop, broker)
+    try:
+        yield
+    finally:
+        registry.detach(loop)
+        await broker.close()
 
 
 async def _http_error(request: Any, exc: Exception) -> Any:

@@ -1,0 +1,182 @@
+"""Deny by default: every route needs a bearer token or the login cookie (plus a CSRF token
+on browser writes); /healthz and the login form are the only public doors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from starlette.testclient import TestClient
+
+from offload import App
+from offload.errors import ConfigError
+from offload.http import create_app
+from offload.http.auth import COOKIE_NAME, make_session
+
+TOKEN = "s3cret-token"
+#: the parts this file tests (the others are tested by their own files)
+PARTS = ("api", "metrics")
+
+
+def make_app(url: str) -> App:
+    app = App("authapp", broker=url)
+    app.queue("emails")
+
+    @app.task(queue="emails", name="authapp.hello")
+    def hello(who: str) -> None:
+        return None
+
+    return app
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
+    with TestClient(
+        create_app(app, tokens=[TOKEN, "other"], parts=PARTS), follow_redirects=False
+    ) as c:
+        yield c
+    app.close()
+
+
+def is_json_error(r, code: int) -> bool:
+    body = r.json()
+    return r.status_code == code and body["error"]["code"] == code and body["error"]["message"]
+
+
+def test_no_token_configured_refuses_to_build(tmp_path, monkeypatch):
+    monkeypatch.delenv("OFFLOAD_API_TOKENS", raising=False)
+    app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
+    with pytest.raises(ConfigError, match="OFFLOAD_API_TOKENS"):
+        create_app(app)
+    monkeypatch.setenv("OFFLOAD_API_TOKENS", " , ")
+    with pytest.raises(ConfigError, match="no API token"):
+        create_app(app)
+    monkeypatch.setenv("OFFLOAD_API_TOKENS", "a, b")
+    with TestClient(create_app(app, parts=PARTS)) as c:
+        assert c.get("/api/v1/queues", headers={"Authorization": "Bearer b"}).status_code == 200
+
+
+def test_healthz_is_public(client):
+    assert client.get("/healthz").json() == {"ok": True}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/queues", "/metrics", "/no/such/route", "/"])
+def test_without_or_with_a_wrong_token_is_a_json_401(client, path):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic " + TOKEN},
+        {"Authorization": "Bearer "},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ):
+        r = client.get(path, headers=headers)
+        assert is_json_error(r, 401), (path, headers, r.text)
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    r = client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code != 401
+
+
+def test_a_browser_without_a_session_is_sent_to_the_login_form(client):
+    r = client.get("/queues/emails?x=1", headers={"Accept": "text/html"})
+    assert r.status_code == 303
+    assert r.headers["location"] == "/login?next=/queues/emails%3Fx%3D1"
+
+
+def login(client, token=TOKEN, next_="/"):
+    return client.post("/login", data={"token": token, "next": next_})
+
+
+def test_login_sets_an_httponly_strict_cookie_that_opens_every_route(client):
+    r = login(client, next_="/api/v1/queues")
+    assert r.status_code == 303 and r.headers["location"] == "/api/v1/queues"
+    cookie = r.headers["set-cookie"]
+    assert COOKIE_NAME in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert TOKEN not in cookie  # the cookie never carries the token itself
+    assert client.get("/api/v1/queues").status_code == 200
+
+
+def test_a_wrong_login_sets_no_cookie(client):
+    r = login(client, token="nope")
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?error=token")
+    assert "set-cookie" not in r.headers
+    assert is_json_error(client.get("/api/v1/queues"), 401)
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "\\\\evil"])
+def test_login_never_redirects_off_site(client, target):
+    assert login(client, next_=target).headers["location"] == "/"
+
+
+def test_forged_expired_or_revoked_cookies_are_refused(client, tmp_path):
+    for value in ("garbage", "1.2.3", make_session("not-a-token"), make_session(TOKEN, now=0)):
+        client.cookies.set(COOKIE_NAME, value)
+        assert is_json_error(client.get("/api/v1/queues"), 401), value
+    # a session made with a token the server no longer accepts
+    client.cookies.set(COOKIE_NAME, make_session("removed-token"))
+    assert client.get("/api/v1/queues").status_code == 401
+
+
+def test_logout_drops_the_cookie(client):
+    login(client)
+    r = client.post("/logout")
+    assert r.status_code == 303 and COOKIE_NAME in r.headers["set-cookie"]
+    client.cookies.clear()
+    assert client.get("/api/v1/queues").status_code == 401
+
+
+def csrf_of(client) -> str:
+    """The CSRF token for the client's session, as a page would embed it."""
+    from offload.http.auth import _mac, session_token
+
+    cookie = client.cookies[COOKIE_NAME]
+    ctx = client.app.state.offload
+    return _mac(session_token(ctx, cookie), "csrf", cookie)
+
+
+def test_cookie_writes_need_the_csrf_token(client):
+    login(client)
+    path = "/api/v1/queues/emails/pause"
+    r = client.post(path)
+    assert is_json_error(r, 403) and "CSRF" in r.json()["error"]["message"]
+    assert is_json_error(client.post(path, headers={"X-CSRF-Token": "wrong"}), 403)
+    assert client.get("/api/v1/queues/emails").json()["paused"] is False
+    token = csrf_of(client)
+    assert client.post(path, headers={"X-CSRF-Token": token}).status_code == 200
+    assert client.get("/api/v1/queues/emails").json()["paused"] is True
+    # a urlencoded form carries it as a field, and the handler still reads the body
+    r = client.post("/api/v1/queues/emails/resume", data={"csrf_token": token})
+    assert r.status_code == 200
+    assert client.get("/api/v1/queues/emails").json()["paused"] is False
+    # a cross-site page is refused even with the token
+    r = client.post(path, headers={"X-CSRF-Token": token, "Origin": "https://evil.example"})
+    assert is_json_error(r, 403)
+
+
+def test_bearer_writes_need_no_csrf_token(client):
+    r = client.post("/api/v1/queues/emails/pause", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200
+
+
+def test_csrf_token_helper_matches_what_the_middleware_accepts(client):
+    from starlette.requests import Request
+
+    from offload.http.auth import csrf_token
+
+    login(client)
+    cookie = client.cookies[COOKIE_NAME]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"cookie", f"{COOKIE_NAME}={cookie}".encode())],
+        "app": client.app,
+    }
+    assert re.fullmatch(r"[0-9a-f]{64}", csrf_token(Request(scope)))
+    assert csrf_token(Request(scope)) == csrf_of(client)
+
+
+def test_no_auth_lets_everything_through(tmp_path):
+    app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
+    with TestClient(create_app(app, tokens=[], no_auth=True, parts=PARTS)) as c:
+        assert c.get("/api/v1/queues").status_code == 200
