@@ -39,9 +39,12 @@ __all__ = [
     "Lease",
     "NewTask",
     "QueueStats",
+    "TaskInspection",
     "TaskMetrics",
+    "TaskRecord",
     "TransactionalEnqueue",
     "check_dead_letters_limit",
+    "check_list_tasks_limit",
     "check_release_delay",
 ]
 
@@ -73,6 +76,17 @@ def check_dead_letters_limit(limit: int) -> int:
     return limit
 
 
+def check_list_tasks_limit(limit: int) -> int:
+    """A ``list_tasks`` limit, checked before any I/O the same on every broker: an int (not
+    a bool) from 0 to :data:`MAX_DEAD_LETTERS`, the most one page holds."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_DEAD_LETTERS:
+        raise ConfigError(
+            f"list_tasks: limit={limit!r} must be a whole number from 0 to "
+            f"{MAX_DEAD_LETTERS:,} (the most one page holds)"
+        )
+    return limit
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a broker can do. A feature a broker lacks is refused loudly, never ignored."""
@@ -87,6 +101,9 @@ class Capabilities:
     #: broker passes it to its ``on_handoff`` callback, if one is set and takes it, during
     #: that wait, or else returns it from the next :meth:`Broker.claim`
     handoff: bool = False
+    #: tasks can be looked at and changed one by one: get, list, run now, and whole queues
+    #: dropped (:class:`TaskInspection`)
+    inspect: bool = False
 
 
 @dataclass(slots=True)
@@ -163,6 +180,9 @@ class QueueStats:
     paused: bool = False
     #: what the broker enforces for this queue; None when the queue was never declared
     policy: EnforcedPolicy | None = None
+    #: broker-clock time since which the oldest claimable task (ready and due, or with an
+    #: expired lease) has been claimable; None when none is (its age: ``now() - this``)
+    oldest_ready_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -175,6 +195,29 @@ class DeadLetter:
     error: str
     traceback: str
     failed_at: float
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One task as the broker holds it, in any state (:meth:`TaskInspection.get_task`).
+
+    ``state`` is what a worker would see now: "ready" (claimable now, an expired lease
+    included), "scheduled" (its eta is in the future), "leased" or "dead". ``eta`` is,
+    on the broker's clock: when a ready or scheduled task is (was) due, when a leased
+    task's lease ends, when a dead task failed. ``error`` is the last recorded error (of a
+    retry or the dead-lettering), "" when none; ``traceback`` only for dead tasks."""
+
+    id: str
+    queue: str
+    name: str | None
+    payload: bytes
+    state: str
+    eta: float
+    attempts: int
+    first_attempt_at: float | None
+    enqueued_at: float
+    error: str = ""
+    traceback: str = ""
 
 
 @dataclass(slots=True)
@@ -334,3 +377,34 @@ class HandoffReceiver(Protocol):
     the next :meth:`Broker.claim`."""
 
     on_handoff: Callable[[list[Claimed]], bool] | None
+
+
+@runtime_checkable
+class TaskInspection(Protocol):
+    """``Capabilities.inspect``: tasks looked at and changed one at a time, for the HTTP
+    API, the dashboard and the Cloud Tasks surface. None of these runs on the hot path.
+
+    ``list_tasks`` pages through a queue's tasks (every state) in id order (ids sort by
+    creation time), ``after`` being the last id of the previous page; a page may miss or
+    repeat nothing that exists for the whole listing. ``drop_queue`` forgets a queue: its
+    tasks in every state (a leased task's worker finds its lease lost: its ack is ignored,
+    its retry returns False), its dead letters, its names and its stored policy and pause;
+    it returns how many tasks it deleted. Dropping never waits for leases, so a queue
+    being dropped while workers serve it cannot block forever."""
+
+    async def get_task(self, queue: str, id: str) -> TaskRecord | None:
+        """The task ``id`` of ``queue`` in any state; None when there is none."""
+
+    async def list_tasks(
+        self, queue: str, *, limit: int = 100, after: str | None = None
+    ) -> list[TaskRecord]:
+        """Up to ``limit`` tasks (0 to 10,000, else ConfigError) with ids above ``after``,
+        in id order."""
+
+    async def run_task(self, queue: str, id: str) -> bool:
+        """Make a ready or scheduled task due now (a leased or dead one is left alone);
+        True when the task is ready now."""
+
+    async def drop_queue(self, queue: str) -> int:
+        """Delete the queue's tasks, dead letters, names and stored policy; how many tasks
+        went."""

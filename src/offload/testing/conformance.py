@@ -38,6 +38,13 @@ from .conformance_failures import (
     check_stats_policy,
     check_unstorable_error_text,
 )
+from .conformance_inspect import (
+    check_drop_queue,
+    check_get_task_states,
+    check_list_tasks_pages,
+    check_run_task,
+    check_stats_oldest_ready_at,
+)
 from .conformance_limits import (
     check_backlog_batches,
     check_concurrent_claimers_no_duplicates,
@@ -157,6 +164,11 @@ CHECKS: list[Check] = [
     check_stats_policy,
     check_dead_letters_limit,
     check_unstorable_error_text,
+    check_stats_oldest_ready_at,
+    check_get_task_states,
+    check_list_tasks_pages,
+    check_run_task,
+    check_drop_queue,
 ]
 
 

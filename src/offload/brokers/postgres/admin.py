@@ -48,7 +48,14 @@ class Admin:
             else None
         )
         return QueueStats(
-            queue, ready=r[0], scheduled=r[1], leased=r[2], dead=r[3], paused=r[4], policy=policy
+            queue,
+            ready=r[0],
+            scheduled=r[1],
+            leased=r[2],
+            dead=r[3],
+            paused=r[4],
+            policy=policy,
+            oldest_ready_at=r[11],
         )
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:

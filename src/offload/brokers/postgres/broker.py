@@ -80,6 +80,7 @@ from ...errors import BrokerError, BrokerRefused, ConfigError, OffloadError
 from ..base import Capabilities, Claimed, Lease, NewTask, check_release_delay
 from .admin import Admin
 from .failures import connect_error, translate
+from .inspection import Inspection
 from .listen import Listener
 from .queries import (
     LATEST_VERSION,
@@ -105,10 +106,10 @@ def _lease_params(leases: Sequence[Lease]) -> dict[str, list[str]]:
     return {"ids": [x.id for x in leases], "tokens": [x.token for x in leases]}
 
 
-class PostgresBroker(Admin):
+class PostgresBroker(Admin, Inspection):
     """A broker on a PostgreSQL database (see the module docstring for the URL)."""
 
-    capabilities = Capabilities(inline=False, transactional_enqueue=True)
+    capabilities = Capabilities(inline=False, transactional_enqueue=True, inspect=True)
 
     def __init__(self, url: str) -> None:
         self.url = url

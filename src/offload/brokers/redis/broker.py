@@ -47,6 +47,7 @@ from ..base import (
     check_release_delay,
 )
 from .calls import ScriptCalls
+from .inspection import Inspection
 from .park import PARK_MARGIN, Parking
 from .scripts import (
     claimed_from,
@@ -72,7 +73,7 @@ _PARKED_BLOCK = 2.0
 _PURGE_BATCH = 5000
 
 
-class RedisBroker(ScriptCalls):
+class RedisBroker(ScriptCalls, Inspection):
     """A broker on one Redis server or a Redis Cluster. Open it before use; the
     synchronous :meth:`enqueue_blocking` needs no open (it has its own connections).
     A URL fault that needs no I/O to see raises :class:`~offload.errors.BrokerURLError`
@@ -81,7 +82,7 @@ class RedisBroker(ScriptCalls):
     def __init__(self, url: str) -> None:
         super().__init__(url, parse_url(url))
         self.capabilities = Capabilities(
-            inline=False, cluster=self._cluster, handoff=not self._cluster
+            inline=False, cluster=self._cluster, handoff=not self._cluster, inspect=True
         )
         self._sync: Any = None
         self._sync_lock = threading.Lock()

@@ -55,7 +55,7 @@ __all__ = [
 _LUA = Path(__file__).with_name("lua")
 _QUEUE_SCRIPTS = (
     "ack", "claim", "dead_letter", "dead_letters", "declare", "delete", "enqueue", "extend",
-    "pause", "peek", "purge", "release", "requeue_dead", "retry", "stats",
+    "inspect", "pause", "peek", "purge", "release", "requeue_dead", "retry", "stats",
 )  # fmt: skip
 _ENQUEUE_CHUNK = 1000  # tasks per script call: bounds the time one script holds Redis
 _SEP = "\x1f"
@@ -233,7 +233,7 @@ def handed_from(queue: str, blob: bytes) -> list[Claimed]:
 def stats_from(queue: str, reply: list) -> QueueStats:
     """Decode stats.lua's reply: counts, pause, and the stored policy (no lease stored:
     never declared)."""
-    ready, scheduled, leased, dead, paused, rate, cap, mc, lease, dedup = reply
+    ready, scheduled, leased, dead, paused, rate, cap, mc, lease, dedup, *oldest = reply
     policy = None
     if lease is not None:
         policy = EnforcedPolicy(
@@ -243,7 +243,8 @@ def stats_from(queue: str, reply: list) -> QueueStats:
             lease=float(lease),
             dedup_window=_DEFAULT_DEDUP if dedup is None else float(dedup),
         )
-    return QueueStats(queue, ready, scheduled, leased, dead, bool(paused), policy)
+    oldest_at = oldest[0] / _US if oldest and oldest[0] is not None else None
+    return QueueStats(queue, ready, scheduled, leased, dead, bool(paused), policy, oldest_at)
 
 
 def dead_from(queue: str, reply: list) -> list[DeadLetter]:

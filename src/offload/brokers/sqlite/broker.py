@@ -54,6 +54,7 @@ from ..base import (
 )
 from . import tx
 from .doorbell import Doorbell
+from .inspection import Inspection
 from .queries import queries
 from .store import Store
 
@@ -66,14 +67,14 @@ _POLL_WITHOUT_DOORBELL = 0.5
 _NAMES_GC_EVERY = 60.0
 
 
-class SQLiteBroker:
+class SQLiteBroker(Inspection):
     """The broker over one SQLite file (see the module docstring for the guarantees).
 
     Thread-safe: each thread uses its own connection. Coroutines other than ``wait``
     never suspend, so they may be driven with ``coro.send(None)`` from any thread.
     """
 
-    capabilities = Capabilities(inline=True)
+    capabilities = Capabilities(inline=True, inspect=True)
 
     def __init__(self, url: str) -> None:
         self.url = url

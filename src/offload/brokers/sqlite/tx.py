@@ -221,11 +221,13 @@ def stats(conn: sqlite3.Connection, now: float, queue: str) -> QueueStats:
     if qrow is not None and qrow[8] is not None:  # declared (not only paused)
         _, rate, bucket, max_concurrent, lease, dedup_window, *_ = qrow
         s.policy = EnforcedPolicy(rate, bucket, max_concurrent, lease, dedup_window)
-    for state, due, count in rows:
+    for state, due, count, oldest in rows:
         if state == DEAD:
             s.dead += count
         elif due:
             s.ready += count  # due ready tasks and expired leases alike
+            if s.oldest_ready_at is None or oldest < s.oldest_ready_at:
+                s.oldest_ready_at = oldest
         elif state == READY:
             s.scheduled += count
         else:

@@ -132,7 +132,7 @@ WHERE id = :id AND token = :token AND state = 1
 RETURNING coalesce((SELECT lease FROM queues WHERE queues.name = tasks.queue), :default_lease);
 
 -- name: stats
-SELECT state, visible_at <= ? AS due, count(*) FROM tasks WHERE queue = ?
+SELECT state, visible_at <= ? AS due, count(*), min(visible_at) FROM tasks WHERE queue = ?
 GROUP BY state, due;
 
 -- name: dead_letters
