@@ -39,6 +39,7 @@ __all__ = [
     "Lease",
     "NewTask",
     "QueueStats",
+    "ResultStore",
     "TaskInspection",
     "TaskMetrics",
     "TaskRecord",
@@ -46,6 +47,7 @@ __all__ = [
     "check_dead_letters_limit",
     "check_list_tasks_limit",
     "check_release_delay",
+    "check_result",
 ]
 
 #: the most dead letters one ``dead_letters()`` call returns
@@ -87,6 +89,33 @@ def check_list_tasks_limit(limit: int) -> int:
     return limit
 
 
+#: the longest a result is kept (seconds): a day; a result nobody reads within it is gone
+MAX_RESULT_TTL = 86_400.0
+
+
+def check_result(key: str, ttl: float, reply_to: str | None = None) -> float:
+    """A result's key, TTL and reply channel, checked before any I/O the same on every
+    broker: a key of 1-500 characters, a TTL of more than 0 and at most a day, a reply
+    channel of 1-64 letters, digits, '-' or '_'."""
+    if not isinstance(key, str) or not 0 < len(key) <= 500:
+        raise ConfigError(f"result key {key!r:.80}: must be a string of 1-500 characters")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_RESULT_TTL:
+        raise ConfigError(
+            f"result ttl={ttl!r}: must be seconds, more than 0 and at most "
+            f"{MAX_RESULT_TTL:,.0f} (a day)"
+        )
+    if reply_to is not None and (
+        not isinstance(reply_to, str)
+        or not 0 < len(reply_to) <= 64
+        or not reply_to.replace("-", "").replace("_", "").isalnum()
+        or not reply_to.isascii()
+    ):
+        raise ConfigError(
+            f"reply channel {reply_to!r:.80}: use 1-64 ASCII letters, digits, '-' or '_'"
+        )
+    return float(ttl)
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a broker can do. A feature a broker lacks is refused loudly, never ignored."""
@@ -95,6 +124,9 @@ class Capabilities:
     inline: bool = False
     #: ``enqueue(..., connection=conn)`` joins the caller's own database transaction
     transactional_enqueue: bool = False
+    #: results of calls are stored under a key with a TTL and callers are woken by the
+    #: broker on a reply channel (:class:`ResultStore`)
+    results: bool = False
     #: one broker spans several servers (Redis Cluster)
     cluster: bool = False
     #: an enqueue may lease a task straight to a worker blocked in :meth:`Broker.wait`; the
@@ -408,3 +440,29 @@ class TaskInspection(Protocol):
     async def drop_queue(self, queue: str) -> int:
         """Delete the queue's tasks, dead letters, names and stored policy; how many tasks
         went."""
+
+
+@runtime_checkable
+class ResultStore(Protocol):
+    """``Capabilities.results``: what calls need of a broker. A result is opaque bytes
+    stored under a key (the task's id) for ``ttl`` seconds and then gone, so results never
+    grow without bound. A caller process listens on one *reply channel* of its own; storing
+    a result with ``reply_to`` wakes that process's :meth:`wait_results` through the broker
+    (Redis: a blocking pop on the channel's list; PostgreSQL: NOTIFY; SQLite: the
+    doorbell), never by polling, so one listener serves any number of concurrent calls."""
+
+    async def put_result(
+        self, key: str, value: bytes, ttl: float, reply_to: str | None = None
+    ) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (replacing an earlier one)
+        and, with ``reply_to``, deliver ``(key, value)`` to that channel's listener.
+        Durable when it returns, like an enqueue."""
+
+    async def get_result(self, key: str) -> bytes | None:
+        """The value stored under ``key``; None when there is none or it expired."""
+
+    async def wait_results(self, reply_to: str, timeout: float) -> list[tuple[str, bytes]]:
+        """Results delivered to ``reply_to``, each once, oldest first; blocks until at
+        least one arrives or ``timeout`` seconds passed (then []). The first call starts
+        listening; results stored before it may be missed, so a caller makes one call
+        (``timeout=0``) before it sends anything whose result it waits for."""

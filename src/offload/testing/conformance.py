@@ -65,6 +65,13 @@ from .conformance_queues import (
     check_stats_exact,
     check_undeclared_queue_defaults,
 )
+from .conformance_results import (
+    check_result_bad_arguments,
+    check_result_expires,
+    check_result_stored_and_read,
+    check_results_declared,
+    check_results_wake_their_channel_only,
+)
 from .conformance_runtime import (
     check_close_reopen,
     check_closed_broker_raises,
@@ -155,6 +162,11 @@ CHECKS: list[Check] = [
     check_wait_wakes_for_lease_expiry,
     check_wait_wakes_for_rate_token,
     check_record_metrics,
+    check_results_declared,
+    check_result_stored_and_read,
+    check_result_expires,
+    check_results_wake_their_channel_only,
+    check_result_bad_arguments,
     check_claim_expired_flag,
     check_extend_returns_stored_lease,
     check_late_ack_wins,

@@ -93,6 +93,7 @@ from .queries import (
     queries,
 )
 from .queries import has_input as _has_input
+from .results import Results
 from .sync import SyncSide
 
 _ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
@@ -106,10 +107,12 @@ def _lease_params(leases: Sequence[Lease]) -> dict[str, list[str]]:
     return {"ids": [x.id for x in leases], "tokens": [x.token for x in leases]}
 
 
-class PostgresBroker(Admin, Inspection):
+class PostgresBroker(Admin, Inspection, Results):
     """A broker on a PostgreSQL database (see the module docstring for the URL)."""
 
-    capabilities = Capabilities(inline=False, transactional_enqueue=True, inspect=True)
+    capabilities = Capabilities(
+        inline=False, transactional_enqueue=True, inspect=True, results=True
+    )
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -233,7 +236,8 @@ class PostgresBroker(Admin, Inspection):
             self._sync.migrated = True
 
     async def close(self) -> None:
-        """Close the pool and the LISTEN connection. Leased tasks stay leased."""
+        """Close the pool and the LISTEN connections. Leased tasks stay leased."""
+        await self._close_results()
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None

@@ -49,6 +49,7 @@ from ..base import (
 from .calls import ScriptCalls
 from .inspection import Inspection
 from .park import PARK_MARGIN, Parking
+from .results import Results
 from .scripts import (
     claimed_from,
     dead_from,
@@ -73,7 +74,7 @@ _PARKED_BLOCK = 2.0
 _PURGE_BATCH = 5000
 
 
-class RedisBroker(ScriptCalls, Inspection):
+class RedisBroker(ScriptCalls, Inspection, Results):
     """A broker on one Redis server or a Redis Cluster. Open it before use; the
     synchronous :meth:`enqueue_blocking` needs no open (it has its own connections).
     A URL fault that needs no I/O to see raises :class:`~offload.errors.BrokerURLError`
@@ -82,7 +83,11 @@ class RedisBroker(ScriptCalls, Inspection):
     def __init__(self, url: str) -> None:
         super().__init__(url, parse_url(url))
         self.capabilities = Capabilities(
-            inline=False, cluster=self._cluster, handoff=not self._cluster, inspect=True
+            inline=False,
+            cluster=self._cluster,
+            handoff=not self._cluster,
+            inspect=True,
+            results=True,
         )
         self._sync: Any = None
         self._sync_lock = threading.Lock()

@@ -56,6 +56,7 @@ from . import tx
 from .doorbell import Doorbell
 from .inspection import Inspection
 from .queries import queries
+from .results import Results
 from .store import Store
 
 __all__ = ["SQLiteBroker"]
@@ -67,14 +68,14 @@ _POLL_WITHOUT_DOORBELL = 0.5
 _NAMES_GC_EVERY = 60.0
 
 
-class SQLiteBroker(Inspection):
+class SQLiteBroker(Inspection, Results):
     """The broker over one SQLite file (see the module docstring for the guarantees).
 
     Thread-safe: each thread uses its own connection. Coroutines other than ``wait``
     never suspend, so they may be driven with ``coro.send(None)`` from any thread.
     """
 
-    capabilities = Capabilities(inline=True, inspect=True)
+    capabilities = Capabilities(inline=True, inspect=True, results=True)
 
     def __init__(self, url: str) -> None:
         self.url = url
