@@ -223,6 +223,10 @@ def test_dead_letters_show_error_and_traceback_and_can_be_requeued_or_deleted(ap
     assert r.headers["location"] == "/queues/emails?done=deleted&n=1"
     assert app.stats("emails").dead == 0
     assert "No dead letters." in client.get("/queues/emails").text
+    # a page drawn before the first one was requeued cannot delete it now that it waits
+    r = client.post(f"/queues/emails/dead/{first}/delete", data={"csrf_token": csrf})
+    assert r.headers["location"] == "/queues/emails?done=deleted&n=0"
+    assert app.stats("emails").ready == 4
     # a stale page's click on a letter that is gone reports that nothing changed
     r = client.post(f"/queues/emails/dead/{second}/delete", data={"csrf_token": csrf})
     assert r.headers["location"] == "/queues/emails?done=deleted&n=0"

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from ...app import App, DeadLetterInfo
-    from ...brokers.base import QueueStats, TaskMetrics
+    from ...brokers.base import Broker, QueueStats, TaskInspection, TaskMetrics
 
 __all__ = [
     "QueueRow",
     "TaskRow",
     "dead_letters_page",
+    "delete_dead_letter",
     "format_age",
     "format_rate",
     "overview",
@@ -154,3 +155,20 @@ def dead_letters_page(app: App, queue: str) -> dict[str, Any]:
         "shown": len(letters),
         "now": now,
     }
+
+
+def delete_dead_letter(app: App, queue: str, id: str) -> bool:
+    """Delete task ``id`` only while it is a dead letter, so a click on a page drawn before
+    the task was requeued cannot delete it while it waits or runs again. A broker without
+    task inspection (``Capabilities.inspect``) cannot tell, and deletes the task as
+    :meth:`App.delete_task` would. False when nothing was deleted."""
+    app.policy(queue)
+
+    async def op(b: Broker) -> bool:
+        if b.capabilities.inspect:
+            record = await cast("TaskInspection", b).get_task(queue, id)
+            if record is None or record.state != "dead":
+                return False
+        return await b.delete(queue, id=id)
+
+    return app.registry.call(op)

@@ -254,4 +254,6 @@ class Dashboard:
     async def delete(self, request: Request) -> Response:
         queue, back = self._queue(request)
         id = request.path_params["id"]
-        return await self._act(request, self.ctx.app.delete_task, "deleted", back, queue, id)
+        return await self._act(
+            request, model.delete_dead_letter, "deleted", back, self.ctx.app, queue, id
+        )
