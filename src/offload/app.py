@@ -3,6 +3,7 @@ environment. Declaring things costs nothing; the broker is reached on first real
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable
@@ -22,11 +23,13 @@ from .core import envelope as _env
 from .core.policy import QueuePolicy, RetryPolicy, check_timeout
 from .errors import BadArguments, BrokerURLError, ConfigError, UnknownTask
 from .registry import Registry
-from .task import TaskFunction
+from .task import TaskFunction, TaskHandle
 
-__all__ = ["DEFAULT_BROKER", "App", "DeadLetterInfo"]
+__all__ = ["DEFAULT_BROKER", "PUSH_TASK", "App", "DeadLetterInfo"]
 
 DEFAULT_BROKER = "sqlite:///offload.db"
+#: the built-in task function that delivers HTTP-target tasks (:meth:`App.push`)
+PUSH_TASK = "offload.push"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -69,6 +72,8 @@ class App:
             )
         #: the seam task functions and workers use (package-internal)
         self.registry = Registry(name, broker)
+        # every App can deliver HTTP-target tasks (push, Cloud Tasks): its workers run them
+        self.task(name=PUSH_TASK)(_push)
 
     @property
     def broker_url(self) -> str:
@@ -278,6 +283,30 @@ class App:
             raise BadArguments("delete_task: give exactly one of id= or name=")
         return self._call(lambda b: b.delete(queue, id=id, name=name))
 
+    def push(
+        self,
+        queue: str,
+        url: str,
+        *,
+        body: bytes | str = b"",
+        headers: dict[str, str] | None = None,
+        method: str = "POST",
+        name: str | None = None,
+        delay: float | None = None,
+        deadline: float = 600.0,
+    ) -> TaskHandle:
+        """Enqueue an HTTP request for the workers serving ``queue`` to deliver, signed, under
+        the queue's rate, concurrency and retry policy (see :mod:`offload.http.push`). The
+        request is checked here (an http(s) URL without credentials, a known method, header
+        names and values without line breaks, a body of at most 1 MiB, a ``deadline`` from
+        0.1 to 1800 seconds); the SSRF guard runs where it is delivered. ``name`` and
+        ``delay`` are :meth:`TaskFunction.send_with`'s."""
+        push = importlib.import_module("offload.http.push")
+        request = push.make_request(url, body, headers, method, deadline, delay)
+        return self.get_task(PUSH_TASK).send_with(
+            args=(request,), queue=queue, name=name, delay=delay
+        )
+
     def metrics(self) -> list[TaskMetrics]:
         """Per task function: counts, failures, wall and CPU time measured by workers."""
         return self._call(lambda b: b.metrics())
@@ -285,3 +314,10 @@ class App:
 
 async def _noop() -> None:
     return None
+
+
+async def _push(request: dict[str, Any]) -> None:
+    """Deliver one HTTP-target task (:meth:`App.push`). Delivery is the HTTP face's
+    (:mod:`offload.http.push`), loaded by name on first use: the model layer does not
+    import the faces, and declaring an App imports no HTTP client."""
+    await importlib.import_module("offload.http.push").deliver(request)

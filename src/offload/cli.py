@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from . import cli_http
 from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue, UnknownTask
@@ -196,6 +197,7 @@ def _run_worker(
         grace=grace,
         burst=burst,
         install_signal_handlers=True,
+        hooks=click.get_current_context().meta.get("offload.worker_hooks"),
     )
     names = ", ".join(worker.queues)
     logging.getLogger("offload.worker").info(
@@ -433,6 +435,8 @@ def metrics(app_spec: str, as_json: bool) -> None:
         return
     out.metrics_table(rows)
 
+
+cli_http.register(main)  # serve, run --http, worker --metrics-port
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -72,7 +72,7 @@ def _layer(rel: pathlib.Path) -> str:
     top = rel.parts[0].removesuffix(".py")
     if top in ("app", "task", "hooks", "registry", "service", "topology", "rpc"):
         return "model"
-    if top in ("cli", "cli_render", "http", "planner", "metrics", "__main__", "__init__"):
+    if top in ("http", "planner", "metrics", "__main__", "__init__") or top.startswith("cli"):
         return "faces"
     return top
 

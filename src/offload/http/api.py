@@ -1,9 +1,9 @@
 """The JSON API under ``/api/v1/``: queues, tasks, dead letters, metrics and profiles, for
 services in any language and for operators' scripts.
 
-Every body in and out is a :mod:`msgspec` Struct below, so the OpenAPI document
-(:mod:`offload.http.openapi`) is generated from the same types the handlers decode: the
-document cannot drift from what the server accepts. Creating a task runs the same
+Every body in and out is a :mod:`msgspec` Struct of :mod:`offload.http.openapi`, which
+generates the OpenAPI document from the same types the handlers decode: the document
+cannot drift from what the server accepts. Creating a task runs the same
 validation as ``send``; an error answers with one JSON body naming what was wrong::
 
     400 the request (body, arguments, a parameter) is wrong     404 no such queue or task
@@ -13,9 +13,8 @@ validation as ``send``; an error answers with one JSON body naming what was wron
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 from starlette.requests import Request
@@ -35,6 +34,23 @@ from ..errors import (
     Unsupported,
 )
 from .auth import error_response
+from .openapi import (
+    Count,
+    Created,
+    CreateTask,
+    DeadLetter,
+    DeadList,
+    Enforced,
+    Metric,
+    MetricList,
+    Policy,
+    Profile,
+    ProfileList,
+    Queue,
+    QueueList,
+    Retry,
+    Task,
+)
 
 if TYPE_CHECKING:
     from ..brokers.base import TaskInspection, TaskRecord
@@ -45,169 +61,6 @@ __all__ = ["PREFIX", "ROUTES", "routes"]
 PREFIX = "/api/v1"
 #: the largest request body the API reads
 MAX_BODY = 1024 * 1024
-#: the most seconds a delay may be (ten years, as ``send``)
-MAX_DELAY = 10 * 365 * 86400.0
-
-# -- the bodies ---------------------------------------------------------------------------
-
-Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY)]
-TaskName = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
-
-
-class CreateTask(msgspec.Struct, forbid_unknown_fields=True):
-    """A call of a registered task function, validated as ``send`` validates it."""
-
-    task: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    #: unique in its queue while it exists and for the queue's dedup window (409 if taken)
-    name: TaskName | None = None
-    #: seconds from now before it may run (or ``eta``, not both)
-    delay: Seconds | None = None
-    #: when it may run, ISO 8601 with a UTC offset
-    eta: Annotated[_dt.datetime, msgspec.Meta(tz=True)] | None = None
-    #: another queue than the task function's own
-    queue: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
-
-
-class Created(msgspec.Struct):
-    id: str
-    queue: str
-    task: str
-    name: str | None
-
-
-class Retry(msgspec.Struct):
-    limit: int | None
-    age_limit: float | None
-    min_backoff: float
-    max_backoff: float
-    max_doublings: int
-
-
-class Policy(msgspec.Struct):
-    """The queue's policy as this server's App declares it."""
-
-    rate: float | None
-    bucket_size: float | None
-    max_concurrent: int | None
-    lease: float
-    dedup_window: float
-    timeout: float | None
-    retry: Retry
-
-
-class Enforced(msgspec.Struct):
-    """What the broker enforces now (the last declaration wins)."""
-
-    rate: float | None
-    bucket: float | None
-    max_concurrent: int | None
-    lease: float
-    dedup_window: float
-
-
-class Queue(msgspec.Struct):
-    name: str
-    paused: bool
-    ready: int
-    scheduled: int
-    leased: int
-    dead: int
-    #: seconds the oldest claimable task has waited; null when none waits
-    oldest_ready_age: float | None
-    policy: Policy
-    enforced: Enforced | None
-
-
-class QueueList(msgspec.Struct):
-    queues: list[Queue]
-
-
-class Task(msgspec.Struct):
-    id: str
-    queue: str
-    name: str | None
-    #: the task function, or "<undecodable payload>"
-    task: str
-    args: list[Any] | None
-    kwargs: dict[str, Any] | None
-    #: ready, scheduled, leased or dead
-    state: str
-    #: broker clock, epoch seconds: when due (ready, scheduled), lease end, or failure time
-    eta: float
-    attempts: int
-    first_attempt_at: float | None
-    enqueued_at: float
-    error: str
-    traceback: str
-
-
-class DeadLetter(msgspec.Struct):
-    id: str
-    queue: str
-    name: str | None
-    task: str
-    args: list[Any] | None
-    kwargs: dict[str, Any] | None
-    attempts: int
-    error: str
-    traceback: str
-    failed_at: float
-
-
-class DeadList(msgspec.Struct):
-    dead: list[DeadLetter]
-
-
-class Count(msgspec.Struct):
-    """How many tasks an operation affected."""
-
-    count: int
-
-
-class Metric(msgspec.Struct):
-    task: str
-    count: int
-    failures: int
-    wall_total: float
-    wall_max: float
-    cpu_total: float
-    cpu_max: float
-    mem_peak_max: int
-
-
-class MetricList(msgspec.Struct):
-    metrics: list[Metric]
-
-
-class Profile(msgspec.Struct):
-    """What one run of a task function costs, as the workers measured it."""
-
-    task: str
-    runs: int
-    failure_rate: float
-    wall_avg: float
-    wall_max: float
-    cpu_avg: float
-    cpu_max: float
-    mem_peak_max: int
-
-
-class ProfileList(msgspec.Struct):
-    profiles: list[Profile]
-
-
-class ApiError(msgspec.Struct):
-    code: int
-    status: str
-    message: str
-
-
-class ErrorBody(msgspec.Struct):
-    error: ApiError
-
-
 # -- helpers ------------------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()

@@ -1,0 +1,393 @@
+"""Push delivery: the built-in task function ``offload.push`` sends an HTTP-target task's
+request to its URL, from the workers that serve the task's queue, under that queue's rate,
+concurrency and retry policy (``App.push`` and Cloud Tasks ``tasks.create`` make them).
+
+What a receiver gets: the task's method, body and headers, plus ``X-CloudTasks-QueueName``,
+``X-CloudTasks-TaskName``, ``X-CloudTasks-TaskRetryCount``, ``X-CloudTasks-TaskExecutionCount``,
+``X-CloudTasks-TaskETA`` and the Standard Webhooks headers ``webhook-id`` (the task id:
+the same on every retry), ``webhook-timestamp`` and ``webhook-signature`` (``v1``, HMAC-SHA256
+with the queue's secret: ``$OFFLOAD_PUSH_SECRETS`` ``queue=whsec_...,...``, else
+``$OFFLOAD_PUSH_SECRET``), so any language's Standard Webhooks library verifies it.
+
+How a delivery ends, decided here and nowhere else:
+
+* a 2xx response acks the task;
+* a 429 or 503 with ``Retry-After`` retries after that delay (``offload.Retry(after=...)``,
+  still counted against the queue's retry limit);
+* any other status (3xx included: redirects are never followed), a connection error or the
+  dispatch deadline raise :class:`PushFailed`, which the queue's retry policy retries;
+* a target the SSRF guard refuses, or a queue without a secret, is dead-lettered at once
+  (``offload.Fail``) with the reason.
+
+The SSRF guard resolves the target's host once, refuses it when any address it resolves to
+is loopback, private, link-local, multicast, reserved, unspecified, not globally routable or
+a cloud metadata address (unless ``$OFFLOAD_PUSH_ALLOW`` lists a network, as CIDRs, that
+holds it), and then connects to that checked address itself (the URL's host travels in the
+``Host`` header and as the TLS server name), so a DNS answer that changes between the check
+and the connection cannot redirect the request. Decimal, octal, short and IPv4-mapped IPv6
+forms of an address are caught because the check is on the resolved address, not the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import os
+import re
+import socket
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..app import PUSH_TASK
+from ..errors import BadArguments, Fail, Retry, TaskError
+
+__all__ = [
+    "PUSH_TASK",
+    "PushConfig",
+    "PushFailed",
+    "deliver",
+    "make_request",
+    "refusal",
+]
+
+#: addresses of cloud metadata services, refused even when their network is allowed
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+#: headers offload sets itself; a task's own value for one of these is dropped
+_RESERVED = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+_RESPONSE_READ_LIMIT = 64 * 1024  # bytes of a response read (to keep the connection)
+_MAX_RETRY_AFTER = 86_400.0
+METHODS = ("POST", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
+MAX_BODY = 1 << 20  # bytes: what one Cloud Tasks task may carry
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+
+
+def make_request(
+    url: str,
+    body: bytes | str = b"",
+    headers: Mapping[str, str] | None = None,
+    method: str = "POST",
+    deadline: float = 600.0,
+    delay: float | None = None,
+) -> dict[str, Any]:
+    """A push request as its task carries it (the built-in task function's argument),
+    checked at send: an http(s) URL with a host and no credentials, spaces or line breaks
+    (at most 2083 characters), a known method, header names that are HTTP tokens and
+    values without line breaks, a body of at most 1 MiB, a dispatch ``deadline`` from 0.1 to
+    1800 seconds. Raises :class:`~offload.errors.BadArguments` naming what is wrong."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadArguments(f"push: url {url!r:.200} must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc or len(url) > 2083 or any(c in url for c in "\r\n\t "):
+        raise BadArguments(
+            f"push: url {url!r:.200} must be at most 2083 characters, without credentials, "
+            "spaces or line breaks"
+        )
+    try:
+        parts.port  # noqa: B018 (raises on a port out of range)
+    except ValueError as exc:
+        raise BadArguments(f"push: url {url!r:.200}: {exc}") from None
+    if method not in METHODS:
+        raise BadArguments(f"push: method {method!r} must be one of {', '.join(METHODS)}")
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes) or len(body) > MAX_BODY:
+        raise BadArguments("push: body must be bytes or str of at most 1 MiB")
+    hdrs = dict(headers or {})
+    for k, v in hdrs.items():
+        if (
+            not isinstance(k, str)
+            or not isinstance(v, str)
+            or not _HEADER_NAME.fullmatch(k)
+            or any(c in v for c in "\r\n\x00")
+        ):
+            raise BadArguments(f"push: header {k!r:.100}: {v!r:.100} is not a valid header")
+    if (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, (int, float))
+        or not 0.1 <= deadline <= 1800
+    ):
+        raise BadArguments(f"push: deadline {deadline!r} must be seconds from 0.1 to 1800")
+    return {
+        "url": url,
+        "method": method,
+        "headers": hdrs,
+        "body": body,
+        "deadline": float(deadline),
+        "eta": time.time() + float(delay or 0.0),
+    }
+
+
+class PushFailed(TaskError):
+    """A delivery did not get a 2xx response (a status, a connection error, the dispatch
+    deadline); the queue's retry policy decides what happens next."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    """What the workers need to deliver: signing secrets and the networks the SSRF guard
+    lets through. Read from the environment (``from_env``) at each delivery, so a worker
+    picks up a rotated secret without a restart."""
+
+    secret: str | None = None
+    queue_secrets: Mapping[str, str] | None = None
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> PushConfig:
+        """``OFFLOAD_PUSH_SECRET``, ``OFFLOAD_PUSH_SECRETS`` (``queue=whsec_...`` pairs,
+        comma-separated) and ``OFFLOAD_PUSH_ALLOW`` (CIDRs, comma-separated); a malformed
+        entry raises :class:`offload.errors.Fail` naming it (the task is dead-lettered
+        with that reason rather than sent unsigned or unguarded)."""
+        key = (
+            env.get("OFFLOAD_PUSH_SECRET", ""),
+            env.get("OFFLOAD_PUSH_SECRETS", ""),
+            env.get("OFFLOAD_PUSH_ALLOW", ""),
+        )
+        return _config(*key)
+
+    def secret_for(self, queue: str) -> str | None:
+        return (self.queue_secrets or {}).get(queue) or self.secret
+
+
+_CONFIGS: dict[tuple[str, str, str], PushConfig] = {}
+
+
+def _config(secret: str, secrets: str, allow: str) -> PushConfig:
+    key = (secret, secrets, allow)
+    got = _CONFIGS.get(key)
+    if got is not None:
+        return got
+    per_queue = {}
+    for item in filter(None, (s.strip() for s in secrets.split(","))):
+        queue, sep, value = item.partition("=")
+        if not sep or not queue.strip() or not value.strip():
+            raise Fail(f"OFFLOAD_PUSH_SECRETS entry {item.split('=')[0]!r}...: use queue=whsec_...")
+        per_queue[queue.strip()] = _check_secret(value.strip(), f"queue {queue.strip()!r}")
+    nets = []
+    for cidr in filter(None, (s.strip() for s in allow.split(","))):
+        try:
+            nets.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise Fail(f"OFFLOAD_PUSH_ALLOW entry {cidr!r} is not a CIDR (e.g. 10.0.0.0/8)")
+    got = PushConfig(
+        _check_secret(secret.strip(), "OFFLOAD_PUSH_SECRET") if secret.strip() else None,
+        per_queue,
+        tuple(nets),
+    )
+    if len(_CONFIGS) > 16:
+        _CONFIGS.clear()
+    _CONFIGS[key] = got
+    return got
+
+
+def _check_secret(value: str, where: str) -> str:
+    from standardwebhooks.webhooks import Webhook
+
+    try:
+        Webhook(value)
+    except Exception:
+        raise Fail(f"push secret of {where}: not a whsec_... base64 secret") from None
+    return value
+
+
+def refusal(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+) -> str | None:
+    """Why the SSRF guard refuses to connect to ``ip`` (None: it may). An IPv4-mapped IPv6
+    address is judged as the IPv4 address it carries."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in _METADATA:
+        return f"{ip} is a cloud metadata address"
+    if any(ip in net for net in allow):
+        return None
+    for flag, what in (
+        ("is_loopback", "loopback"),
+        ("is_link_local", "link-local"),
+        ("is_multicast", "multicast"),
+        ("is_unspecified", "unspecified"),
+        ("is_private", "private"),
+        ("is_reserved", "reserved"),
+    ):
+        if getattr(ip, flag):
+            return f"{ip} is a {what} address"
+    if not ip.is_global:
+        return f"{ip} is not a globally routable address"
+    return None
+
+
+async def _checked_address(host: str, port: int, allow: tuple) -> str:
+    """The address to connect to: every address ``host`` resolves to must pass the guard
+    (a name with one bad answer is refused), and the first is used."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise PushFailed(f"cannot resolve {host!r}: {exc.strerror or exc}") from None
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    for a in addresses:
+        why = refusal(ipaddress.ip_address(a.split("%")[0]), allow)
+        if why is not None:
+            raise Fail(
+                f"push target {host!r} refused by the SSRF guard: {why} (allow its network "
+                "in OFFLOAD_PUSH_ALLOW if this is intended)"
+            )
+    if not addresses:
+        raise PushFailed(f"{host!r} resolved to no address")
+    return addresses[0]
+
+
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+def _client() -> Any:
+    """One client per event loop (its connection pool is bound to the loop): never
+    follows redirects, never reads proxies from the environment (a proxy would connect
+    somewhere the guard never checked)."""
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None:
+        import httpx
+
+        client = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(None),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        _CLIENTS[loop] = client
+    return client
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date); None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), _MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, when.timestamp() - time.time()), _MAX_RETRY_AFTER)
+
+
+def _headers(request: Mapping[str, Any], info: Any, netloc: str, secret: str) -> dict[str, str]:
+    from standardwebhooks.webhooks import Webhook
+
+    headers = {
+        k: v for k, v in (request.get("headers") or {}).items() if k.lower() not in _RESERVED
+    }
+    lower = {k.lower() for k in headers}
+    body = request.get("body") or b""
+    if body and "content-type" not in lower:
+        headers["Content-Type"] = "application/octet-stream"
+    if "user-agent" not in lower:
+        headers["User-Agent"] = "offload-push"
+    retries = max(0, info.attempt - 1)
+    eta = request.get("eta")
+    headers.update(
+        {
+            "Host": netloc,
+            "X-CloudTasks-QueueName": info.queue,
+            "X-CloudTasks-TaskName": info.name or info.id,
+            "X-CloudTasks-TaskRetryCount": str(retries),
+            "X-CloudTasks-TaskExecutionCount": str(retries),
+            "X-CloudTasks-TaskETA": f"{eta if eta is not None else time.time():.6f}",
+        }
+    )
+    now = datetime.now(UTC)
+    headers["webhook-id"] = info.id
+    headers["webhook-timestamp"] = str(int(now.timestamp()))
+    headers["webhook-signature"] = Webhook(secret).sign(info.id, now, body)
+    return headers
+
+
+async def deliver(request: dict[str, Any]) -> None:
+    """The body of the built-in task function: one delivery attempt of ``request`` (url,
+    method, headers, body, deadline seconds, eta) for the task running now. Returns on a
+    2xx; raises as the module docstring says otherwise."""
+    from ..task import current_task
+
+    info = current_task()
+    config = PushConfig.from_env()
+    secret = config.secret_for(info.queue)
+    if secret is None:
+        raise Fail(
+            f"queue {info.queue!r} has no push secret: set OFFLOAD_PUSH_SECRET=whsec_... "
+            "(or OFFLOAD_PUSH_SECRETS=queue=whsec_...) where the workers run"
+        )
+    url = request["url"]
+    method = request.get("method", "POST")
+    deadline = float(request.get("deadline") or 600.0)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    netloc = parts.netloc.rpartition("@")[2]
+    address = await _checked_address(host, port, config.allow)
+    literal = f"[{address}]" if ":" in address else address
+    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    headers = _headers(request, info, netloc, secret)
+    extensions = {}
+    if parts.scheme == "https":
+        extensions["sni_hostname"] = host
+    client = _client()
+    import httpx
+
+    try:
+        async with asyncio.timeout(deadline):
+            req = client.build_request(
+                method,
+                target,
+                headers=headers,
+                content=request.get("body") or b"",
+                extensions=extensions,
+            )
+            resp = await client.send(req, stream=True)
+            try:
+                read = 0
+                async for chunk in resp.aiter_raw():
+                    read += len(chunk)
+                    if read > _RESPONSE_READ_LIMIT:
+                        break
+            finally:
+                await resp.aclose()
+    except TimeoutError:
+        raise PushFailed(
+            f"{method} {url}: no response within the dispatch deadline ({deadline:g}s)"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise PushFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+    status = resp.status_code
+    if 200 <= status < 300:
+        return
+    if status in (429, 503):
+        after = _retry_after(resp.headers.get("retry-after"))
+        if after is not None:
+            raise Retry(
+                after=after, reason=f"{method} {url}: HTTP {status}, Retry-After {after:g}s"
+            )
+    raise PushFailed(f"{method} {url}: HTTP {status}")
