@@ -180,3 +180,37 @@ def test_no_auth_lets_everything_through(tmp_path):
     app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
     with TestClient(create_app(app, tokens=[], no_auth=True, parts=PARTS)) as c:
         assert c.get("/api/v1/queues").status_code == 200
+
+
+def test_every_route_of_every_part_is_denied_without_a_right_token(tmp_path):
+    """Whatever routes the parts mount (now or later), only the public doors open without
+    a token; a wrong token is a 401; the right one passes the auth layer."""
+    import re as _re
+
+    from starlette.routing import Mount, Route
+
+    from offload.http.auth import PUBLIC_PATHS, PUBLIC_PREFIXES
+
+    app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
+    server = create_app(app, tokens=[TOKEN])
+    checked = 0
+    with TestClient(server, follow_redirects=False) as c:
+        for route in server.routes:
+            if isinstance(route, Mount):
+                assert route.path + "/" in PUBLIC_PREFIXES, route.path
+                continue
+            assert isinstance(route, Route)
+            path = _re.sub(
+                r"{(\w+)(:\w+)?}", lambda m: "emails" if m[1] == "queue" else "x", route.path
+            )
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                if route.path in PUBLIC_PATHS:
+                    continue
+                for headers in ({}, {"Authorization": "Bearer wrong"}):
+                    r = c.request(method, path, headers=headers)
+                    assert is_json_error(r, 401), (method, path, headers, r.status_code)
+                r = c.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"})
+                assert r.status_code not in (401, 403), (method, path, r.status_code, r.text)
+                checked += 1
+    assert checked >= 20
+    app.close()
