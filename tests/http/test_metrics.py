@@ -78,6 +78,7 @@ def test_metrics_match_app_stats_and_metrics(broker_url):
     assert samples[("offload_task_duration_seconds_sum", t)] == pytest.approx(m.wall_total)
     assert samples[("offload_task_duration_seconds_bucket", (("le", "+Inf"), *t))] == m.count
     assert samples[("offload_task_cpu_seconds_total", t)] == pytest.approx(m.cpu_total)
+    assert samples[("offload_task_expired_total", t)] == m.extra.get("expired", 0)
     app.close()
 
 

@@ -7,12 +7,13 @@ Two sources, kept apart so a scrape of several processes never counts anything t
   ``_scheduled``, ``_leased``, ``_dead``, ``_paused`` and
   ``offload_queue_oldest_ready_age_seconds``; per task function:
   ``offload_task_processed_total``, ``offload_task_failed_total``,
+  ``offload_task_expired_total`` (dropped unrun: the caller's deadline had passed),
   ``offload_task_cpu_seconds_total``, ``offload_task_duration_max_seconds`` and the
   ``offload_task_duration_seconds`` histogram (the broker keeps sums, so its only bucket is
   ``+Inf``). ``offload serve`` and every worker's ``--metrics-port`` expose these.
 - :class:`WorkerMetrics` (a :class:`~offload.hooks.Hooks`) counts what one worker process
   saw as it happened: ``offload_worker_processed_total``, ``_failed_total``,
-  ``_retried_total``, ``_expired_total`` (claims that took over an expired lease),
+  ``_retried_total``, ``_lease_expired_total`` (claims that took over an expired lease),
   ``_dead_total`` and the ``offload_worker_duration_seconds`` histogram with real buckets,
   per task function. Only a worker's ``--metrics-port`` exposes these; sum them across
   workers in the query.
@@ -100,6 +101,11 @@ class BrokerCollector:
         failed = CounterMetricFamily(
             "offload_task_failed", "Runs that raised, all workers", labels=task
         )
+        expired = CounterMetricFamily(
+            "offload_task_expired",
+            "Tasks dropped unrun because their caller's deadline had passed, all workers",
+            labels=task,
+        )
         cpu = CounterMetricFamily(
             "offload_task_cpu_seconds", "CPU seconds spent in runs, all workers", labels=task
         )
@@ -114,10 +120,11 @@ class BrokerCollector:
         for m in sorted(metrics, key=lambda m: m.task):
             processed.add_metric([m.task], m.count)
             failed.add_metric([m.task], m.failures)
+            expired.add_metric([m.task], m.extra.get("expired", 0.0))
             cpu.add_metric([m.task], m.cpu_total)
             longest.add_metric([m.task], m.wall_max)
             duration.add_metric([m.task], [("+Inf", m.count)], m.wall_total)
-        yield from (processed, failed, cpu, longest, duration)
+        yield from (processed, failed, expired, cpu, longest, duration)
 
 
 class WorkerMetrics(Hooks):
@@ -140,7 +147,7 @@ class WorkerMetrics(Hooks):
             "offload_worker_dead", "Runs dead-lettered here", labels, registry=self.registry
         )
         self.expired_total = Counter(
-            "offload_worker_expired",
+            "offload_worker_lease_expired",
             "Claims that took over an expired lease (a worker died or hung)",
             ["queue"],
             registry=self.registry,
