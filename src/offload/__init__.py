@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "BrokerUnavailable": "offload.errors",
     "ConfigError": "offload.errors",
     "Fail": "offload.errors",
+    "MemoryLimitExceeded": "offload.errors",
     "OffloadError": "offload.errors",
     "PayloadError": "offload.errors",
     "PolicyError": "offload.errors",
@@ -39,10 +40,12 @@ _EXPORTS: dict[str, str] = {
     "UnknownTask": "offload.errors",
     "Unsupported": "offload.errors",
     "Hooks": "offload.hooks",
+    "Service": "offload.service",
     "TaskFunction": "offload.task",
     "TaskHandle": "offload.task",
     "TaskInfo": "offload.task",
     "current_task": "offload.task",
+    "TopologyError": "offload.topology",
     "Worker": "offload.worker",
     "WorkerStats": "offload.worker",
 }
@@ -58,6 +61,7 @@ __all__ = [
     "DeadLetterInfo",
     "Fail",
     "Hooks",
+    "MemoryLimitExceeded",
     "OffloadError",
     "PayloadError",
     "PolicyError",
@@ -65,12 +69,14 @@ __all__ = [
     "QueueStats",
     "Retry",
     "RetryPolicy",
+    "Service",
     "TaskAlreadyExists",
     "TaskFunction",
     "TaskHandle",
     "TaskInfo",
     "TaskMetrics",
     "TaskTimeout",
+    "TopologyError",
     "UnknownQueue",
     "UnknownTask",
     "Unsupported",
@@ -92,6 +98,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ se
         BrokerUnavailable,
         ConfigError,
         Fail,
+        MemoryLimitExceeded,
         OffloadError,
         PayloadError,
         PolicyError,
@@ -103,7 +110,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ se
         Unsupported,
     )
     from .hooks import Hooks
+    from .service import Service
     from .task import TaskFunction, TaskHandle, TaskInfo, current_task
+    from .topology import TopologyError
     from .worker import Worker, WorkerStats
 
 

@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 
@@ -23,7 +23,11 @@ from .core import envelope as _env
 from .core.policy import QueuePolicy, RetryPolicy, check_timeout
 from .errors import BadArguments, BrokerURLError, ConfigError, UnknownTask
 from .registry import Registry
+from .service import Service, declare_service
 from .task import TaskFunction, TaskHandle
+
+if TYPE_CHECKING:
+    from .topology import Placement
 
 __all__ = ["DEFAULT_BROKER", "PUSH_TASK", "App", "DeadLetterInfo"]
 
@@ -54,11 +58,20 @@ class App:
 
     ``broker`` is a URL, or a :class:`~offload.brokers.base.Broker` instance (a
     third-party broker that passes :func:`offload.testing.check_broker`); it defaults to
-    ``$OFFLOAD_BROKER``, else ``sqlite:///offload.db``. The synchronous methods (``send``,
+    ``$OFFLOAD_BROKER``, else ``sqlite:///offload.db``. ``topology`` is the path of a
+    topology file placing the services in pools (see docs/services.md); it defaults to
+    ``$OFFLOAD_TOPOLOGY``, else none: one pool ``all`` with every service. It is read when
+    first needed (:meth:`placement`), not here. The synchronous methods (``send``,
     ``stats``...) are safe from any thread.
     """
 
-    def __init__(self, name: str, broker: str | Broker | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        broker: str | Broker | None = None,
+        *,
+        topology: str | os.PathLike[str] | None = None,
+    ) -> None:
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
             raise ConfigError(f"app name {name!r}: use 1-64 letters, digits, '_', '-' or '.'")
         self.name = name
@@ -72,6 +85,11 @@ class App:
             )
         #: the seam task functions and workers use (package-internal)
         self.registry = Registry(name, broker)
+        self.registry.services["default"] = Service(self.registry, "default", implicit=True)
+        if topology is None:
+            topology = os.environ.get("OFFLOAD_TOPOLOGY") or None
+        #: the topology file's path (None: the monolith); loaded by :meth:`placement`
+        self.topology: str | None = os.fspath(topology) if topology is not None else None
         # every App can deliver HTTP-target tasks (push, Cloud Tasks): its workers run them
         self.task(name=PUSH_TASK)(_push)
 
@@ -127,28 +145,50 @@ class App:
         name: str | None = None,
         timeout: float | None = None,
     ) -> Any:
-        """Register a task function: ``@app.task`` or ``@app.task(queue=..., name=...,
-        timeout=...)``; ``timeout`` overrides the queue's for this function."""
+        """Register a task function of the ``"default"`` service: ``@app.task`` or
+        ``@app.task(queue=..., name=..., timeout=...)``; ``timeout`` overrides the queue's
+        for this function."""
         limit = check_timeout(timeout, "@app.task: timeout")
+        default = self.registry.services["default"]
+        return default._registrar("@app.task", queue, name, limit)(fn)
 
-        def register(f: Callable[..., Any]) -> TaskFunction:
-            if not callable(f):
-                raise ConfigError(f"@app.task needs a function, got {f!r}")
-            tname = name or f"{f.__module__}.{f.__qualname__}"
-            if "<locals>" in tname and name is None:
-                raise ConfigError(
-                    f"task {tname!r} is defined inside a function, so workers cannot find "
-                    "it by that name; define it at module level or pass name="
-                )
-            tasks = self.registry.tasks
-            existing = tasks.get(tname)
-            if existing is not None and existing.fn is not f:
-                raise ConfigError(f"task name {tname!r} is registered twice; pass name=")
-            tf = TaskFunction(self.registry, f, tname, queue, timeout=limit)
-            tasks[tname] = tf
-            return tf
+    def service(
+        self,
+        name: str,
+        *,
+        memory: int | str | None = None,
+        cpu: float | None = None,
+        executor: str = "thread",
+        memory_limit: int | str | None = None,
+    ) -> Service:
+        """Declare a service: a group of task functions (``@service.task``) that a topology
+        places in one pool. ``memory`` (bytes or ``"2GiB"``) and ``cpu`` (vCPUs) are what
+        one task needs, for planning; ``executor`` is ``"thread"`` or ``"process"``;
+        ``memory_limit`` is enforced per task by the process executor. Declaring the same
+        name again returns the same Service; a different profile raises ConfigError."""
+        return declare_service(
+            self.registry,
+            name,
+            memory=memory,
+            cpu=cpu,
+            executor=executor,
+            memory_limit=memory_limit,
+        )
 
-        return register(fn) if fn is not None else register
+    @property
+    def services(self) -> dict[str, Service]:
+        """Every service by name, ``"default"`` (home of ``@app.task``) included."""
+        return dict(self.registry.services)
+
+    def placement(self, topology: str | os.PathLike[str] | None = None) -> Placement:
+        """Which pool runs which services and queues: from ``topology`` (a path), else the
+        App's topology file, else one pool ``all`` with everything. The file is read and
+        checked against the services now; every fault raises
+        :class:`~offload.topology.TopologyError` citing the file, line and field."""
+        from .topology import place
+
+        path = os.fspath(topology) if topology is not None else self.topology
+        return place(self.registry, path)
 
     @property
     def queues(self) -> dict[str, QueuePolicy]:

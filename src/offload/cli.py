@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from . import cli_http
+from . import cli_http, cli_pools
 from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue, UnknownTask
@@ -224,10 +224,8 @@ def _run_worker(
 concurrency_opt = click.option(
     "--concurrency",
     "-c",
-    default=32,
-    show_default=True,
     type=click.IntRange(1),
-    help="Tasks in flight at once.",
+    help="Tasks in flight at once [default: the pool's concurrency, else 32].",
 )
 grace_opt = click.option(
     "--grace",
@@ -241,23 +239,44 @@ grace_opt = click.option(
 @main.command()
 @app_arg
 @click.option("--queues", "-q", help="Comma-separated queues to serve (default: all).")
+@cli_pools.pool_option
+@cli_pools.topology_option
 @concurrency_opt
 @grace_opt
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
-def worker(app_spec: str, queues: str | None, concurrency: int, grace: float, burst: bool) -> None:
-    """Run a worker for some or all of the app's queues."""
+def worker(
+    app_spec: str,
+    queues: str | None,
+    pool: str | None,
+    topology: str | None,
+    concurrency: int | None,
+    grace: float,
+    burst: bool,
+) -> None:
+    """Run a worker for some or all of the app's queues, or for one pool's."""
     app = load_app(app_spec)
-    _run_worker(app, _queue_list(app, queues), concurrency, grace, burst)
+    if pool is not None:
+        served, concurrency = cli_pools.pool_queues(app, pool, topology, queues, concurrency)
+    elif topology is not None:
+        raise click.UsageError("--topology needs --pool NAME: the pool whose queues to serve")
+    else:
+        served = _queue_list(app, queues)
+    _run_worker(app, served, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst)
 
 
 @main.command()
 @app_arg
+@cli_pools.topology_option
 @concurrency_opt
 @grace_opt
-def run(app_spec: str, concurrency: int, grace: float) -> None:
-    """Run the whole app in one process: every queue (the monolith)."""
+def run(app_spec: str, topology: str | None, concurrency: int | None, grace: float) -> None:
+    """Run the whole app: every queue in one process (the monolith), or with a topology
+    one worker process per pool, restarted when it dies, all drained on SIGTERM."""
     app = load_app(app_spec)
-    _run_worker(app, None, concurrency, grace, burst=False)
+    path = topology or app.topology
+    if path is not None:
+        sys.exit(cli_pools.run_pools(app_spec, app, path, concurrency, grace))
+    _run_worker(app, None, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst=False)
 
 
 @main.command()
@@ -437,6 +456,9 @@ def metrics(app_spec: str, as_json: bool) -> None:
 
 
 cli_http.register(main)  # serve, run --http, worker --metrics-port
+
+main.add_command(cli_pools.machines)
+main.add_command(cli_pools.check)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

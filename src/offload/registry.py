@@ -19,8 +19,10 @@ from .brokers import broker_from_url
 from .brokers.base import BlockingEnqueue, Broker, NewTask
 from .core.policy import QueuePolicy
 from .errors import ConfigError, UnknownQueue, Unsupported
+from .service import check_executors
 
 if TYPE_CHECKING:
+    from .service import Service
     from .task import TaskFunction
 
 __all__ = ["Registry"]
@@ -47,6 +49,7 @@ class Registry:
             )
         self.queues: dict[str, QueuePolicy] = {"default": QueuePolicy("default")}
         self.tasks: dict[str, TaskFunction] = {}
+        self.services: dict[str, Service] = {}  # filled by the App: "default" first
         self.lock = threading.Lock()
         self._facade: Broker | None = None
         self._blocking: Callable[..., list[bool]] | None = None
@@ -65,6 +68,11 @@ class Registry:
                 f"queue {queue!r} is not declared by app {self.name!r} (queues: "
                 f"{', '.join(sorted(self.queues))}); declare it with app.queue({queue!r})"
             ) from None
+
+    def check_executors(self, queues: Sequence[str]) -> None:
+        """Refuse (ConfigError naming the service) to serve ``queues`` when one of their
+        task functions needs an executor this worker does not have."""
+        check_executors(self, queues)
 
     def declare(self, policy: QueuePolicy) -> None:
         with self.lock:

@@ -26,6 +26,7 @@ from .errors import BadArguments, PayloadError, TaskAlreadyExists
 
 if TYPE_CHECKING:
     from .registry import Registry
+    from .service import Service
 
 __all__ = ["TaskFunction", "TaskHandle", "TaskInfo", "current_task"]
 
@@ -152,10 +153,19 @@ class TaskFunction:
         queue: str,
         *,
         timeout: float | None = None,
+        service: Service | None = None,
+        memory_limit: int | None = None,
+        on_oom: str | None = None,
     ) -> None:
         self.registry = registry
         #: seconds a run may take before TaskTimeout (None: the queue's timeout applies)
         self.timeout = timeout
+        #: the Service this function belongs to (``"default"`` for ``@app.task``)
+        self.service = service
+        #: bytes a run's child process may hold (process executor); None: the service's
+        self.memory_limit = memory_limit
+        #: the queue a run killed for memory is retried on (None: its own queue's policy)
+        self.on_oom = on_oom
         self.fn = fn
         self.name = name
         self.queue = queue

@@ -60,6 +60,7 @@ class Worker(TaskRunner):
             raise ConfigError("Worker(queues=[]) names no queue; leave queues out for all")
         for q in self.queues:
             core.policy(q)  # UnknownQueue names the bad one
+        core.check_executors(self.queues)  # never a process-executor task on a thread
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise BadArguments(f"concurrency {concurrency!r} must be a whole number >= 1")
         if not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
