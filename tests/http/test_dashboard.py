@@ -272,3 +272,14 @@ def test_login_form(client):
         assert "not accepted" in anonymous.get("/login?error=token").text
         # a next= that leaves the site is dropped before it reaches the form
         assert 'name="next" value="/"' in anonymous.get("/login?next=//evil.example").text
+
+
+def test_a_broker_outage_is_a_503_page_that_says_what_failed():
+    app = make_app("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    try:
+        with TestClient(create_app(app, no_auth=True, parts=("dashboard",))) as c:
+            for path in ("/", "/?part=live", "/queues/emails"):
+                r = c.get(path)
+                assert r.status_code == 503 and "cannot reach Redis" in r.text, path
+    finally:
+        app.close()

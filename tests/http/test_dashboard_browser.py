@@ -241,6 +241,18 @@ def test_log_in_see_counts_pause_and_requeue(browser, broker_url, broker_kind, t
             if broker_kind == "sqlite" and os.environ.get("OFFLOAD_DOCS_SCREENSHOT") == "1":
                 browser.save_screenshot(str(ROOT / "docs" / "dashboard.png"))
 
+            # purge asks first: dismissed, nothing happens; accepted, the queue is emptied
+            click(browser, By.CSS_SELECTOR, 'tr[data-queue="emails"] [data-action="purge"]')
+            alert = wait_for(browser, lambda d: d.switch_to.alert)
+            assert "emails" in alert.text
+            alert.dismiss()
+            time.sleep(0.3)
+            assert app.stats("emails").ready == 6
+            click(browser, By.CSS_SELECTOR, 'tr[data-queue="emails"] [data-action="purge"]')
+            wait_for(browser, lambda d: d.switch_to.alert).accept()
+            wait_for(browser, lambda d: "Purged 6 ready and scheduled tasks." in d.page_source)
+            assert app.stats("emails").ready == 0 and cell(browser, "emails", "ready") == "0"
+
             # a queue's dead letters: the error as text, the traceback on demand
             click(browser, By.LINK_TEXT, "invoices")
             wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "li.letter"))
@@ -267,6 +279,13 @@ def test_log_in_see_counts_pause_and_requeue(browser, broker_url, broker_kind, t
             assert stats.dead == 0 and stats.ready == 1
             browser.save_screenshot(str(shots / "5-requeued.png"))
             assert csp_violations(browser) == []
+
+            # the session ends: the next refresh goes to the login form, then back here
+            browser.delete_all_cookies()
+            wait_for(browser, lambda d: d.find_elements(By.ID, "token"))
+            assert browser.find_element(By.NAME, "next").get_attribute("value") == (
+                "/queues/invoices"
+            )
     finally:
         app.close()
     assert sorted(p.name for p in shots.iterdir()) == [

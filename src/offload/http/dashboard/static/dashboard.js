@@ -26,8 +26,10 @@
       headers: { "Accept": "text/html" }
     }).then(function (response) {
       if (response.redirected && new URL(response.url).pathname === "/login") {
-        // the session ended: go to the login form, and back here afterwards
-        window.location.assign(response.url);
+        // the session ended: to the login form, and back to this page (not to the
+        // region's own URL) afterwards
+        var here = window.location.pathname + window.location.search;
+        window.location.assign("/login?next=" + encodeURIComponent(here));
         return;
       }
       if (!response.ok) {
@@ -69,6 +71,15 @@
       .then(function () {
         busy = false;
       });
+  }
+
+  // the notice of a finished action shows once: drop its parameters from the address,
+  // so a reload, a bookmark or the way back after a new login does not repeat it
+  var address = new URL(window.location.href);
+  if (address.searchParams.has("done")) {
+    address.searchParams.delete("done");
+    address.searchParams.delete("n");
+    window.history.replaceState(null, "", address.pathname + address.search + address.hash);
   }
 
   document.addEventListener("submit", function (event) {
