@@ -9,8 +9,9 @@ from offload import App, Fail, Retry, current_task
 
 app = App("split", broker=os.environ.get("OFFLOAD_BROKER", "sqlite:///split.db"))
 fast = Retry(limit=2, min_backoff=0.05, max_backoff=0.1)
-app.queue("orders", retry=fast)
-app.queue("indexing", retry=fast)
+# A short lease: a task handed to a worker that is then killed comes back in seconds.
+app.queue("orders", retry=fast, lease=3)
+app.queue("indexing", retry=fast, lease=3)
 indexer = app.service(
     "indexer", memory="2GiB", cpu=0.25, executor=os.environ.get("SPLIT_EXECUTOR", "thread")
 )
