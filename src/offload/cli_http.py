@@ -214,7 +214,16 @@ def register(main: click.Group) -> None:
     "--no-auth", is_flag=True, help="Serve without a token (refused unless --host is loopback)."
 )
 @click.option("--access-log", is_flag=True, help="Log every request.")
-def serve_command(app_spec: str, host: str, port: int, no_auth: bool, access_log: bool) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port (each with its own broker connections).",
+)
+def serve_command(
+    app_spec: str, host: str, port: int, no_auth: bool, access_log: bool, workers: int
+) -> None:
     """Serve the HTTP face: JSON API, Cloud Tasks API, dashboard, /metrics."""
     from .cli import load_app
 
@@ -230,4 +239,37 @@ def serve_command(app_spec: str, host: str, port: int, no_auth: bool, access_log
         port,
         f"{len(tokens)} token(s)" if tokens else "NO AUTH, loopback only",
     )
-    serve(app, host, port, tokens, access_log=access_log)
+    if workers == 1:
+        serve(app, host, port, tokens, access_log=access_log)
+        return
+    import uvicorn
+
+    # uvicorn starts each process from an import string; the spec and the (already
+    # checked) auth mode travel in the environment, which the processes inherit
+    os.environ[_SPEC_ENV] = app_spec
+    os.environ[_NO_AUTH_ENV] = "1" if not tokens else ""
+    uvicorn.run(
+        "offload.cli_http:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        lifespan="on",
+        server_header=False,
+    )
+
+
+_SPEC_ENV = "OFFLOAD_SERVE_APP"
+_NO_AUTH_ENV = "OFFLOAD_SERVE_NO_AUTH"
+
+
+def app_from_environment() -> Any:
+    """The ASGI app of one ``offload serve --workers N`` process (see :func:`serve_command`):
+    tokens from ``$OFFLOAD_API_TOKENS``, the App from the spec ``serve`` was given."""
+    from .cli import load_app
+    from .http import create_app
+
+    tokens = _tokens()
+    no_auth = os.environ.get(_NO_AUTH_ENV) == "1"
+    return create_app(load_app(os.environ[_SPEC_ENV]), tokens=tokens, no_auth=no_auth)

@@ -133,6 +133,25 @@ def test_serve_live_with_tokens(env):
         stop(proc)
 
 
+def test_serve_with_several_worker_processes(env):
+    port = free_port()
+    proc = start(env, "serve", "serveapp:app", "--port", str(port), "--workers", "2")
+    try:
+        wait_healthy(proc, port)
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/api/v1/queues").status_code == 401
+        for word in ("a", "b", "c", "d"):
+            r = httpx.post(
+                f"{base}/api/v1/tasks",
+                headers=AUTH,
+                json={"task": "serveapp.touch", "args": [word]},
+            )
+            assert r.status_code == 201, r.text
+        assert httpx.get(f"{base}/api/v1/queues/jobs", headers=AUTH).json()["ready"] == 4
+    finally:
+        stop(proc)
+
+
 def test_serve_no_auth_on_loopback(env):
     port = free_port()
     env.pop("OFFLOAD_API_TOKENS")

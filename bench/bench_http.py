@@ -1,0 +1,284 @@
+"""HTTP enqueue against ``send``, side by side in one run.
+
+Per broker: ``send`` one by one from one thread (the baseline), then task creation over
+HTTP by 16 concurrent clients against a live ``offload serve`` in its own process, through
+the JSON API (``POST /api/v1/tasks``) and, when the Cloud Tasks surface is built, its
+``tasks.create``. Prints tasks/s and the ratio to ``send``; the goal on Redis is at least
+0.5x. Every task is really enqueued (the queue's count is checked afterwards).
+
+    .venv/bin/python bench/bench_http.py                      # Redis, 3 s per step
+    .venv/bin/python bench/bench_http.py --brokers sqlite,redis,postgres --seconds 5
+
+Needs Redis on 127.0.0.1:6379 (database 15, keys under a fresh prefix, deleted after) and,
+for postgres, PostgreSQL on 127.0.0.1:5432 (database ``test``, a fresh schema, dropped after).
+Loopback only. The clients are 16 keep-alive connections driven by a minimal HTTP/1.1
+client in this process; the server is one uvicorn process (the machine's cores are shared,
+so the numbers are what one server process does beside its clients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from offload import App
+
+HERE = pathlib.Path(__file__).resolve().parent
+TOKEN = "bench-" + uuid.uuid4().hex
+#: the App the server process imports (``bench_http:app``); the broker comes from
+#: $OFFLOAD_BROKER, set by this script for the server it starts
+app = App("benchhttp")
+app.queue("bench", lease=60.0)
+
+
+@app.task(queue="bench", name="benchhttp.noop")
+def noop(i: int) -> None:
+    return None
+
+
+def broker_url(kind: str, tmp: str) -> str:
+    ns = "bh" + uuid.uuid4().hex[:10]
+    if kind == "sqlite":
+        return f"sqlite:///{tmp}/bench.db"
+    if kind == "redis":
+        return f"redis://127.0.0.1:6379/15?prefix={ns}"
+    if kind == "postgres":
+        return f"postgresql://postgres@127.0.0.1:5432/test?schema={ns}"
+    raise SystemExit(f"--brokers: {kind!r} is not sqlite, redis or postgres")
+
+
+def cleanup(kind: str, url: str) -> None:
+    """Drop the step's namespace so the benchmark leaves nothing behind."""
+    if kind == "redis":
+        import redis
+
+        prefix = url.rsplit("prefix=", 1)[1]
+        r = redis.Redis(host="127.0.0.1", port=6379, db=15)
+        keys = list(r.scan_iter(match=f"*{prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            r.delete(*keys[i : i + 500])
+        r.close()
+    elif kind == "postgres":
+        import psycopg
+
+        schema = url.rsplit("schema=", 1)[1]
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
+            c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_send(url: str, seconds: float) -> float:
+    """``send`` one by one from one thread: tasks per second."""
+    a = App("benchhttp", broker=url)
+    a.queue("bench", lease=60.0)
+    tf = a.task(queue="bench", name="benchhttp.noop")(noop.fn)
+    for i in range(200):  # connect, declare, warm up
+        tf.send(i)
+    n, t0 = 0, time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for _ in range(100):
+            tf.send(n)
+            n += 1
+        if time.perf_counter() >= deadline:
+            break
+    rate = n / (time.perf_counter() - t0)
+    a.purge("bench")
+    a.close()
+    return rate
+
+
+def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        OFFLOAD_BROKER=url,
+        OFFLOAD_API_TOKENS=TOKEN,
+        PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "offload",
+            "serve",
+            "bench_http:app",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not start within 30 s")
+
+
+async def http_clients(
+    port: int, path: str, body_of, clients: int, seconds: float
+) -> tuple[float, int]:
+    """``clients`` concurrent keep-alive connections, each posting one task per request and
+    waiting for its answer: (tasks/s, requests made). The client is a minimal HTTP/1.1
+    writer and reader on asyncio streams: a general client (httpx) costs this process
+    several times the server's CPU per request, and the load generator must not be what is
+    measured."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+    )
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port)
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> None:
+        body = body_of(i)
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line = await reader.readline()
+        length = 0
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        answer = await reader.readexactly(length)
+        status = int(status_line.split()[1])
+        if status not in (200, 201):
+            raise SystemExit(f"{path}: {status} {answer[:300]!r}")
+
+    conns = [await connect() for _ in range(clients)]
+    done = 0
+    try:
+        for k, (r, w) in enumerate(conns):  # warm up every connection
+            for j in range(5):
+                await one(r, w, -1 - k * 5 - j)
+        stop = time.perf_counter() + seconds
+
+        async def client(k: int) -> None:
+            nonlocal done
+            r, w = conns[k]
+            i = k
+            while time.perf_counter() < stop:
+                await one(r, w, i)
+                done += 1
+                i += clients
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        return done / (time.perf_counter() - t0), done + clients * 5
+    finally:
+        for _, w in conns:
+            w.close()
+
+
+def api_body(i: int) -> bytes:
+    return json.dumps({"task": "benchhttp.noop", "args": [i]}).encode()
+
+
+def cloudtasks_body(i: int) -> bytes:
+    payload = base64.b64encode(json.dumps({"i": i}).encode()).decode()
+    task = {"httpRequest": {"url": "http://127.0.0.1:9/x", "httpMethod": "POST", "body": payload}}
+    return json.dumps({"task": task}).encode()
+
+
+def has_cloudtasks() -> bool:
+    try:
+        import offload.http.cloudtasks  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+def run_broker(
+    kind: str, seconds: float, clients: int, server_workers: list[int]
+) -> dict[str, float | None]:
+    tmp = tempfile.mkdtemp(prefix="bench-http-")
+    url = broker_url(kind, tmp)
+    try:
+        out: dict[str, float | None] = {"send": bench_send(url, seconds)}
+        for workers in server_workers:
+            port = free_port()
+            server = start_server(url, port, workers)
+            try:
+                path = "/api/v1/tasks"
+                rate, _ = asyncio.run(http_clients(port, path, api_body, clients, seconds))
+                out[f"api_w{workers}"] = rate
+                out[f"cloudtasks_w{workers}"] = None
+                if has_cloudtasks():
+                    path = "/v2/projects/bench/locations/local/queues/bench/tasks"
+                    rate, _ = asyncio.run(
+                        http_clients(port, path, cloudtasks_body, clients, seconds)
+                    )
+                    out[f"cloudtasks_w{workers}"] = rate
+            finally:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+        return out
+    finally:
+        cleanup(kind, url)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--brokers", default="redis", help="comma-separated: sqlite,redis,postgres")
+    p.add_argument("--seconds", type=float, default=3.0, help="per step")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument(
+        "--server-workers", default="1,2", help="comma-separated `offload serve --workers` values"
+    )
+    args = p.parse_args()
+    server_workers = [int(w) for w in args.server_workers.split(",")]
+    rows = []
+    for kind in [b.strip() for b in args.brokers.split(",") if b.strip()]:
+        r = run_broker(kind, args.seconds, args.clients, server_workers)
+        rows.append((kind, r))
+        print(json.dumps({"broker": kind, **r}), flush=True)
+    print()
+    cols = ("send/s", "API/s", "ratio", "CT/s", "ratio")
+    print(f"{'broker':9} {'server':>7} " + " ".join(f"{c:>8}" for c in cols))
+    for kind, r in rows:
+        send = r["send"] or 0.0
+        for w in server_workers:
+            api, ct = r[f"api_w{w}"] or 0.0, r[f"cloudtasks_w{w}"]
+            ct_cols = f"{ct:8.0f} {ct / send:8.2f}" if ct else f"{'-':>8} {'-':>8}"
+            print(f"{kind:9} {w:>5} p {send:8.0f} {api:8.0f} {api / send:8.2f} {ct_cols}")
+    print(
+        f"\n({args.clients} HTTP clients against one thread calling send; server: "
+        "`offload serve --workers N` processes; goal on redis: >= 0.5x send)"
+    )
+
+
+if __name__ == "__main__":
+    main()
