@@ -289,8 +289,13 @@ class _Reader:
                     field, f"{required} is missing; a pool needs services and a machine"
                 )
         services = self.names(p["services"], (*field, "services"), "service")
-        if not services:
-            raise self.fail((*field, "services"), "is empty; list the services this pool runs")
+        queues = self.names(p.get("queues", []), (*field, "queues"), "queue")
+        if not services and not queues:
+            raise self.fail(
+                (*field, "services"),
+                "is empty; list the services this pool runs (or, for a pool that only takes "
+                "on_oom escalations, give queues = [...])",
+            )
         shape = p["machine"]
         if not isinstance(shape, str) or shape not in machines:
             raise self.fail(
@@ -309,7 +314,7 @@ class _Reader:
             machine=machines[shape],
             replicas=self.replicas(p.get("replicas", [1, 1]), (*field, "replicas")),
             concurrency=concurrency,
-            queues=self.names(p.get("queues", []), (*field, "queues"), "queue"),
+            queues=queues,
         )
 
 

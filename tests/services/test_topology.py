@@ -348,8 +348,7 @@ def test_an_on_oom_queue_must_be_served_by_some_pool(tmp_path):
         str(err.value)
     )
     text += '\n[pools.huge]\nservices = []\nmachine = "e2-highmem-8"\n'
-    text = text.replace("services = []", 'services = ["spare"]\nqueues = ["indexing-large"]')
-    app.service("spare")
+    text = text.replace("services = []", 'services = []\nqueues = ["indexing-large"]')
     p = app.placement(write(tmp_path, text))
     assert p.queues == {"high": ("default", "indexing"), "huge": ("indexing-large",)}
 
