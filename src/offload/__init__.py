@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "OffloadError": "offload.errors",
     "PayloadError": "offload.errors",
     "PolicyError": "offload.errors",
+    "RemoteError": "offload.errors",
+    "DeadlineExceeded": "offload.chan.errors",
     "Retry": "offload.errors",
     "TaskAlreadyExists": "offload.errors",
     "TaskTimeout": "offload.errors",
@@ -59,6 +61,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "DeadLetterInfo",
+    "DeadlineExceeded",
     "Fail",
     "Hooks",
     "MemoryLimitExceeded",
@@ -67,6 +70,7 @@ __all__ = [
     "PolicyError",
     "QueuePolicy",
     "QueueStats",
+    "RemoteError",
     "Retry",
     "RetryPolicy",
     "Service",
@@ -89,6 +93,7 @@ __all__ = [
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ serves these
     from .app import App, DeadLetterInfo
     from .brokers.base import QueueStats, TaskMetrics
+    from .chan.errors import DeadlineExceeded
     from .core.policy import QueuePolicy, RetryPolicy
     from .errors import (
         BadArguments,
@@ -102,6 +107,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ se
         OffloadError,
         PayloadError,
         PolicyError,
+        RemoteError,
         Retry,
         TaskAlreadyExists,
         TaskTimeout,

@@ -71,6 +71,7 @@ class App:
         broker: str | Broker | None = None,
         *,
         topology: str | os.PathLike[str] | None = None,
+        call_timeout: float = 30.0,
     ) -> None:
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]{1,64}$", name):
             raise ConfigError(f"app name {name!r}: use 1-64 letters, digits, '_', '-' or '.'")
@@ -85,6 +86,17 @@ class App:
             )
         #: the seam task functions and workers use (package-internal)
         self.registry = Registry(name, broker)
+        if (
+            isinstance(call_timeout, bool)
+            or not isinstance(call_timeout, (int, float))
+            or not 0 < call_timeout <= 86_400
+        ):
+            raise ConfigError(
+                f"app {name!r}: call_timeout={call_timeout!r} must be seconds, more than 0 and "
+                "at most 86,400 (a day)"
+            )
+        #: seconds a call waits for its result when nothing else sets a deadline
+        self.registry.call_timeout = float(call_timeout)
         self.registry.services["default"] = Service(self.registry, "default", implicit=True)
         if topology is None:
             topology = os.environ.get("OFFLOAD_TOPOLOGY") or None
@@ -189,6 +201,12 @@ class App:
 
         path = os.fspath(topology) if topology is not None else self.topology
         return place(self.registry, path)
+
+    @property
+    def call_timeout(self) -> float:
+        """Seconds a call waits when neither a timeout, a context nor the current task
+        gives it a deadline."""
+        return self.registry.call_timeout
 
     @property
     def queues(self) -> dict[str, QueuePolicy]:

@@ -446,6 +446,7 @@ def metrics(app_spec: str, as_json: bool) -> None:
             "wall_max": m.wall_max,
             "cpu_avg": m.cpu_total / m.count if m.count else 0.0,
             "cpu_max": m.cpu_max,
+            "expired": int(m.extra.get("expired", 0)),
         }
         for m in sorted(ms, key=lambda m: m.task)
     ]

@@ -162,7 +162,7 @@ def queues_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def metrics_table(rows: Sequence[Mapping[str, Any]]) -> None:
     """One row per task function, times in milliseconds."""
-    cols = ("count", "failures", "wall avg ms", "wall max ms", "cpu avg ms")
+    cols = ("count", "failures", "expired", "wall avg ms", "wall max ms", "cpu avg ms")
     table = _table(
         "task metrics",
         [("task", {"no_wrap": True}), *((c, {"justify": "right"}) for c in cols)],
@@ -172,6 +172,7 @@ def metrics_table(rows: Sequence[Mapping[str, Any]]) -> None:
             r["task"],
             str(r["count"]),
             str(r["failures"]),
+            str(r.get("expired", 0)),
             *(_ms(r[k]) for k in ("wall_avg", "wall_max", "cpu_avg")),
         )
     console.print(table)

@@ -21,8 +21,11 @@
     │   └── Fail                      stop now and dead-letter the task
     ├── TaskError                     the task's own code failed
     │   ├── TaskTimeout               the task ran longer than its queue's or its own timeout
-    │   └── MemoryLimitExceeded       the task went over its memory limit
-    └── chan errors (offload.chan)    Closed, ChanPanic, Canceled, DeadlineExceeded
+    │   ├── MemoryLimitExceeded       the task went over its memory limit
+    │   └── RemoteError               a called task failed for good: its type, message, traceback
+    └── chan errors (offload.chan)    Closed, ChanPanic, Canceled, DeadlineExceeded (also
+                                      what a call raises past its deadline: one class, so one
+                                      ``except`` catches a Context's and a call's alike)
 
 Messages say what was wrong, where, and what to do about it.
 """
@@ -44,6 +47,7 @@ __all__ = [
     "OffloadError",
     "PayloadError",
     "PolicyError",
+    "RemoteError",
     "Retry",
     "TaskAlreadyExists",
     "TaskControl",
@@ -199,3 +203,17 @@ class TaskTimeout(TaskError, TimeoutError):
 
 class MemoryLimitExceeded(TaskError, MemoryError):
     """The task's process went over its memory limit and was killed."""
+
+
+class RemoteError(TaskError):
+    """A task called with ``call``/``result`` failed for good (its handler raised and will
+    not be retried: ``Fail``, an exhausted retry policy, or a result that could not travel).
+
+    ``type`` is the remote exception's qualified name, ``message`` its text and
+    ``traceback`` the remote traceback, as the worker recorded them."""
+
+    def __init__(self, text: str, *, type: str = "", message: str = "", traceback: str = ""):
+        super().__init__(text)
+        self.type = type
+        self.message = message
+        self.traceback = traceback

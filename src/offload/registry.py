@@ -22,6 +22,8 @@ from .errors import ConfigError, UnknownQueue, Unsupported
 from .service import check_executors
 
 if TYPE_CHECKING:
+    from .periodic import Schedule
+    from .replies import Mailbox
     from .service import Service
     from .task import TaskFunction
 
@@ -56,6 +58,14 @@ class Registry:
         self._portal: Portal | None = None
         self._declared = False
         self._loop_brokers: dict[asyncio.AbstractEventLoop, Broker] = {}
+        #: seconds a call waits when nothing else gives it a deadline (App(call_timeout=))
+        self.call_timeout = 30.0
+        #: this process's reply channel and its listener, made by the first call
+        self.mailbox: Mailbox | None = None
+        #: event name -> the subscribers' task functions (``@app.on``)
+        self.events: dict[str, list[TaskFunction]] = {}
+        #: task name -> its schedule (``@app.periodic``)
+        self.schedules: dict[str, Schedule] = {}
 
     # -- the model ------------------------------------------------------------------------
 
@@ -171,7 +181,10 @@ class Registry:
         return await asyncio.to_thread(self.enqueue, tasks)
 
     def close(self) -> None:
-        """Release the facade's connections and its portal thread, if any."""
+        """Release the facade's connections, its portal thread and the results listener."""
+        box, self.mailbox = self.mailbox, None
+        if box is not None:
+            box.close()
         with self.lock:
             facade, portal = self._facade, self._portal
             self._facade = self._portal = None

@@ -13,12 +13,13 @@ import inspect
 import time
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .brokers.base import NewTask
+from .calls import Calling, HandleResult, result_headers
 from .core import envelope as _env
 from .core import payload as _payload
 from .core.policy import MAX_SECONDS
@@ -34,13 +35,15 @@ _PLAIN = {str, int, float, bool, type(None), list, dict, tuple, Any, bytes, insp
 
 
 @dataclass(frozen=True, slots=True)
-class TaskHandle:
-    """What ``send`` returns: enough to find the task again (``app.delete_task``)."""
+class TaskHandle(HandleResult):
+    """What ``send`` returns: enough to find the task again (``app.delete_task``) and,
+    when it was sent with ``result_ttl=``, to wait for its result (``result()``)."""
 
     id: str
     queue: str
     task: str
     name: str | None = None
+    _registry: Registry | None = field(default=None, repr=False, compare=False)
 
 
 class TaskInfo:
@@ -50,6 +53,7 @@ class TaskInfo:
         "_cancelled",
         "_ctx",
         "_deadline",
+        "_result",
         "attempt",
         "headers",
         "id",
@@ -77,6 +81,7 @@ class TaskInfo:
         self._deadline = deadline  # epoch seconds, from the task's deadline header
         self._ctx: Any = None
         self._cancelled = False
+        self._result: Any = None  # what the handler returned (stored when a caller waits)
 
     def __repr__(self) -> str:
         return (
@@ -142,8 +147,9 @@ def _needs_convert(tp: Any) -> bool:
     return not (plain_container and not any(_needs_convert(a) for a in typing.get_args(tp)))
 
 
-class TaskFunction:
-    """A registered task function. Calling it runs it here and now; ``send`` enqueues it."""
+class TaskFunction(Calling):
+    """A registered task function. Calling it runs it here and now; ``send`` enqueues it;
+    ``call`` sends it and waits for its result (:class:`~offload.calls.Calling`)."""
 
     def __init__(
         self,
@@ -207,13 +213,17 @@ class TaskFunction:
         deadline: float | _dt.datetime | None = None,
         context: Any = None,
         connection: Any = None,
+        result_ttl: float | None = None,
     ) -> TaskHandle:
         """Enqueue with options: a unique ``name`` (raises :class:`TaskAlreadyExists` when
         taken), ``delay`` seconds or an aware ``eta``, another ``queue``, extra ``headers``,
         a ``deadline`` (seconds from now, or an aware datetime) that the handler's context
         enforces, a ``context`` (an ``offload.chan.Context``) whose deadline the task
         inherits, and ``connection``: a database connection whose transaction the enqueue
-        joins (brokers with transactional enqueue only)."""
+        joins (brokers with transactional enqueue only). ``result_ttl``: store the
+        handler's result for that many seconds, for :meth:`TaskHandle.result`."""
+        if result_ttl is not None:
+            headers = result_headers(self.registry, headers, result_ttl)
         if context is not None:
             remaining = context.remaining()
             if remaining is not None:
@@ -244,7 +254,7 @@ class TaskFunction:
                 "within its dedup window); pick another name or drop name= to allow copies",
                 names=[name] if name else [],
             )
-        return TaskHandle(new.id, new.queue, self.name, name)
+        return TaskHandle(new.id, new.queue, self.name, name, self.registry)
 
     def send_many(
         self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]] | tuple[Any, ...]]
@@ -270,7 +280,7 @@ class TaskFunction:
         if not built:
             return []
         created = self.registry.enqueue(built)
-        handles = [TaskHandle(t.id, t.queue, self.name, t.name) for t in built]
+        handles = [TaskHandle(t.id, t.queue, self.name, t.name, self.registry) for t in built]
         dups = [t.name or t.id for t, ok in zip(built, created, strict=True) if not ok]
         if dups:
             raise TaskAlreadyExists(
@@ -361,7 +371,7 @@ class TaskFunction:
         """``send`` for async code: does not block the event loop on remote brokers."""
         new = self.build(args, kwargs)
         await self.registry.enqueue_async([new])
-        return TaskHandle(new.id, new.queue, self.name, None)
+        return TaskHandle(new.id, new.queue, self.name, None, self.registry)
 
     # -- running (worker side) ----------------------------------------------------------
 

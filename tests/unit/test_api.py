@@ -72,6 +72,8 @@ def _layer(rel: pathlib.Path) -> str:
     top = rel.parts[0].removesuffix(".py")
     if top in ("app", "task", "hooks", "registry", "service", "topology", "rpc", "catalog"):
         return "model"
+    if top in ("calls", "replies", "events", "periodic"):  # how services talk: the model
+        return "model"
     if top in ("http", "planner", "metrics", "__main__", "__init__") or top.startswith("cli"):
         return "faces"
     return top

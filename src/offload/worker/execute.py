@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import calls as _calls
 from ..brokers.base import Broker, Claimed
 from ..core import envelope as _env
 from ..core.verdict import Verdict, describe, judge, judge_expired_claim, safe_text
@@ -66,6 +67,11 @@ class TaskRunner:
             return
         if env.app and env.app != self._core.name:
             self._foreign(run, env.app, env.task)
+            return
+        if env.headers and _calls.past_deadline(env.headers, c.now):
+            self._forget(run)  # its caller gave up: dropped unrun, counted as expired
+            self._outbox.ack(c.lease)
+            self._metrics.count(env.task, "expired")
             return
         policy = self._policies[c.queue]
         if c.expired:
@@ -143,6 +149,8 @@ class TaskRunner:
             finally:
                 _current.reset(token)
         else:
+            if run.info is not None:
+                run.info._result = value
             self._done(run, None, "", cpu)
 
     async def _await_result(self: Worker, run: Running, awaitable: Any, cpu: float) -> None:
@@ -190,6 +198,7 @@ class TaskRunner:
                 exc = run.timeout_error  # raised in this thread by _time_out
             result = (exc, _format_exc())
         else:
+            run.info._result = value  # type: ignore[union-attr]
             result = (None, "")
         finally:
             run.thread = None
@@ -275,6 +284,11 @@ class TaskRunner:
                 run.task.name if run.task else "?",
                 time.monotonic() - run.lease_end,
             )
+        if run.info is not None and _calls.RESULT_TTL in run.info.headers:
+            reply = _calls.reply_for(run.info, verdict)
+            if reply is not None:  # stored before the ack: verdicts go out first
+                store: Any = self._broker
+                self._outbox.verdict(lambda: store.put_result(c.id, *reply), None, c.id)
         if verdict.kind == "ack":
             self.stats.succeeded += 1
             self._outbox.ack(c.lease)  # a finished run wins, even after a lost lease

@@ -35,6 +35,13 @@ class MetricsBuffer:
         if cpu > m.cpu_max:
             m.cpu_max = cpu
 
+    def count(self, name: str, measure: str) -> None:
+        """Add one to a named count of ``name`` (e.g. ``expired``: dropped unrun)."""
+        m = self._by_task.get(name)
+        if m is None:
+            m = self._by_task[name] = TaskMetrics(name)
+        m.extra[measure] = m.extra.get(measure, 0.0) + 1.0
+
     async def flush(self, broker: Broker) -> None:
         """Store what was summed; a broker that is away costs these numbers, not the run."""
         if not self._by_task:
