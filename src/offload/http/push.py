@@ -313,7 +313,8 @@ def _headers(request: Mapping[str, Any], info: Any, netloc: str, secret: str) ->
         {
             "Host": netloc,
             "X-CloudTasks-QueueName": info.queue,
-            "X-CloudTasks-TaskName": info.name or info.id,
+            # a Cloud Tasks task's own id, without the queue its offload id carries
+            "X-CloudTasks-TaskName": info.name or info.id.removeprefix(f"{info.queue}/"),
             "X-CloudTasks-TaskRetryCount": str(retries),
             "X-CloudTasks-TaskExecutionCount": str(retries),
             "X-CloudTasks-TaskETA": f"{eta if eta is not None else time.time():.6f}",

@@ -1,0 +1,361 @@
+"""The Cloud Tasks v2 REST surface: Google's own ``google-cloud-tasks`` client (REST
+transport) manages offload's queues and tasks through it.
+
+A Cloud Tasks queue ``projects/P/locations/L/queues/Q`` is the offload queue ``Q`` (any
+project and location are accepted and echoed back). Queues: create, get, list, patch (with
+``updateMask``), delete, pause, resume, purge; tasks: create, get, list, delete, run. A task
+is an HTTP-target task (``httpRequest``: url, httpMethod, headers, base64 body), delivered
+by the workers serving its queue through the built-in push task function
+(:mod:`offload.http.push`).
+
+How the two models meet:
+
+* ``rateLimits.maxDispatchesPerSecond`` is the queue's ``rate`` (0 or absent: unlimited),
+  ``maxBurstSize`` its token bucket (settable here, unlike Google's), and
+  ``maxConcurrentDispatches`` its ``max_concurrent``; ``retryConfig`` maps to App Engine's
+  retry parameters, which offload's retry policy is: ``maxAttempts`` is ``limit + 1`` (-1:
+  unlimited), ``maxRetryDuration`` is ``age_limit`` (0: unlimited).
+* The queues listed are those the served App declares, plus those created through this
+  surface and those another process stored in the broker (adopted when first named). Rate
+  and concurrency are stored in the broker; the retry policy is the App's (workers apply
+  their own App's declaration of the queue, so declare it the same there).
+* A named task keeps its name reserved for the queue's dedup window after it finished
+  (``ALREADY_EXISTS`` meanwhile), as Google's does for a while. ``tasks.purge`` deletes
+  ready and scheduled tasks; running ones finish and dead letters stay.
+* ``dispatchCount`` counts attempts; ``responseCount`` counts the attempts that ended
+  (offload does not tell a response from a connection error apart afterwards);
+  ``lastAttempt.responseStatus`` carries the last error.
+
+Errors use Google's JSON shape (``{"error": {"code", "message", "status"}}``), so the client
+raises its usual exceptions (``NotFound``, ``AlreadyExists``, ``InvalidArgument``...).
+Requests with ``$alt=json;enum-encoding=int`` (what the Python client sends) get integer
+enums back; others get enum names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from ..app import PUSH_TASK
+from ..brokers.base import Broker, QueueStats, TaskInspection, TaskRecord
+from ..core import envelope as _env
+from ..core.policy import QueuePolicy
+from ..errors import BrokerError, ConfigError, UnknownQueue
+from .cloudtasks_json import (
+    PRECONDITION,
+    STATUS,
+    TASK_ID,
+    ApiError,
+    apply_queue,
+    as_bytes,
+    camel,
+    page_size,
+    queue_json,
+    seconds,
+    task_json,
+    timestamp,
+    view,
+)
+from .context import HttpContext
+from .push import METHODS, make_request
+
+__all__ = ["routes"]
+
+_QUEUES = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues")
+_QUEUE = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues/([^/:]+)(?::(\w+))?")
+_TASKS = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues/([^/:]+)/tasks")
+_TASK = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues/([^/:]+)/tasks/([^/:]+)(?::(\w+))?")
+
+
+def routes(ctx: HttpContext) -> list[BaseRoute]:
+    """One route under ``/v2/``: Cloud Tasks puts verbs after a colon (``Q:pause``), which
+    a path template cannot split, so the handler matches the path itself."""
+
+    async def handle(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await _dispatch(ctx, request))
+        except ApiError as exc:
+            return _error(exc.code, str(exc), exc.status)
+        except UnknownQueue as exc:
+            return _error(404, str(exc))
+        except ConfigError as exc:
+            return _error(400, str(exc))
+        except BrokerError as exc:
+            return _error(503, str(exc))
+
+    return [Route("/v2/{path:path}", handle, methods=["GET", "POST", "PATCH", "DELETE"])]
+
+
+def _error(code: int, message: str, status: str | None = None) -> JSONResponse:
+    status = status or STATUS.get(code, "UNKNOWN")
+    body = {"error": {"code": code, "message": message, "status": status}}
+    return JSONResponse(body, status_code=code)
+
+
+async def _dispatch(ctx: HttpContext, request: Request) -> Any:
+    path, method = request.path_params["path"], request.method
+    ints = "enum-encoding=int" in request.query_params.get("$alt", "")
+    q = request.query_params
+    if m := _QUEUES.fullmatch(path):
+        parent = path
+        if method == "GET":
+            return await _list_queues(ctx, parent, q, ints)
+        if method == "POST":
+            return await _create_queue(ctx, parent, await _body(request), ints)
+    elif m := _QUEUE.fullmatch(path):
+        qid, verb = m.group(3), m.group(4)
+        name = path.rsplit(":", 1)[0] if verb else path
+        if verb is None and method == "GET":
+            return await _queue(ctx, name, qid, ints)
+        if verb is None and method == "PATCH":
+            return await _patch_queue(ctx, name, qid, await _body(request), q, ints)
+        if verb is None and method == "DELETE":
+            return await _delete_queue(ctx, qid)
+        if verb in ("pause", "resume", "purge") and method == "POST":
+            return await _queue_verb(ctx, name, qid, verb, ints)
+    elif m := _TASKS.fullmatch(path):
+        qid, qname = m.group(3), path.removesuffix("/tasks")
+        if method == "GET":
+            return await _list_tasks(ctx, qname, qid, q, ints)
+        if method == "POST":
+            return await _create_task(ctx, qname, qid, await _body(request), ints)
+    elif m := _TASK.fullmatch(path):
+        qid, tid, verb = m.group(3), m.group(4), m.group(5)
+        qname = path.split("/tasks/")[0]
+        if verb is None and method == "GET":
+            full = view(q.get("responseView"))
+            return task_json(qname, await _get_task(ctx, qid, tid), full, ints)
+        if verb is None and method == "DELETE":
+            return await _delete_task(ctx, qid, tid)
+        if verb == "run" and method == "POST":
+            body = await _body(request)
+            return await _run_task(ctx, qname, qid, tid, view(body.get("responseView")), ints)
+    else:
+        raise ApiError(404, f"no Cloud Tasks resource at /v2/{path}")
+    raise ApiError(405, f"{method} /v2/{path} is not a Cloud Tasks method offload serves")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+async def _broker(ctx: HttpContext, op: Any, *, declare: bool = True) -> Any:
+    return await ctx.call(ctx.app.registry.call, op, declare=declare)
+
+
+def _inspecting(b: Broker) -> TaskInspection:
+    if not isinstance(b, TaskInspection):
+        raise ApiError(501, f"broker {b.url!r} cannot look at single tasks (no inspection)")
+    return b
+
+
+# -- queues -----------------------------------------------------------------------------
+
+
+async def _policy(ctx: HttpContext, qid: str) -> QueuePolicy:
+    """The App's policy of queue ``qid``; one only the broker stores is adopted."""
+    QueuePolicy(qid)  # a bad id is INVALID_ARGUMENT, not NOT_FOUND
+    registry = ctx.app.registry
+    p = registry.queues.get(qid)
+    if p is not None:
+        return p
+    stats: QueueStats = await _broker(ctx, lambda b: b.stats(qid), declare=False)
+    e = stats.policy
+    if e is None:
+        raise ApiError(404, f"queue {qid!r} not found")
+    p = QueuePolicy(
+        qid,
+        rate=e.rate,
+        bucket_size=None if e.bucket is None else max(1, int(e.bucket)),
+        max_concurrent=e.max_concurrent,
+        lease=e.lease,
+        dedup_window=e.dedup_window,
+    )
+    registry.declare(p)
+    return p
+
+
+async def _queue(ctx: HttpContext, name: str, qid: str, ints: bool) -> dict[str, Any]:
+    p = await _policy(ctx, qid)
+    return queue_json(name, p, await _broker(ctx, lambda b: b.stats(qid)), ints)
+
+
+async def _list_queues(ctx: HttpContext, parent: str, q: Any, ints: bool) -> dict[str, Any]:
+    size = page_size(q.get("pageSize"))
+    after = q.get("pageToken") or ""
+    ids = sorted(i for i in ctx.app.registry.queues if i > after)
+    out = [await _queue(ctx, f"{parent}/{i}", i, ints) for i in ids[:size]]
+    body: dict[str, Any] = {"queues": out}
+    if len(ids) > size:
+        body["nextPageToken"] = ids[size - 1]
+    return body
+
+
+async def _create_queue(ctx: HttpContext, parent: str, body: dict, ints: bool) -> dict:
+    name = body.get("name")
+    m = _QUEUE.fullmatch(name) if isinstance(name, str) else None
+    if m is None or m.group(4) or not name.startswith(parent + "/"):
+        raise ApiError(400, f"queue.name {name!r} must be {parent}/QUEUE_ID")
+    qid = m.group(3)
+    try:
+        await _policy(ctx, qid)
+    except ApiError as exc:
+        if exc.code != 404:
+            raise
+    else:
+        raise ApiError(409, f"queue {name} already exists")
+    return await _store(ctx, name, apply_queue(QueuePolicy(qid), body, None), ints)
+
+
+async def _patch_queue(ctx: HttpContext, name: str, qid: str, body: dict, q: Any, ints: bool):
+    if body.get("name", name) != name:
+        raise ApiError(400, f"queue.name {body.get('name')!r} differs from the URL's {name!r}")
+    mask = q.get("updateMask") or q.get("update_mask")
+    paths = None if not mask else {camel(p.strip()) for p in mask.split(",") if p.strip()}
+    try:
+        p = await _policy(ctx, qid)
+    except ApiError as exc:
+        if exc.code != 404:
+            raise
+        p = QueuePolicy(qid)  # as Google's: patching a queue that does not exist creates it
+    return await _store(ctx, name, apply_queue(p, body, paths), ints)
+
+
+async def _store(ctx: HttpContext, name: str, p: QueuePolicy, ints: bool) -> dict:
+    ctx.app.registry.declare(p)
+    await _broker(ctx, lambda b: b.declare([p]))
+    return queue_json(name, p, await _broker(ctx, lambda b: b.stats(p.name)), ints)
+
+
+async def _delete_queue(ctx: HttpContext, qid: str) -> dict:
+    await _policy(ctx, qid)
+    if qid == "default":
+        raise ApiError(
+            400, "the default queue cannot be deleted: every App declares it", PRECONDITION
+        )
+    registry = ctx.app.registry
+    await _broker(ctx, lambda b: _inspecting(b).drop_queue(qid), declare=False)
+    with registry.lock:
+        registry.queues.pop(qid, None)
+    return {}
+
+
+async def _queue_verb(ctx: HttpContext, name: str, qid: str, verb: str, ints: bool) -> dict:
+    await _policy(ctx, qid)
+    if verb == "purge":
+        await _broker(ctx, lambda b: b.purge(qid))
+    else:
+        await _broker(ctx, lambda b: b.set_paused(qid, verb == "pause"))
+    return await _queue(ctx, name, qid, ints)
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+
+def _key(qid: str, tid: str) -> str:
+    """The offload id of Cloud Tasks task ``tid``: unique across queues, as ids must be."""
+    return f"{qid}/{tid}"
+
+
+async def _get_task(ctx: HttpContext, qid: str, tid: str) -> TaskRecord:
+    await _policy(ctx, qid)
+
+    async def get(b: Broker) -> TaskRecord | None:
+        ins = _inspecting(b)
+        # made here (queue/id), or by send or App.push (its own id)
+        return await ins.get_task(qid, _key(qid, tid)) or await ins.get_task(qid, tid)
+
+    rec = await _broker(ctx, get)
+    if rec is None:
+        raise ApiError(404, f"task {tid!r} not found in queue {qid!r}")
+    return rec
+
+
+async def _list_tasks(ctx: HttpContext, qname: str, qid: str, q: Any, ints: bool) -> dict:
+    await _policy(ctx, qid)
+    size = page_size(q.get("pageSize"))
+    after = q.get("pageToken") or None
+    recs = await _broker(ctx, lambda b: _inspecting(b).list_tasks(qid, limit=size + 1, after=after))
+    full = view(q.get("responseView"))
+    body: dict[str, Any] = {"tasks": [task_json(qname, r, full, ints) for r in recs[:size]]}
+    if len(recs) > size:
+        body["nextPageToken"] = recs[size - 1].id
+    return body
+
+
+async def _create_task(ctx: HttpContext, qname: str, qid: str, body: dict, ints: bool):
+    task = body.get("task")
+    if not isinstance(task, dict):
+        raise ApiError(400, "CreateTaskRequest.task is required")
+    await _policy(ctx, qid)
+    name = task.get("name") or None
+    tid = _env.new_id()
+    if name is not None:
+        parent = f"{qname}/tasks/"
+        if not isinstance(name, str) or not name.startswith(parent):
+            raise ApiError(400, f"task.name {name!r} must be {parent}TASK_ID")
+        tid = name[len(parent) :]
+        if not TASK_ID.fullmatch(tid):
+            raise ApiError(400, f"task id {tid!r}: use 1-500 letters, digits, '-' or '_'")
+    req = task.get("httpRequest")
+    if not isinstance(req, dict):
+        raise ApiError(400, "task.httpRequest is required (offload serves HTTP-target tasks)")
+    for unsupported in ("oauthToken", "oidcToken", "appEngineHttpRequest"):
+        if unsupported in req or unsupported in task:
+            raise ApiError(400, f"{unsupported} is not supported; push tasks are signed instead")
+    method = req.get("httpMethod") or "POST"
+    if isinstance(method, int) and 1 <= method <= len(METHODS):
+        method = METHODS[method - 1]
+    raw = as_bytes("httpRequest.body", req.get("body") or "")
+    deadline = 600.0
+    if task.get("dispatchDeadline"):
+        deadline = seconds("dispatchDeadline", task["dispatchDeadline"])
+    when = None
+    if task.get("scheduleTime"):
+        when = timestamp("scheduleTime", task["scheduleTime"])
+    request = make_request(req.get("url"), raw, req.get("headers") or {}, method, deadline)
+    if when is not None:
+        request["eta"] = when
+    tf = ctx.app.get_task(PUSH_TASK)
+    eta = None if when is None else datetime.fromtimestamp(when, UTC)
+    new = tf.build(args=(request,), queue=qid, name=tid if name else None, eta=eta)
+    new.id = _key(qid, tid)
+    exists = await _broker(ctx, lambda b: _inspecting(b).get_task(qid, new.id))
+    if exists is not None:
+        raise ApiError(409, f"task {name} already exists")
+    (created,) = await ctx.call(ctx.app.registry.enqueue, [new])
+    if not created:
+        raise ApiError(409, f"task {name} already exists (or finished within the dedup window)")
+    rec = await _get_task(ctx, qid, tid)
+    return task_json(qname, rec, view(body.get("responseView")), ints)
+
+
+async def _delete_task(ctx: HttpContext, qid: str, tid: str) -> dict:
+    rec = await _get_task(ctx, qid, tid)
+    if not await _broker(ctx, lambda b: b.delete(qid, id=rec.id)):
+        raise ApiError(404, f"task {tid!r} not found in queue {qid!r}")
+    return {}
+
+
+async def _run_task(ctx: HttpContext, qname: str, qid: str, tid: str, full: bool, ints: bool):
+    rec = await _get_task(ctx, qid, tid)
+    if not await _broker(ctx, lambda b: _inspecting(b).run_task(qid, rec.id)):
+        msg = f"task {tid!r} is {rec.state}: only a waiting task can run now"
+        raise ApiError(400, msg, PRECONDITION)
+    return task_json(qname, await _get_task(ctx, qid, tid), full, ints)
