@@ -22,6 +22,7 @@ from .brokers.base import (
 from .core import envelope as _env
 from .core.policy import QueuePolicy, RetryPolicy, check_timeout
 from .errors import BadArguments, BrokerURLError, ConfigError, UnknownTask
+from .events import Publishing
 from .registry import Registry
 from .service import Service, declare_service
 from .task import TaskFunction, TaskHandle
@@ -53,7 +54,7 @@ class DeadLetterInfo:
     kwargs: dict[str, Any] | None = None
 
 
-class App:
+class App(Publishing):
     """One per codebase: the queues, the task functions and the broker.
 
     ``broker`` is a URL, or a :class:`~offload.brokers.base.Broker` instance (a

@@ -116,6 +116,21 @@ def always_fails(key: str) -> str:
     raise RuntimeError(f"no luck for {key}")
 
 
+@app.on("user.signed_up", queue="emails")
+def welcome(user: dict) -> None:
+    _note(f"welcome {user['id']}")
+
+
+@app.on("user.signed_up", queue="payments")
+def open_account(user: dict) -> None:
+    _note(f"account {user['id']}")
+
+
+@app.on("user.signed_up", queue="audit")
+def audit(user: dict) -> None:
+    _note(f"audit {user['id']}")
+
+
 VALUES = [
     None,
     True,

@@ -169,7 +169,10 @@ class RedisBroker(ScriptCalls, Inspection, Results):
         plan = enqueue_calls(tasks)
         calls = [(q, enqueue_args([tasks[i] for i in idx])) for q, idx in plan]
         out = [False] * len(tasks)
-        for (_, idx), reply in zip(plan, await self._eval_many("enqueue", calls), strict=True):
+        # one MULTI/EXEC on a single server: a batch over several queues (an event's
+        # subscribers) is stored whole or not at all
+        replies = await self._eval_many("enqueue", calls, atomic=True)
+        for (_, idx), reply in zip(plan, replies, strict=True):
             for i, ok in zip(idx, reply, strict=True):
                 out[i] = bool(ok)
         return out

@@ -152,18 +152,27 @@ class ScriptCalls:
                 await conn.disconnect()  # a reply may be pending: never reuse as is
                 raise
 
-    async def _eval_many(self, name: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list:
-        """One script on several queues, pipelined (one round trip on a single server)."""
+    async def _eval_many(
+        self, name: str, calls: Sequence[tuple[str, Sequence[Any]]], *, atomic: bool = False
+    ) -> list:
+        """One script on several queues, pipelined (one round trip on a single server).
+        ``atomic`` (a single server only): all in one MULTI/EXEC, each call sent as EVAL
+        with its source, so a flushed script cache cannot fail one call of the batch and
+        an outage before EXEC applies none of them."""
         if len(calls) == 1:
             return [await self._eval(name, *calls[0])]
         r = self._client()
         s = self._scripts[name]
         op = name.replace("_", " ")
+        atomic = atomic and not self._cluster
         try:
-            pipe = r.pipeline(transaction=False)
+            pipe = r.pipeline(transaction=atomic)
             for queue, args in calls:
                 keys = self._qkeys(queue).keys
-                pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
+                if atomic:
+                    pipe.execute_command("EVAL", s.source, len(keys), *keys, *args)
+                else:
+                    pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
             results = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             raise self._faults.error(op, exc) from exc

@@ -115,8 +115,22 @@ class SyncScripts:
         if len(tasks) == 1:  # the one-by-one send: nothing to group
             return [bool(self.eval(script, keys_of(tasks[0].queue), enqueue_args(tasks))[0])]
         out = [False] * len(tasks)
-        for queue, idx in enqueue_calls(tasks):
-            reply = self.eval(script, keys_of(queue), enqueue_args([tasks[i] for i in idx]))
+        plan = enqueue_calls(tasks)
+        if len(plan) > 1 and not self._cluster:
+            # several queues (an event's subscribers): one MULTI/EXEC, all or none; EVAL
+            # with the source, so a flushed script cache cannot fail one call of it
+            pipe = self._get().pipeline(transaction=True)
+            for queue, idx in plan:
+                keys = keys_of(queue)
+                args = enqueue_args([tasks[i] for i in idx])
+                pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
+            replies = pipe.execute()
+        else:
+            replies = [
+                self.eval(script, keys_of(q), enqueue_args([tasks[i] for i in idx]))
+                for q, idx in plan
+            ]
+        for (_, idx), reply in zip(plan, replies, strict=True):
             for i, ok in zip(idx, reply, strict=True):
                 out[i] = bool(ok)
         return out
