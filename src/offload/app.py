@@ -23,6 +23,7 @@ from .core import envelope as _env
 from .core.policy import QueuePolicy, RetryPolicy, check_timeout
 from .errors import BadArguments, BrokerURLError, ConfigError, UnknownTask
 from .events import Publishing
+from .periodic import Scheduling
 from .registry import Registry
 from .service import Service, declare_service
 from .task import TaskFunction, TaskHandle
@@ -54,7 +55,7 @@ class DeadLetterInfo:
     kwargs: dict[str, Any] | None = None
 
 
-class App(Publishing):
+class App(Publishing, Scheduling):
     """One per codebase: the queues, the task functions and the broker.
 
     ``broker`` is a URL, or a :class:`~offload.brokers.base.Broker` instance (a

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from . import cli_http, cli_pools
+from . import cli_calls, cli_http, cli_pools
 from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue, UnknownTask
@@ -460,6 +460,7 @@ cli_http.register(main)  # serve, run --http, worker --metrics-port
 
 main.add_command(cli_pools.machines)
 main.add_command(cli_pools.check)
+main.add_command(cli_calls.periodic)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

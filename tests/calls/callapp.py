@@ -131,6 +131,11 @@ def audit(user: dict) -> None:
     _note(f"audit {user['id']}")
 
 
+@app.periodic("* * * * * *", queue="reports")
+def tick() -> None:
+    _note(f"tick {current_task().name} {time.time():.3f}")
+
+
 VALUES = [
     None,
     True,

@@ -27,6 +27,7 @@ from .execute import TaskRunner
 from .leases import heartbeat
 from .metrics import MetricsBuffer
 from .outbox import Outbox
+from .periodic import keep_schedules
 from .state import Running, WorkerStats
 from .threads import ThreadPool
 
@@ -129,6 +130,9 @@ class Worker(TaskRunner):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._flush_loop())
                 tg.create_task(self._heartbeat_loop())
+                tg.create_task(
+                    keep_schedules(self._core, self.queues, broker, self._stop_event, self._closed)
+                )
                 try:
                     await self._claim_loop()
                     await self._drain()
