@@ -7,8 +7,15 @@
 - ``charge_card`` calls a flaky external payment API that fails now and then: it retries
   with exponential backoff, and a card that can never be charged ends in dead letters.
 - ``send_welcome`` goes out through a rate-limited queue (the mail provider allows 20/s).
-- ``charge_card`` and ``send_welcome`` are sent as named tasks, so a double-submitted
-  signup charges once and sends one email, not two.
+- A signup is an *event*: ``front_signup`` publishes ``user.signed_up`` once, and every
+  service that subscribes (``send_welcome`` on emails, ``charge_card`` on payments) gets
+  it, all enqueued in one broker transaction. The publish is keyed by the user, so a
+  double-submitted signup charges once and sends one email, not two.
+- ``search_products`` runs on the search index's own queue; ``front_search`` (a web
+  handler) *calls* it with a 2-second deadline and gets the hits back, or
+  ``DeadlineExceeded`` when the index is too slow (and then the index never starts the
+  late request). ``front_page`` asks three services at once with ``call_async`` under one
+  deadline shared by all branches (``offload.chan.ErrGroup``).
 
 Run it bounded with ``python examples/demo.py``, or open-ended with workers (README).
 """
@@ -39,6 +46,10 @@ app.queue(
     retry=Retry(limit=6, min_backoff=0.05, max_backoff=0.5, max_doublings=3),
 )
 app.queue("indexing", max_concurrent=2, lease=60)
+app.queue("search", lease=10)
+
+CATALOG = [f"{colour} {item}" for colour in ("red", "blue", "black") for item in
+           ("shoes", "hat", "scarf", "coat", "boots")]  # fmt: skip
 
 INDEX_MB = int(os.environ.get("DEMO_INDEX_MB", "64"))
 FLAKY = float(os.environ.get("DEMO_FLAKY", "0.25"))
@@ -54,9 +65,10 @@ def index_document(user_id: int, words: int = 50_000) -> int:
     return len(buf) + words
 
 
-@app.task(queue="payments")
-async def charge_card(user_id: int, cents: int) -> None:
+@app.on("user.signed_up", queue="payments")
+async def charge_card(user: dict) -> None:
     """An external API that fails sometimes: retried with backoff, never lost."""
+    user_id, cents = user["id"], user["cents"]
     await asyncio.sleep(0.01)
     if cents < 0:
         raise Fail(f"refusing to charge a negative amount ({cents}) for user {user_id}")
@@ -68,23 +80,49 @@ async def charge_card(user_id: int, cents: int) -> None:
         raise Retry(after=0.2, reason="payment API asked us to slow down")
 
 
-@app.task(queue="emails")
-async def send_welcome(user_id: int, email: str) -> None:
-    """Rate-limited by the queue; named per user, so duplicates are dropped at send."""
-    info = current_task()
-    assert info.name == f"welcome-{user_id}"
+@app.on("user.signed_up", queue="emails")
+async def send_welcome(user: dict) -> None:
+    """Rate-limited by the queue; one per user, whatever the form did."""
+    assert current_task().headers["event"] == "user.signed_up"
     await asyncio.sleep(0.005)
+
+
+@app.task(queue="search")
+def search_products(q: str, limit: int = 3) -> list[str]:
+    """The search index: a query in, the best hits out (a call returns them)."""
+    time.sleep(0.002)
+    return [p for p in CATALOG if q in p][:limit]
 
 
 def front_signup(user_id: int) -> None:
     """What a web request handler does: enqueue, return fast."""
-    from offload import TaskAlreadyExists
-
-    email = f"user{user_id}@example.com"
     index_document.send(user_id)  # re-indexing twice is harmless: no name needed
+    user = {"id": user_id, "email": f"user{user_id}@example.com", "cents": 1999}
+    # One event, every subscriber; keyed, so a double-submitted form delivers once.
+    app.publish("user.signed_up", user, key=f"signup-{user_id}")
+
+
+def front_search(q: str) -> list[str]:
+    """A web handler asking the index, within 2 seconds (DeadlineExceeded after)."""
+    return search_products.call_with(args=(q,), timeout=2.0)
+
+
+async def front_page(queries: list[str], timeout: float = 2.0) -> dict[str, list[str]]:
+    """Fan out: one search per query at once, all under one shared deadline; the first
+    failure cancels the rest (ErrGroup), and DeadlineExceeded ends them all on time."""
+    from offload import chan
+
+    ctx, cancel = chan.with_timeout(chan.background(), timeout)
     try:
-        # Named: a double-submitted form charges once and welcomes once.
-        charge_card.send_with(args=(user_id,), kwargs={"cents": 1999}, name=f"charge-{user_id}")
-        send_welcome.send_with(args=(user_id, email), name=f"welcome-{user_id}")
-    except TaskAlreadyExists:
-        pass  # the first submission's tasks are already on their way
+        group, gctx = chan.ErrGroup.with_context(ctx)
+        hits: dict[str, list[str]] = {}
+
+        async def one(q: str) -> None:
+            hits[q] = await search_products.call_with_async(args=(q,), context=gctx)
+
+        for q in queries:
+            group.go(one, q)
+        await group.async_wait()
+        return hits
+    finally:
+        cancel()
