@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
 import os
 import re
@@ -74,6 +75,7 @@ _RESERVED = frozenset(
 )
 _RESPONSE_READ_LIMIT = 64 * 1024  # bytes of a response read (to keep the connection)
 _MAX_RETRY_AFTER = 86_400.0
+_ALLOW_HINT = " (allow its network in OFFLOAD_PUSH_ALLOW if this is intended)"
 METHODS = ("POST", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
 MAX_BODY = 1 << 20  # bytes: what one Cloud Tasks task may carry
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
@@ -238,6 +240,15 @@ def refusal(
 async def _checked_address(host: str, port: int, allow: tuple) -> str:
     """The address to connect to: every address ``host`` resolves to must pass the guard
     (a name with one bad answer is refused), and the first is used."""
+    try:  # an address literal needs no resolver (and no thread hop to one)
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        why = refusal(literal, allow)
+        if why is not None:
+            raise Fail(f"push target {host!r} refused by the SSRF guard: {why}{_ALLOW_HINT}")
+        return host
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -247,10 +258,7 @@ async def _checked_address(host: str, port: int, allow: tuple) -> str:
     for a in addresses:
         why = refusal(ipaddress.ip_address(a.split("%")[0]), allow)
         if why is not None:
-            raise Fail(
-                f"push target {host!r} refused by the SSRF guard: {why} (allow its network "
-                "in OFFLOAD_PUSH_ALLOW if this is intended)"
-            )
+            raise Fail(f"push target {host!r} refused by the SSRF guard: {why}{_ALLOW_HINT}")
     if not addresses:
         raise PushFailed(f"{host!r} resolved to no address")
     return addresses[0]
@@ -295,9 +303,14 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(0.0, when.timestamp() - time.time()), _MAX_RETRY_AFTER)
 
 
-def _headers(request: Mapping[str, Any], info: Any, netloc: str, secret: str) -> dict[str, str]:
+@functools.lru_cache(maxsize=64)
+def _signer(secret: str) -> Any:
     from standardwebhooks.webhooks import Webhook
 
+    return Webhook(secret)
+
+
+def _headers(request: Mapping[str, Any], info: Any, netloc: str, secret: str) -> dict[str, str]:
     headers = {
         k: v for k, v in (request.get("headers") or {}).items() if k.lower() not in _RESERVED
     }
@@ -323,7 +336,7 @@ def _headers(request: Mapping[str, Any], info: Any, netloc: str, secret: str) ->
     now = datetime.now(UTC)
     headers["webhook-id"] = info.id
     headers["webhook-timestamp"] = str(int(now.timestamp()))
-    headers["webhook-signature"] = Webhook(secret).sign(info.id, now, body)
+    headers["webhook-signature"] = _signer(secret).sign(info.id, now, body)
     return headers
 
 
@@ -334,6 +347,10 @@ async def deliver(request: dict[str, Any]) -> None:
     from ..task import current_task
 
     info = current_task()
+    # The worker runs an async handler's first step in its own claim loop's task and the
+    # rest in a task of the handler's; httpx's connection pool (anyio cancel scopes) must
+    # be entered and left in one task, so step into the handler's task before using it.
+    await asyncio.sleep(0)
     config = PushConfig.from_env()
     secret = config.secret_for(info.queue)
     if secret is None:
