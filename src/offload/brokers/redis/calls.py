@@ -156,9 +156,10 @@ class ScriptCalls:
         self, name: str, calls: Sequence[tuple[str, Sequence[Any]]], *, atomic: bool = False
     ) -> list:
         """One script on several queues, pipelined (one round trip on a single server).
-        ``atomic`` (a single server only): all in one MULTI/EXEC, each call sent as EVAL
-        with its source, so a flushed script cache cannot fail one call of the batch and
-        an outage before EXEC applies none of them."""
+        ``atomic`` (a single server only): all in one MULTI/EXEC, so an outage before
+        EXEC applies none of them. Every call runs the same script, so a flushed script
+        cache fails all of them or none: then the script is loaded and the whole
+        transaction sent again."""
         if len(calls) == 1:
             return [await self._eval(name, *calls[0])]
         r = self._client()
@@ -166,14 +167,15 @@ class ScriptCalls:
         op = name.replace("_", " ")
         atomic = atomic and not self._cluster
         try:
-            pipe = r.pipeline(transaction=atomic)
-            for queue, args in calls:
-                keys = self._qkeys(queue).keys
-                if atomic:
-                    pipe.execute_command("EVAL", s.source, len(keys), *keys, *args)
-                else:
+            for again in (atomic, False):
+                pipe = r.pipeline(transaction=atomic)
+                for queue, args in calls:
+                    keys = self._qkeys(queue).keys
                     pipe.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
+                results = await pipe.execute(raise_on_error=False)
+                if not (again and isinstance(results[0], NoScriptError)):
+                    break
+                await self._load_scripts()  # all failed alike: nothing was applied
         except Exception as exc:
             raise self._faults.error(op, exc) from exc
         out = []

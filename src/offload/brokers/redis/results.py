@@ -7,11 +7,11 @@ Keys (``P`` the URL's prefix)::
                                expiring with the longest TTL pushed to it
 
 ``put_result`` sets the result and pushes it to the caller's list in one MULTI/EXEC on a
-single server. A caller process blocks in ``BLPOP`` on its own list (one connection for
-any number of concurrent calls), then takes whatever else is there with one ``LPOP
-count``. On Redis Cluster the two keys live in different slots, so the two writes are two
-commands: a failure between them leaves the result readable by ``get_result`` but its
-caller not woken (it reaches its deadline).
+single server. A caller process blocks on its own list with ``BLMPOP`` (one connection
+for any number of concurrent calls), which takes up to a thousand results at once. On
+Redis Cluster the two keys live in different slots, so the two writes are two commands: a
+failure between them leaves the result readable by ``get_result`` but its caller not
+woken (it reaches its deadline).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..base import check_result
 __all__ = ["Results"]
 
 _LEN = struct.Struct(">I")
-_DRAIN = 1000  # results taken by one LPOP after a BLPOP returned the first
+_DRAIN = 1000  # results one pop takes at most
 
 
 def _pack(key: str, value: bytes) -> bytes:
@@ -92,20 +92,20 @@ class Results:
         return None if value is None else bytes(value)
 
     async def wait_results(self, reply_to: str, timeout: float) -> list[tuple[str, bytes]]:
-        """BLPOP this caller's list (LPOP when ``timeout`` is 0), then take up to a
-        thousand more without blocking."""
+        """Up to a thousand results from this caller's list: ``BLMPOP`` blocking up to
+        ``timeout`` seconds, ``LPOP`` when ``timeout`` is 0."""
         check_result("-", 1.0, reply_to)
         lkey = self._reply_key(reply_to)
-        out: list[tuple[str, bytes]] = []
-        if timeout > 0:
-            # Redis reads 0 as "forever"; the server's own timer is coarse (1/hz) but the
-            # callers keep their own deadlines, so this only bounds one listen
-            popped = await self._command(
-                "waiting for results", "BLPOP", lkey, max(0.01, round(timeout, 3))
-            )
-            if popped is None:
-                return out
-            out.append(_unpack(popped[1]))
-        more = await self._command("taking results", "LPOP", lkey, _DRAIN)
-        out.extend(_unpack(item) for item in more or ())
-        return out
+        if timeout <= 0:  # Redis reads a timeout of 0 as "forever"
+            items = await self._command("taking results", "LPOP", lkey, _DRAIN)
+            return [_unpack(item) for item in items or ()]
+        # One round trip: block until at least one result is there, take up to _DRAIN.
+        # The server's timer is coarse (1/hz), but callers keep their own deadlines: this
+        # only bounds one listen.
+        popped = await self._command(
+            "waiting for results", "BLMPOP", max(0.01, round(timeout, 3)), 1, lkey,
+            "LEFT", "COUNT", _DRAIN,
+        )  # fmt: skip
+        if popped is None:
+            return []
+        return [_unpack(item) for item in popped[1]]

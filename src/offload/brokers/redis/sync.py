@@ -117,14 +117,22 @@ class SyncScripts:
         out = [False] * len(tasks)
         plan = enqueue_calls(tasks)
         if len(plan) > 1 and not self._cluster:
-            # several queues (an event's subscribers): one MULTI/EXEC, all or none; EVAL
-            # with the source, so a flushed script cache cannot fail one call of it
-            pipe = self._get().pipeline(transaction=True)
-            for queue, idx in plan:
-                keys = keys_of(queue)
-                args = enqueue_args([tasks[i] for i in idx])
-                pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
-            replies = pipe.execute()
+            # several queues (an event's subscribers): one MULTI/EXEC, all or none. Every
+            # call runs the same script, so a flushed script cache fails all of them (then
+            # load it and send the transaction again) or none.
+            for again in (True, False):
+                pipe = self._get().pipeline(transaction=True)
+                for queue, idx in plan:
+                    keys = keys_of(queue)
+                    args = enqueue_args([tasks[i] for i in idx])
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                replies = pipe.execute(raise_on_error=False)
+                if not (again and isinstance(replies[0], NoScriptError)):
+                    break
+                self._get().script_load(script.source)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         else:
             replies = [
                 self.eval(script, keys_of(q), enqueue_args([tasks[i] for i in idx]))
