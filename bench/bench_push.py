@@ -130,7 +130,7 @@ def push(kind: str, target: str, n: int, concurrency: int, tmp: str) -> float:
     app.queue("hooks", lease=60.0)
     try:
         tf = app.get_task("offload.push")
-        from offload.http.push import make_request
+        from offload.push import make_request
 
         req = make_request(target, BODY, {"Content-Type": "x/y"})
         for i in range(0, n, 1000):

@@ -3,7 +3,6 @@ environment. Declaring things costs nothing; the broker is reached on first real
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from collections.abc import Callable
@@ -356,12 +355,13 @@ class App(Publishing, Scheduling):
         deadline: float = 600.0,
     ) -> TaskHandle:
         """Enqueue an HTTP request for the workers serving ``queue`` to deliver, signed, under
-        the queue's rate, concurrency and retry policy (see :mod:`offload.http.push`). The
+        the queue's rate, concurrency and retry policy (see :mod:`offload.push`). The
         request is checked here (an http(s) URL without credentials, a known method, header
         names and values without line breaks, a body of at most 1 MiB, a ``deadline`` from
         0.1 to 1800 seconds); the SSRF guard runs where it is delivered. ``name`` and
         ``delay`` are :meth:`TaskFunction.send_with`'s."""
-        push = importlib.import_module("offload.http.push")
+        from . import push
+
         request = push.make_request(url, body, headers, method, deadline, delay)
         return self.get_task(PUSH_TASK).send_with(
             args=(request,), queue=queue, name=name, delay=delay
@@ -377,7 +377,8 @@ async def _noop() -> None:
 
 
 async def _push(request: dict[str, Any]) -> None:
-    """Deliver one HTTP-target task (:meth:`App.push`). Delivery is the HTTP face's
-    (:mod:`offload.http.push`), loaded by name on first use: the model layer does not
-    import the faces, and declaring an App imports no HTTP client."""
-    await importlib.import_module("offload.http.push").deliver(request)
+    """Deliver one HTTP-target task (:meth:`App.push`) with :mod:`offload.push`, imported
+    on first use so that declaring an App imports no HTTP client."""
+    from . import push
+
+    await push.deliver(request)

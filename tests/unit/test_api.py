@@ -70,7 +70,7 @@ LAYERS = {
 
 def _layer(rel: pathlib.Path) -> str:
     top = rel.parts[0].removesuffix(".py")
-    if top in ("app", "task", "hooks", "registry", "service", "topology", "rpc", "catalog"):
+    if top in ("app", "task", "hooks", "registry", "push", "service", "topology", "rpc", "catalog"):
         return "model"
     if top in ("calls", "replies", "events", "periodic"):  # how services talk: the model
         return "model"

@@ -6,7 +6,7 @@ project and location are accepted and echoed back). Queues: create, get, list, p
 ``updateMask``), delete, pause, resume, purge; tasks: create, get, list, delete, run. A task
 is an HTTP-target task (``httpRequest``: url, httpMethod, headers, base64 body), delivered
 by the workers serving its queue through the built-in push task function
-(:mod:`offload.http.push`).
+(:mod:`offload.push`).
 
 How the two models meet:
 
@@ -48,6 +48,7 @@ from ..brokers.base import Broker, QueueStats, TaskInspection, TaskRecord
 from ..core import envelope as _env
 from ..core.policy import QueuePolicy
 from ..errors import BrokerError, ConfigError, UnknownQueue
+from ..push import METHODS, make_request
 from .cloudtasks_json import (
     PRECONDITION,
     STATUS,
@@ -64,7 +65,6 @@ from .cloudtasks_json import (
     view,
 )
 from .context import HttpContext
-from .push import METHODS, make_request
 
 __all__ = ["routes"]
 

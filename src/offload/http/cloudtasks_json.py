@@ -17,7 +17,7 @@ from ..brokers.base import QueueStats, TaskRecord
 from ..core import envelope as _env
 from ..core.policy import QueuePolicy, RetryPolicy
 from ..errors import OffloadError
-from .push import METHODS
+from ..push import METHODS
 
 __all__ = [
     "PRECONDITION",

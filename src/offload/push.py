@@ -45,8 +45,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..app import PUSH_TASK
-from ..errors import BadArguments, Fail, Retry, TaskError
+from .app import PUSH_TASK
+from .errors import BadArguments, Fail, Retry, TaskError
 
 __all__ = [
     "PUSH_TASK",
@@ -344,7 +344,7 @@ async def deliver(request: dict[str, Any]) -> None:
     """The body of the built-in task function: one delivery attempt of ``request`` (url,
     method, headers, body, deadline seconds, eta) for the task running now. Returns on a
     2xx; raises as the module docstring says otherwise."""
-    from ..task import current_task
+    from .task import current_task
 
     info = current_task()
     # The worker runs an async handler's first step in its own claim loop's task and the
