@@ -144,3 +144,49 @@ async def test_queues_spread_over_the_masters(cluster):
                 for k in keys:
                     r.delete(k)
                 r.close()
+
+
+def test_events_and_calls_on_cluster(cluster, tmp_path):
+    """On a cluster a publish reaches subscribers whose queues live on different masters
+    (each subscriber's task stored atomically by itself, no transaction across slots),
+    a keyed repeat is still a no-op, and a call gets its result back through the reply
+    list (stored and delivered by two commands there)."""
+    from offload import App, Worker
+
+    url = _url(cluster)
+    app = App("clusterev", broker=url)
+    queues = [f"ev{i}" for i in range(6)]
+    for q in queues:
+        app.queue(q)
+    got: list[str] = []
+    for q in queues:
+        app.on("signup", queue=q, name=f"sub-{q}")(lambda user, q=q: got.append(q))
+
+    @app.task(queue="ev0", name="double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    try:
+        assert len(app.publish("signup", {"id": 1}, key="k1")) == 6
+        assert app.publish("signup", {"id": 1}, key="k1") == []
+        assert len(asyncio.run(app.publish_async("signup", {"id": 2}))) == 6
+        from redis.cluster import key_slot
+
+        prefix = url.split("prefix=", 1)[1]
+        slots = {key_slot(f"{{{prefix}:{q}}}".encode()) for q in queues}
+        assert len(slots) > 1, "the queues should be in different slots"
+        worker = Worker(app, queues=queues, install_signal_handlers=False)
+        loop = asyncio.new_event_loop()
+        import threading
+
+        t = threading.Thread(target=lambda: loop.run_until_complete(worker.run()), daemon=True)
+        t.start()
+        try:
+            assert double.call_with(args=(21,), timeout=10) == 42
+            _wait_for(lambda: len(got) == 12, "every subscriber twice")
+        finally:
+            loop.call_soon_threadsafe(worker.stop)
+            t.join(20)
+        assert sorted(got) == sorted(queues * 2)
+    finally:
+        app.close()
