@@ -136,5 +136,3 @@ class Results:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
-
-
