@@ -1006,6 +1006,21 @@ async def test_a_hand_off_to_a_killed_worker_costs_no_attempt(broker, url):
     await broker.ack([c.lease])
 
 
+async def test_a_hand_off_to_a_killed_worker_is_claimable_within_seconds(broker, url):
+    # The queue's lease is 5 s here (60 s by default): a hand-off's first lease is capped
+    # at 3 s, so another worker takes a task handed to a dead one without a whole lease.
+    await _killed_while_parked(url)
+    sent = task()
+    await broker.enqueue([sent])
+    (c0,) = [c for c in [await broker.get_task("q", sent.id)] if c is not None]
+    assert c0.state == "leased"
+    assert await broker.claim(["q"], 10) == []
+    await asyncio.sleep(3.1)
+    (c,) = await broker.claim(["q"], 10)
+    assert (c.id, c.attempt, c.expired) == (sent.id, 1, False)
+    assert abs((c.lease_until - c.now) - 5.0) < 0.1  # a normal claim: the full lease
+
+
 async def test_a_hand_off_read_by_a_worker_that_then_died_counts(broker, url):
     await broker.declare([QueuePolicy("q", lease=0.3)])
     reader = RedisBroker(url)

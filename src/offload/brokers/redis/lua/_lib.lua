@@ -28,6 +28,10 @@ local K_DEAD, K_NAMES, K_NEXP, K_WAKE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_PARKED = KEYS[9]
 
 local DEFAULT_LEASE, DEFAULT_DEDUP = 60, 3600
+-- A hand-off's first lease, in seconds, when the queue's is longer: the worker renews it to
+-- the full lease on its first heartbeat, and a task handed to a worker that died parked is
+-- claimable by another within seconds instead of a whole lease.
+local HANDOFF_LEASE = 3
 local US = 1000000
 
 local function clock()
@@ -257,7 +261,11 @@ end
 -- notes the worker. Returns {now, lease_until, then the fields of append_claimed per task}.
 local function claim_batch(now, t, limit, kept, wid)
   local q = redis.call('HMGET', K_Q, 'paused', 'rate', 'cap', 'mc', 'lease', 'tok', 'ts')
-  local until_ = now + (tonumber(q[5]) or DEFAULT_LEASE) * US
+  local lease = tonumber(q[5]) or DEFAULT_LEASE
+  if wid then
+    lease = math.min(lease, HANDOFF_LEASE)
+  end
+  local until_ = now + lease * US
   local out = { now, until_ }
   for _, h in ipairs(kept) do
     redis.call('ZADD', K_LEASED, until_, h[1])
