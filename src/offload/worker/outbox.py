@@ -23,7 +23,7 @@ __all__ = ["Outbox"]
 
 log = logging.getLogger("offload.worker")
 
-ACK_BATCH = 500  # an ack batch this large is flushed without waiting for the loop
+ACK_BATCH = 500  # an ack batch this large is flushed at once; the most acks sent per call
 
 Send = Callable[[], Awaitable[object]]
 
@@ -83,7 +83,10 @@ class Outbox:
                     log.error("broker refused to release %d tasks: %s", len(leases), exc)
                 del self.releases[delay]
             while self.acks:
-                batch, self.acks = self.acks, []
+                # at most ACK_BATCH per call: acks piled up behind a slow verdict or an
+                # outage must not make one call larger than the broker takes (a Lua
+                # script's arguments are bounded), or all of them would be refused
+                batch, self.acks = self.acks[:ACK_BATCH], self.acks[ACK_BATCH:]
                 try:
                     await broker.ack(batch)
                 except BrokerUnavailable as exc:
