@@ -28,6 +28,9 @@ from ..errors import BadArguments, TaskTimeout
 from ..task import TaskFunction, TaskInfo, _current
 from .eager import Resumed
 from .state import Running
+from .threads import KICK_AFTER
+
+TICK = KICK_AFTER / 2  # seconds between the loop's looks at its handler threads
 
 if TYPE_CHECKING:
     from .runtime import Worker
@@ -56,7 +59,7 @@ class TaskRunner:
             self._prepare(run)
         except Exception as exc:  # a bug of ours must cost this task, not the worker
             log.exception("task %s: the worker could not start it", c.id)
-            self._decide(run, exc, traceback.format_exc(), 0.0)
+            self._done(run, exc, traceback.format_exc(), 0.0)
 
     def _prepare(self: Worker, run: Running) -> None:
         c = run.claim
@@ -106,6 +109,17 @@ class TaskRunner:
             self._run_eager(run, coro)
         else:
             self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
+            if self._kick is None:
+                self._kick = self._loop.call_later(TICK, self._tick)
+
+    def _tick(self: Worker) -> None:
+        """Every TICK seconds while handler threads work: judge what they finished (they
+        wake the loop themselves only for a batch, or when they run out of jobs), and wake
+        a thread for each job that waited KICK_AFTER seconds for a busy one."""
+        self._kick = None
+        self._take_results()
+        if self._threads.kick():
+            self._kick = self._loop.call_later(TICK, self._tick)
 
     def _run_eager(self: Worker, run: Running, coro: Any) -> None:
         """Run an async handler's first step right here. Most handlers either finish in it
@@ -180,6 +194,8 @@ class TaskRunner:
         self._done(run, exc, traceback.format_exc(), cpu)
 
     def _run_thread(self: Worker, run: Running, tf: TaskFunction, args: list, kwargs: dict) -> None:
+        if self._running.get(run.claim.id) is not run:
+            return  # released by a hurried drain while it waited for a thread: not run
         run.thread = threading.get_ident()
         token = _current.set(run.info)
         c0 = time.thread_time()
@@ -204,10 +220,28 @@ class TaskRunner:
             run.thread = None
             _current.reset(token)
         cpu = time.thread_time() - c0
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._done, run, result[0], result[1], cpu)
+        # Back to the loop in batches: a wake-up of the loop costs this thread a wait for
+        # the GIL. Wake it for a batch (enough to claim for) or when this thread runs out
+        # of jobs; else the loop's TICK takes the results. Append before reading the flag;
+        # the loop clears the flag before it reads the results: none is left behind.
+        results = self._results
+        results.append((run, result[0], result[1], cpu))
+        if not self._results_wake and (
+            len(results) >= self._claim_at or not self._threads.pending()
+        ):
+            self._results_wake = True
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._take_results)
+
+    def _take_results(self: Worker) -> None:
+        """On the loop: judge every result the handler threads reported since the last
+        call (``_done`` never raises)."""
+        self._results_wake = False
+        results = self._results
+        while results:
+            self._done(*results.popleft())
 
     # -- timeouts -------------------------------------------------------------------------
 
@@ -323,7 +357,8 @@ class TaskRunner:
         if run.info is not None and run.info._ctx is not None:
             with contextlib.suppress(Exception):
                 run.info.cancel()  # release the context's deadline timer
-        self._slot_free.set()
+        if self.concurrency - len(self._running) >= self._wake_at:
+            self._slot_free.set()
 
     def _unknown(self: Worker, run: Running, name: str) -> None:
         if name not in self._unknown_logged:
