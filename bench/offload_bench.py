@@ -30,13 +30,17 @@ from _common import Peer, Step, pg_exec, redis_flush, run_step, sync_paced  # no
 class OffloadPeer(Peer):
     worker_cwd = str(ROOT)
 
-    def __init__(self, url: str, flavor: str = "", backlog_budget: float = 150.0) -> None:
+    def __init__(self, url: str, flavor: str = "", backlog_budget: float = 150.0,
+                 concurrency: int | None = 256) -> None:
         self.base_url = url
         self.kind = url.split(":", 1)[0]
-        self.task_name = "noop_sync" if flavor == "sync" else "noop"
-        self.name = "offload" + (" (sync task)" if flavor == "sync" else "")
-        self.worker_note = "1 process, -c 256, " + ("sync task on threads" if flavor == "sync"
-                                                     else "async task")
+        sync = "sync" in flavor.split("-")
+        self.task_name = "noop_sync" if sync else "noop"
+        self.name = "offload" + (" (sync task)" if sync else "")
+        self.concurrency = concurrency
+        c = f"-c {concurrency}" if concurrency else "default concurrency"
+        self.worker_note = f"1 process, {c}, " + ("`def` task on threads" if sync
+                                                  else "`async def` task")
         self.bulk_note = "send_many, 1,000 per call"
         self.backlog_budget = backlog_budget
         self.tmp = tempfile.mkdtemp(prefix="bench-offload-")
@@ -124,10 +128,13 @@ class OffloadPeer(Peer):
         self.task.send(-1.0)
 
     def worker_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "offload", "worker", "bench.bench_app:app", "-c", "256"]
+        c = ["-c", str(self.concurrency)] if self.concurrency else []
+        return [sys.executable, "-m", "offload", "worker", "bench.bench_app:app", *c]
 
     def worker_env(self) -> dict[str, str]:
-        return {"OFFLOAD_BROKER": self.url, "PYTHONPATH": str(ROOT)}
+        # $BENCH_OFFLOAD_SRC: another checkout's src/ for the worker, for an A/B run
+        path = [os.environ["BENCH_OFFLOAD_SRC"]] if os.environ.get("BENCH_OFFLOAD_SRC") else []
+        return {"OFFLOAD_BROKER": self.url, "PYTHONPATH": os.pathsep.join([*path, str(ROOT)])}
 
 
 def backlog_step(peer: OffloadPeer, backlog: int, n: int, timeout: float) -> dict:
@@ -192,7 +199,8 @@ def profile_step(peer: OffloadPeer, n: int, timeout: float) -> dict:
         worker = Worker(peer, out, n)
         wait_file(out + ".started", 60, worker)  # leave the start-up (imports) out
         rec = subprocess.Popen([spy, "record", "-p", str(worker.proc.pid), "-r", "250", "-f",
-                                "raw", "-o", raw, "--nonblocking"],
+                                "raw", "-o", raw, "--nonblocking",
+                                *os.environ.get("BENCH_PYSPY_ARGS", "").split()],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_file(out, timeout, worker)
         rec.send_signal(signal.SIGINT)
@@ -211,8 +219,9 @@ def profile_step(peer: OffloadPeer, n: int, timeout: float) -> dict:
                 own[frames[-1]] += c
                 for fr in set(frames):
                     total[fr] += c
-        lines = [f"py-spy, {samples} samples at 250 Hz of `offload worker -c 256` while it ran "
-                 f"{n:,} prefilled no-op tasks (from the first task's start)", "",
+        what = "one-INCR" if os.environ.get("BENCH_BODY") else "no-op"
+        lines = [f"py-spy, {samples} samples at 250 Hz of `{' '.join(peer.worker_cmd()[2:])}` "
+                 f"while it ran {n:,} prefilled {what} tasks (from the first task's start)", "",
                  "own time:"]
         lines += [f"  {100 * c / samples:5.1f}%  {fr}" for fr, c in own.most_common(10)]
         lines += ["", "total time (incl. callees; the CLI and event-loop frames left out):"]
@@ -232,19 +241,67 @@ def profile_step(peer: OffloadPeer, n: int, timeout: float) -> dict:
     return res
 
 
+def floor(n: int, sync: bool, concurrency: int) -> dict:
+    """The body alone, no queue: ``n`` Redis INCRs with the client the tasks use, in a plain
+    loop (sync) or on a bare asyncio loop with ``concurrency`` in flight (async)."""
+    import asyncio
+
+    os.environ["BENCH_BODY"] = "incr"
+    from _common import BODY_URL, Body
+
+    body = Body(os.environ.get("BENCH_BODY_URL", BODY_URL))
+    res: dict = {"system": "bare loop", "step": "floor", "n": n}
+    if sync:
+        body.sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            body.sync()
+        res["rate"] = n / (time.perf_counter() - t)
+        res["note"] = "one thread, one INCR after another"
+        return res
+
+    async def go() -> float:
+        left = n
+
+        async def one() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await body.run()
+
+        await asyncio.gather(*(body.run() for _ in range(concurrency)))  # connect them all
+        t = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        return time.perf_counter() - t
+
+    res["rate"] = n / asyncio.run(go())
+    res["concurrency"] = concurrency
+    res["note"] = f"asyncio, {concurrency} in flight"
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("step", choices=["enqueue", "bulk", "process", "latency", "backlog", "profile"])
+    ap.add_argument("step", choices=["enqueue", "bulk", "process", "latency", "backlog", "profile",
+                                     "body", "floor"])
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--url", required=True)
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--backlog", type=int, default=1000)
     ap.add_argument("--backlog-budget", type=float, default=150.0)
-    ap.add_argument("--flavor", default="")
+    ap.add_argument("--flavor", default="", help="sync: the `def` task (default: async)")
+    ap.add_argument("--concurrency", "-c", type=int, default=None,
+                    help="the worker's -c (default: 256 for no-op steps, the worker's own "
+                         "default for the body step)")
     args = ap.parse_args()
-    peer = OffloadPeer(args.url, args.flavor, args.backlog_budget)
-    if args.step == "profile":
+    conc = args.concurrency
+    if conc is None and args.step not in ("body", "floor"):
+        conc = 256
+    peer = OffloadPeer(args.url, args.flavor, args.backlog_budget, conc)
+    if args.step == "floor":
+        res = floor(args.n, "sync" in args.flavor.split("-"), conc or 1)
+    elif args.step == "profile":
         res = profile_step(peer, args.n, args.timeout)
     elif args.step == "backlog":
         # a small backlog is over in a few ms: take the median of 5 runs

@@ -69,6 +69,15 @@ BROKER_TITLE = {"sqlite": "SQLite", "redis": "Redis", "postgres": "PostgreSQL"}
 FIGURES = ["enqueue", "bulk", "process", "p50_ms", "p99_ms", "rss_mb"]
 HIGHER_BETTER = {"enqueue": True, "bulk": True, "process": True, "p50_ms": False,
                  "p99_ms": False, "rss_mb": False}
+# The real-body figure (`body` steps): offload's worker with its default settings and tuned
+# (-c per handler kind), every peer with its setup above and tuned, and the body alone in a
+# bare loop (the floor), all in one run. Keys are result steps.
+OFFLOAD_BODY = [("body_sync", ["--flavor", "sync"]), ("body_async", []),
+                ("body_sync_tuned", ["--flavor", "sync", "-c", "64"]),
+                ("body_async_tuned", ["-c", "256"])]
+FLOOR_STEPS = [("sync", ["--flavor", "sync"]), ("async", ["-c", "32"]),
+               ("async_tuned", ["-c", "256"])]
+NOT_PEERS = ("offload", "baseline", "floor")
 MARK_START = "<!-- methodology:start (hand-written; kept by bench/run.py) -->"
 MARK_END = "<!-- methodology:end -->"
 
@@ -147,6 +156,8 @@ def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any
     for key, venv, script, url in SYSTEMS[broker]:
         if args.peers and key not in args.peers and key not in ("offload", "baseline"):
             continue
+        if args.body_only and key == "baseline":
+            continue
         url = url.format(tmp=tmp)
         res: dict[str, Any] = {"steps": {}}
         out[key] = res
@@ -157,9 +168,19 @@ def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any
             log(f"{broker}/{key}: failed: {res['error']}")
             continue
         steps = ["enqueue"] if key == "baseline" else ["enqueue", "bulk", "process", "latency"]
+        if args.body_only:
+            steps = []
         if key == "offload" and broker not in args.offload_brokers:
             res["error"] = "not measured: broker not available"
             continue
+        if key == "offload" and args.body:
+            # the floor first, in the same run: the body alone, from offload's venv
+            floor: dict[str, Any] = {"name": "the body alone, bare loop", "steps": {}}
+            out["floor"] = floor
+            for name, extra in FLOOR_STEPS:
+                r = run_one(py, script, "floor", url, args.body_n, args.process_timeout, extra)
+                floor["steps"][name] = r
+                log(f"{broker}/floor {name}: {summary(r)}")
         for step in steps:
             if step == "latency":
                 r = run_one(py, script, step, url, lat_n, 60)
@@ -176,7 +197,21 @@ def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any
             res["steps"][step] = r
             res.setdefault("name", r.get("system", key))
             log(f"{broker}/{key} {step}: {summary(r)}")
-        if key == "offload":
+        if args.body and key != "baseline":
+            body = OFFLOAD_BODY if key == "offload" else [("body", []),
+                                                          ("body_tuned", ["--flavor", "tuned"])]
+            for name, extra in body:
+                r = run_one(py, script, "body", url, args.body_n, args.process_timeout, extra)
+                if "error" in r and "no concurrency setting" not in r["error"]:
+                    log(f"{broker}/{key} {name}: failed ({r['error'][:120]}); retrying once")
+                    first = r["error"]
+                    r = run_one(py, script, "body", url, args.body_n, args.process_timeout,
+                                extra)
+                    r["retried_after"] = first[:300]
+                res["steps"][name] = r
+                res.setdefault("name", r.get("system", key))
+                log(f"{broker}/{key} {name}: {summary(r)}")
+        if key == "offload" and not args.body_only:
             for backlog in args.backlogs:
                 r = run_one(py, script, "backlog", url, n, args.process_timeout + 300,
                             ["--backlog", str(backlog),
@@ -251,7 +286,7 @@ def cell(res: dict[str, Any], figure: str) -> str:
 def best_peer(results: dict[str, Any], figure: str) -> tuple[str, float] | None:
     best = None
     for key, res in results.items():
-        if key in ("offload", "baseline") or "error" in res:
+        if key in NOT_PEERS or "error" in res:
             continue
         v = fig(res, figure)
         if v is None:
@@ -340,12 +375,105 @@ def targets(broker: str, results: dict[str, Any]) -> list[tuple[str, str, bool |
     return out
 
 
+def rate_of(res: dict[str, Any], step: str) -> float | None:
+    r = res.get("steps", {}).get(step)
+    if not r or "error" in r or not r.get("rate") or r["rate"] != r["rate"]:
+        return None
+    return float(r["rate"])
+
+
+def local(text: str) -> str:
+    """An error text without this machine's paths (the report is published)."""
+    text = text.replace(str(ROOT) + "/", "")
+    return re.sub(r"/\S*/(site-packages|lib/python[\d.]+)/", r"\1/", text)
+
+
+def body_table(broker: str, results: dict[str, Any]) -> list[str]:
+    """The real-body table: processed/s of tasks doing one Redis INCR, each against the
+    floor of its own kind (sync: a plain loop; async: a bare asyncio loop with the same
+    number in flight), and the targets of the issue: offload at default settings >= 0.8x
+    its floor, sync and async."""
+    floor = results.get("floor", {})
+    if not floor.get("steps"):
+        return []
+    fl = {k: rate_of(floor, k) for k in ("sync", "async", "async_tuned")}
+
+    def against(v: float | None, f: float | None) -> str:
+        return f"{v / f:.2f}x" if v is not None and f else "—"
+
+    def conc(res: dict[str, Any], step: str) -> int | None:
+        r = res.get("steps", {}).get(step, {})
+        m = re.search(r"-c (\d+)|concurrency (\d+)|max_jobs=(\d+)|--max-async-tasks (\d+)",
+                      r.get("note", ""))
+        return int(next(g for g in m.groups() if g)) if m else None
+
+    L = ["Real body: every task does one Redis `INCR` (redis-py; sync where the system runs "
+         "sync code, `redis.asyncio` where it runs async code), one worker process:", "",
+         "| system | kind | processed/s | ÷ floor of its kind | setup |",
+         "|---|---|---:|---:|---|"]
+    rows: list[tuple[str, str, str, float | None, float | None, str]] = []
+    off = results.get("offload", {})
+    for step, label in (("body_sync", "default settings"), ("body_async", "default settings"),
+                        ("body_sync_tuned", "tuned"), ("body_async_tuned", "tuned")):
+        sync = step.startswith("body_sync")
+        f = fl["sync"] if sync else (fl["async_tuned"] if "tuned" in step else fl["async"])
+        r = off.get("steps", {}).get(step)
+        if r is None:
+            continue
+        rows.append((f"**offload**, {label}", "`def`" if sync else "`async def`",
+                     "failed" if "error" in r else f"{r['rate']:,.0f}",
+                     rate_of(off, step), f, r.get("note", "failed: see below")))
+    for key, res in results.items():
+        if key in NOT_PEERS or "error" in res:
+            continue
+        for step, label in (("body", ""), ("body_tuned", ", tuned")):
+            r = res.get("steps", {}).get(step)
+            if r is None or ("error" in r and "no concurrency setting" in r["error"]):
+                continue
+            sync = r.get("kind", "") == "sync" or key in ("celery", "dramatiq", "rq", "huey")
+            c = conc(res, step)
+            f = fl["sync"] if sync else (fl["async_tuned"] if c and c > 32 else fl["async"])
+            rows.append((res.get("name", key) + label, "sync" if sync else "async",
+                         "failed" if "error" in r else f"{r['rate']:,.0f}",
+                         rate_of(res, step), f, r.get("note", "failed: see below")))
+    for name, label, cellv, v, f, note in rows:
+        L.append(f"| {name} | {label} | {cellv} | {against(v, f)} | {note} |")
+    notes = {"sync": "one thread, one INCR after another", "async": "asyncio, 32 in flight",
+             "async_tuned": "asyncio, 256 in flight"}
+    for k in ("sync", "async", "async_tuned"):
+        v = fl[k]
+        L.append(f"| *the body alone, bare loop* | {k.replace('_tuned', '')} | "
+                 f"{'—' if v is None else f'{v:,.0f}'} | 1.00x | {notes[k]} |")
+    L.append("")
+    L.append("The floor of an async figure is the bare asyncio loop with 32 in flight for "
+             "systems at <= 32 (offload's default), with 256 for those above.")
+    L.append("")
+    L.append("Targets:")
+    L.append("")
+    for step, kind, f in (("body_sync", "`def`", fl["sync"]),
+                          ("body_async", "`async def`", fl["async"])):
+        v = rate_of(off, step)
+        if v is None or not f:
+            L.append(f"- offload at default settings, {kind}: >= 0.8x its floor — not measured")
+            continue
+        mark = "met" if v >= 0.8 * f else "**missed**"
+        L.append(f"- offload at default settings, {kind}: >= 0.8x its floor: {v:,.0f}/s = "
+                 f"{v / f:.2f}x ({f:,.0f}/s) — {mark}")
+    L.append("")
+    return L
+
+
 def broker_table(broker: str, results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     L = [f"### {BROKER_TITLE[broker]}", ""]
+    L += body_table(broker, results)
+    if all(not r.get("steps", {}).get("process") for r in results.values()):
+        return L  # --body-only
+    L.append("Framework overhead: no-op tasks.")
+    L.append("")
     L.append("| system | enqueue/s (one by one) | bulk enqueue/s | processed/s (1 worker "
              "process) | latency p50 (ms) | latency p99 (ms) | idle worker RSS (MB) | setup |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---|")
-    order = ["offload"] + [k for k in results if k not in ("offload", "baseline")]
+    order = ["offload"] + [k for k in results if k not in NOT_PEERS]
     for key in order:
         res = results.get(key)
         if res is None:
@@ -381,8 +509,10 @@ def broker_table(broker: str, results: dict[str, Any], args: argparse.Namespace)
             fails.append(f"{res.get('name', key)}: {res['error']}")
             continue
         for s, r in res.get("steps", {}).items():
+            if "error" in r and "no concurrency setting" in r["error"]:
+                continue
             if "error" in r and not r["error"].startswith("no bulk"):
-                fails.append(f"{res.get('name', key)} {s}: failed: {r['error']}")
+                fails.append(f"{res.get('name', key)} {s}: failed: {local(r['error'])}")
             elif "retried_after" in r:
                 fails.append(f"{res.get('name', key)} {s}: first attempt failed "
                              f"({r['retried_after'][:200]}); the figure is from the retry")
@@ -546,7 +676,8 @@ titles = {"sqlite": "SQLite", "redis": "Redis", "postgres": "PostgreSQL"}
 fmt = FuncFormatter(lambda v, _: f"{v:,.0f}")
 for row, b in enumerate(brokers):
     res = data["results"][b]
-    keys = [k for k in res if k != "baseline" and "error" not in res[k]]
+    keys = [k for k in res if k not in ("baseline", "floor") and "error" not in res[k]
+            and "process" in res[k]["steps"]]
     keys = (["offload"] if "offload" in keys else []) + [k for k in keys if k != "offload"]
     names = [res[k].get("name", k) for k in keys]
     def val(k, step):
@@ -624,6 +755,10 @@ def main() -> None:
     ap.add_argument("--peers", default="", help="comma-separated subset, e.g. huey,celery")
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the py-spy profile of the offload worker")
+    ap.add_argument("--no-body", action="store_true",
+                    help="skip the real-body figure (tasks doing one Redis INCR)")
+    ap.add_argument("--body-only", action="store_true",
+                    help="only the real-body figure and its floor (a quick A/B)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite docs/benchmarks.md and the chart from the last raw results")
     args = ap.parse_args()
@@ -642,7 +777,9 @@ def main() -> None:
     args.backlogs = [1000, 100_000] if args.quick else [1000, 1_000_000]
     args.backlog_budget = 60.0 if args.quick else 150.0
     args.process_timeout = 60 if args.quick else 240
-    args.profile = not args.no_profile and not args.quick
+    args.profile = not args.no_profile and not args.quick and not args.body_only
+    args.body = not args.no_body
+    args.body_n = args.n  # a body task costs about what a no-op costs a slow peer
     args.offload_brokers = available_offload_brokers()
     args.load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     cmd = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

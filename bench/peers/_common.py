@@ -7,9 +7,12 @@ Two halves:
   enqueue-to-start latency ``time.time() - sent`` when the producer stamped one) and writes
   it to ``$BENCH_OUT`` as JSON once ``$BENCH_EXPECT`` tasks have run. A task sent with
   ``sent < 0`` is a warm-up ping: it only touches ``$BENCH_OUT.ready``.
+  With ``$BENCH_BODY`` set, every task first does the real body (:data:`BODY`, one Redis
+  ``INCR``).
 * the *harness side* (:func:`main`): the tiny protocol ``peer_x.py STEP --n N --url URL``
   printing one JSON line, where STEP is ``enqueue`` (one by one), ``bulk``, ``process``
-  (prefill N, one worker process, rate from the tasks' own clock) or ``latency`` (idle
+  (prefill N, one worker process, rate from the tasks' own clock), ``body`` (the same
+  with the real body; ``--flavor tuned``: the peer's tuned worker) or ``latency`` (idle
   worker RSS after 3 s, then N sends at a steady rate, p50/p99 of enqueue-to-start).
 """
 
@@ -74,6 +77,49 @@ class Recorder:
 REC = Recorder()
 
 
+class Body:
+    """The real task body (``$BENCH_BODY=incr``): one Redis ``INCR`` round trip with
+    redis-py, the same for every system, sync (:meth:`sync`, one client whose connection
+    pool gives each thread its own connection) or async (:meth:`run`, one
+    ``redis.asyncio`` client per event loop). Tasks call it only when the mode is on, so
+    the no-op figures pay nothing for it: ``if BODY: BODY.sync()``."""
+
+    KEY = "bench:body"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sync = None
+        self._async: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def sync(self) -> None:
+        r = self._sync
+        if r is None:
+            with self._lock:
+                if self._sync is None:
+                    import redis
+
+                    self._sync = redis.Redis.from_url(self.url, max_connections=4096)
+                r = self._sync
+        r.incr(self.KEY)
+
+    async def run(self) -> None:
+        import asyncio
+
+        loop = id(asyncio.get_running_loop())
+        r = self._async.get(loop)
+        if r is None:
+            import redis.asyncio as aredis
+
+            r = self._async[loop] = aredis.Redis.from_url(self.url, max_connections=4096)
+        await r.incr(self.KEY)
+
+
+BODY_URL = "redis://127.0.0.1:6379/14"  # its own database: the queue's FLUSHDB leaves it be
+BODY: Body | None = Body(os.environ.get("BENCH_BODY_URL", BODY_URL)) if os.environ.get(
+    "BENCH_BODY") else None
+
+
 # -- harness side ----------------------------------------------------------------------
 
 
@@ -86,6 +132,8 @@ class Peer:
 
     name = "peer"
     worker_note = ""
+    tuned_note = ""
+    tuned = False
     bulk_note = ""
     url = ""
     worker_cwd = str(HERE)
@@ -121,6 +169,11 @@ class Peer:
 
     def worker_cmd(self) -> list[str]:
         raise Step("no worker")
+
+    def tuned_cmd(self) -> list[str]:
+        """The worker with its concurrency raised for a body that waits on I/O (the
+        ``body`` step with ``--flavor tuned``)."""
+        raise Step("no concurrency setting to tune")
 
     def worker_env(self) -> dict[str, str]:
         return {}
@@ -178,10 +231,12 @@ def rss_mb(pid: int) -> tuple[float, int]:
 class Worker:
     """One worker process (group) started by the harness, killed by its own pid group."""
 
-    def __init__(self, peer: Peer, out: str, expect: int) -> None:
-        env = dict(os.environ)
+    def __init__(self, peer: Peer, out: str, expect: int, env: dict[str, str] | None = None,
+                 cmd: list[str] | None = None) -> None:
+        extra, env = env or {}, dict(os.environ)
         env["BENCH_URL"] = peer.url
         env.update(peer.worker_env())
+        env.update(extra)
         env["BENCH_OUT"] = out
         env["BENCH_EXPECT"] = str(expect)
         env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
@@ -189,7 +244,7 @@ class Worker:
         self.log = open(out + ".log", "w")  # noqa: SIM115  (closed in stop())
         self.started = time.time()
         self.proc = subprocess.Popen(
-            peer.worker_cmd(), cwd=peer.worker_cwd, env=env, stdout=self.log,
+            cmd or peer.worker_cmd(), cwd=peer.worker_cwd, env=env, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -260,11 +315,16 @@ def run_step(peer: Peer, step: str, n: int, rate: float, timeout: float) -> dict
             res["rate"] = n / peer.bulk(n)
             if peer.bulk_note:
                 res["note"] = peer.bulk_note
-        elif step == "process":
+        elif step in ("process", "body"):
             t = time.time()
             peer.prefill(n)
             res["prefill_s"] = round(time.time() - t, 2)
-            worker = Worker(peer, out, n)
+            if step == "body":
+                body = {"BENCH_BODY": "incr"}
+                cmd = peer.tuned_cmd() if getattr(peer, "tuned", False) else None
+                worker = Worker(peer, out, n, env=body, cmd=cmd)
+            else:
+                worker = Worker(peer, out, n)
             wait_file(out, timeout, worker)
             done_at = time.time()
             with open(out) as f:
@@ -273,8 +333,9 @@ def run_step(peer: Peer, step: str, n: int, rate: float, timeout: float) -> dict
             res["rate"] = (rec["count"] - 1) / span if span > 0 else float("nan")
             res["wall_rate"] = n / (done_at - worker.started)
             res["startup_s"] = round(rec["first"] - worker.started, 3)
-            if peer.worker_note:
-                res["note"] = peer.worker_note
+            note = peer.tuned_note if getattr(peer, "tuned", False) else peer.worker_note
+            if note:
+                res["note"] = note
         elif step == "latency":
             worker = Worker(peer, out, n)
             wait_file(out + ".ready", min(timeout, 60), worker, poke=peer.ping)
@@ -320,7 +381,7 @@ def bench_url(default: str) -> str:
 
 def main(make: Callable[[argparse.Namespace], Peer], default_url: str) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("step", choices=["enqueue", "bulk", "process", "latency"])
+    ap.add_argument("step", choices=["enqueue", "bulk", "process", "latency", "body"])
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--url", default=default_url)
     ap.add_argument("--rate", type=float, default=100.0)
@@ -329,6 +390,7 @@ def main(make: Callable[[argparse.Namespace], Peer], default_url: str) -> None:
     args = ap.parse_args()
     os.environ["BENCH_URL"] = args.url
     peer = make(args)
+    peer.tuned = args.flavor == "tuned"
     res = run_step(peer, args.step, args.n, args.rate, args.timeout)
     sys.stdout.write(json.dumps(res) + "\n")
     sys.stdout.flush()

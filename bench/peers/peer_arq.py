@@ -8,7 +8,7 @@ import asyncio
 import sys
 import time
 
-from _common import REC, Peer, async_paced, bench_url, main, redis_flush
+from _common import BODY, REC, Peer, async_paced, bench_url, main, redis_flush
 from arq import create_pool
 from arq.connections import RedisSettings
 
@@ -16,6 +16,8 @@ URL = bench_url("redis://127.0.0.1:6379/15")
 
 
 async def noop(ctx, sent: float = 0.0) -> None:
+    if BODY:
+        await BODY.run()
     REC.hit(sent)
 
 
@@ -25,9 +27,18 @@ class WorkerSettings:
     keep_result = 0
 
 
+class TunedSettings:  # arq reads the class's own __dict__: no inheritance
+    functions = [noop]
+    redis_settings = RedisSettings.from_dsn(URL)
+    keep_result = 0
+    max_jobs = 256
+    poll_delay = 0.005
+
+
 class ArqPeer(Peer):
     name = "arq"
     worker_note = "defaults: max_jobs=10, poll_delay=0.5 s"
+    tuned_note = "max_jobs=256, poll_delay=5 ms"
     url = URL
 
     def setup(self) -> None:
@@ -66,6 +77,9 @@ class ArqPeer(Peer):
 
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-m", "arq", "peer_arq.WorkerSettings"]
+
+    def tuned_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "arq", "peer_arq.TunedSettings"]
 
 
 def make(args):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import REC, Peer, bench_url, main, redis_flush, sync_paced
+from _common import BODY, REC, Peer, bench_url, main, redis_flush, sync_paced
 from celery import Celery
 
 URL = bench_url("redis://127.0.0.1:6379/15")
@@ -20,12 +20,15 @@ app.conf.update(task_ignore_result=True, broker_connection_retry_on_startup=True
 
 @app.task(name="noop")
 def noop(sent: float = 0.0) -> None:
+    if BODY:
+        BODY.sync()
     REC.hit(sent)
 
 
 class CeleryPeer(Peer):
     name = "Celery"
     worker_note = "--pool solo"
+    tuned_note = "--pool threads --concurrency 32"
     url = URL
 
     def setup(self) -> None:
@@ -49,6 +52,11 @@ class CeleryPeer(Peer):
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "peer_celery", "worker", "--pool", "solo",
                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
+
+    def tuned_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "peer_celery", "worker", "--pool",
+                "threads", "--concurrency", "32", "--without-gossip", "--without-mingle",
+                "--without-heartbeat", "-l", "WARNING"]
 
 
 def make(args):

@@ -9,7 +9,7 @@ import sys
 import time
 
 import dramatiq
-from _common import REC, Peer, bench_url, main, redis_flush, sync_paced
+from _common import BODY, REC, Peer, bench_url, main, redis_flush, sync_paced
 from dramatiq.brokers.redis import RedisBroker
 
 URL = bench_url("redis://127.0.0.1:6379/15")
@@ -19,12 +19,15 @@ dramatiq.set_broker(broker)
 
 @dramatiq.actor(max_retries=0, queue_name="bench")
 def noop(sent: float = 0.0) -> None:
+    if BODY:
+        BODY.sync()
     REC.hit(sent)
 
 
 class DramatiqPeer(Peer):
     name = "Dramatiq"
     worker_note = "1 process, 8 threads (default)"
+    tuned_note = "1 process, 32 threads"
     url = URL
 
     def setup(self) -> None:
@@ -48,6 +51,10 @@ class DramatiqPeer(Peer):
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-m", "dramatiq", "peer_dramatiq", "--processes", "1",
                 "--threads", "8"]
+
+    def tuned_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "dramatiq", "peer_dramatiq", "--processes", "1",
+                "--threads", "32"]
 
 
 def make(args):

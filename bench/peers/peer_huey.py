@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import REC, Peer, bench_url, main, redis_flush, sync_paced
+from _common import BODY, REC, Peer, bench_url, main, redis_flush, sync_paced
 
 URL = bench_url("sqlite:////tmp/bench-huey.db")
 SQLITE = URL.startswith("sqlite")
@@ -30,6 +30,8 @@ huey = _make_huey()
 
 @huey.task()
 def noop(sent: float = 0.0) -> None:
+    if BODY:
+        BODY.sync()
     REC.hit(sent)
 
 
@@ -38,6 +40,7 @@ class HueyPeer(Peer):
         self.url = URL
         self.name = "huey (SqliteHuey)" if SQLITE else "huey (RedisHuey)"
         self.worker_note = "1 process, 1 worker thread" + (", 5 ms polling" if SQLITE else "")
+        self.tuned_note = self.worker_note.replace("1 worker thread", "32 worker threads")
 
     def setup(self) -> None:
         if SQLITE:
@@ -65,6 +68,11 @@ class HueyPeer(Peer):
         delay = ["-d", "0.005", "-m", "0.005"] if SQLITE else []
         return [sys.executable, "-m", "huey.bin.huey_consumer", "peer_huey.huey",
                 "-w", "1", "-k", "thread", "-C", *delay]
+
+    def tuned_cmd(self) -> list[str]:
+        cmd = self.worker_cmd()
+        cmd[cmd.index("-w") + 1] = "32"
+        return cmd
 
 
 def make(args):

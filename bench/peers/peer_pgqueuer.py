@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from _common import REC, Peer, async_paced, bench_url, main, pg_dsn, pg_exec
+from _common import BODY, REC, Peer, async_paced, bench_url, main, pg_dsn, pg_exec
 
 URL = bench_url("postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "pgqueuer_bench"
@@ -30,6 +30,8 @@ async def factory() -> PgQueuer:
 
     @pgq.entrypoint("noop")
     async def noop(job) -> None:
+        if BODY:
+            await BODY.run()
         REC.hit(float(job.payload))
 
     return pgq
@@ -38,6 +40,7 @@ async def factory() -> PgQueuer:
 class PgqueuerPeer(Peer):
     name = "pgqueuer"
     worker_note = "1 process, --batch-size 100"
+    tuned_note = "1 process, --batch-size 256"
     bulk_note = "Queries.enqueue(lists), 1,000 per call"
     url = URL
 
@@ -103,20 +106,23 @@ class PgqueuerPeer(Peer):
         # the worker runs PgQueuer.run() as `pgq run` would, from this module.
         return [sys.executable, "peer_pgqueuer.py", "worker"]
 
+    def tuned_cmd(self) -> list[str]:
+        return [sys.executable, "peer_pgqueuer.py", "worker", "256"]
+
 
 def make(args):
     return PgqueuerPeer()
 
 
-async def _worker() -> None:
+async def _worker(batch_size: int = 100) -> None:
     pgq = await factory()
-    await pgq.run(batch_size=100)
+    await pgq.run(batch_size=batch_size)
 
 
 if __name__ == "__main__":
     import peer_pgqueuer
 
     if sys.argv[1:2] == ["worker"]:
-        asyncio.run(peer_pgqueuer._worker())
+        asyncio.run(peer_pgqueuer._worker(int((sys.argv[2:3] or ["100"])[0])))
     else:
         main(peer_pgqueuer.make, URL)

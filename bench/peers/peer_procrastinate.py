@@ -9,7 +9,7 @@ import sys
 import time
 
 import procrastinate
-from _common import REC, Peer, bench_url, main, pg_dsn, pg_exec, sync_paced
+from _common import BODY, REC, Peer, bench_url, main, pg_dsn, pg_exec, sync_paced
 
 URL = bench_url("postgresql://postgres@127.0.0.1:5432/test")
 SCHEMA = "procrastinate_bench"
@@ -19,12 +19,15 @@ app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=DSN))
 
 @app.task(name="noop", queue="bench")
 async def noop(sent: float = 0.0) -> None:
+    if BODY:
+        await BODY.run()
     REC.hit(sent)
 
 
 class ProcrastinatePeer(Peer):
     name = "procrastinate"
     worker_note = "1 process, --concurrency 10, async task"
+    tuned_note = "1 process, --concurrency 256, async task"
     bulk_note = "batch_defer, 1,000 per call"
     url = URL
 
@@ -62,6 +65,11 @@ class ProcrastinatePeer(Peer):
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-m", "procrastinate", "--app=peer_procrastinate.app",
                 "worker", "--concurrency", "10", "--queues", "bench"]
+
+    def tuned_cmd(self) -> list[str]:
+        cmd = self.worker_cmd()
+        cmd[cmd.index("--concurrency") + 1] = "256"
+        return cmd
 
 
 def make(args):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import REC, Peer, bench_url, main, redis_flush, sync_paced
+from _common import BODY, REC, Peer, bench_url, main, redis_flush, sync_paced
 from redis import Redis
 from rq import Queue
 
@@ -16,6 +16,8 @@ URL = bench_url("redis://127.0.0.1:6379/15")
 
 
 def noop(sent: float = 0.0) -> None:
+    if BODY:
+        BODY.sync()
     REC.hit(sent)
 
 

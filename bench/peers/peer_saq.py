@@ -8,23 +8,27 @@ import asyncio
 import sys
 import time
 
-from _common import REC, Peer, async_paced, bench_url, main, redis_flush
+from _common import BODY, REC, Peer, async_paced, bench_url, main, redis_flush
 from saq import Queue
 
 URL = bench_url("redis://127.0.0.1:6379/15")
 
 
 async def noop(ctx, *, sent: float = 0.0) -> None:
+    if BODY:
+        await BODY.run()
     REC.hit(sent)
 
 
 queue = Queue.from_url(URL, name="bench")
 settings = {"queue": queue, "functions": [noop], "concurrency": 10}
+tuned = {**settings, "concurrency": 256}
 
 
 class SaqPeer(Peer):
     name = "saq"
     worker_note = "--workers 1, concurrency 10"
+    tuned_note = "--workers 1, concurrency 256"
     url = URL
 
     def setup(self) -> None:
@@ -66,6 +70,9 @@ class SaqPeer(Peer):
 
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-m", "saq", "peer_saq.settings", "--workers", "1", "--quiet"]
+
+    def tuned_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "saq", "peer_saq.tuned", "--workers", "1", "--quiet"]
 
 
 def make(args):

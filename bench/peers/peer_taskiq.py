@@ -9,7 +9,7 @@ import asyncio
 import sys
 import time
 
-from _common import REC, Peer, async_paced, bench_url, main, redis_flush
+from _common import BODY, REC, Peer, async_paced, bench_url, main, redis_flush
 from taskiq_redis import ListQueueBroker
 
 URL = bench_url("redis://127.0.0.1:6379/15")
@@ -18,12 +18,15 @@ broker = ListQueueBroker(url=URL, queue_name="bench")
 
 @broker.task(task_name="noop")
 async def noop(sent: float = 0.0) -> None:
+    if BODY:
+        await BODY.run()
     REC.hit(sent)
 
 
 class TaskiqPeer(Peer):
     name = "taskiq"
     worker_note = "ListQueueBroker, --workers 1"
+    tuned_note = "ListQueueBroker, --workers 1, --max-async-tasks 256"
     url = URL
 
     def setup(self) -> None:
@@ -63,6 +66,9 @@ class TaskiqPeer(Peer):
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-m", "taskiq", "worker", "peer_taskiq:broker", "--workers",
                 "1", "--log-level", "WARNING"]
+
+    def tuned_cmd(self) -> list[str]:
+        return [*self.worker_cmd(), "--max-async-tasks", "256"]
 
 
 def make(args):
