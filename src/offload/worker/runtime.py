@@ -43,9 +43,12 @@ CLAIM_BATCH = 250  # most tasks claimed per round trip
 # round trip, bounded here; an idle worker claims at once.
 GATHER_MIN = 0.0005
 GATHER_MAX = 0.005
-# While tasks run, acks are flushed at most this often: many per call instead of one call
-# per task. A later ack costs nothing but a lease held a moment longer.
+# While tasks run, acks are flushed at most every ACK_PAUSE seconds, or twice the last
+# flush's round trip where that is longer (a slow broker, bounded by ACK_PAUSE_MAX): many
+# per call instead of one call per task. A later ack costs nothing but a lease held a
+# moment longer.
 ACK_PAUSE = 0.002
+ACK_PAUSE_MAX = 0.01
 
 
 class Worker(TaskRunner):
@@ -340,10 +343,12 @@ class Worker(TaskRunner):
         while not self._closed.is_set():
             await self._outbox.wanted.wait()
             self._outbox.wanted.clear()
+            t0 = time.monotonic()
             if await self._flush():
                 pause = 0.0
                 if self._running and not self._closed.is_set():
-                    await asyncio.sleep(ACK_PAUSE)
+                    took = time.monotonic() - t0
+                    await asyncio.sleep(min(ACK_PAUSE_MAX, max(ACK_PAUSE, 2 * took)))
             else:  # the broker is away: keep the acks and try again, backing off
                 pause = min(2.0, max(0.1, pause * 2))
                 await self._sleep_or_stop(pause)
