@@ -79,3 +79,35 @@ def test_a_blocked_handler_does_not_hold_back_the_tasks_claimed_behind_it(broker
     asyncio.run(main())
     assert quick_done.is_set()
     app.close()
+
+
+def test_a_bug_in_starting_a_task_costs_that_task_not_the_worker(broker_url, monkeypatch):
+    """A failure of the worker's own code while it starts a task is judged like a failure
+    of the task (retried), and the tasks around it run: the claim loop goes on."""
+    app = App("tp", broker=broker_url)
+    app.queue("q")
+    ran: list[int] = []
+
+    @app.task(queue="q", name="t")
+    def t(i: int) -> None:
+        ran.append(i)
+
+    prepare = Worker._prepare
+
+    def flaky_prepare(self, run):
+        if run.claim.attempt == 1 and run.claim.name == "bad":
+            raise RuntimeError("a bug of the worker's own")
+        return prepare(self, run)
+
+    monkeypatch.setattr(Worker, "_prepare", flaky_prepare)
+    t.send(1)
+    t.send_with(args=(2,), name="bad")
+    t.send(3)
+
+    async def main() -> None:
+        stats = await asyncio.wait_for(Worker(app, burst=True).run(), 60)
+        assert stats.succeeded == 3 and stats.retried == 1
+
+    asyncio.run(main())
+    assert sorted(ran) == [1, 2, 3]
+    app.close()
