@@ -36,6 +36,7 @@ __all__ = [
     "EVENT",
     "Publishing",
     "check_event",
+    "on_event",
     "publish",
     "publish_async",
     "subscribe",
@@ -60,13 +61,13 @@ def check_event(event: str) -> str:
     return event
 
 
-def check_subscriber(event: str, fn: Callable[..., Any]) -> None:
+def check_subscriber(event: str, fn: Callable[..., Any], where: str = "@app.on") -> None:
     """A subscriber must accept the payload as its one positional argument."""
     try:
         inspect.signature(fn).bind(None)
     except TypeError as exc:
         raise ConfigError(
-            f"@app.on({event!r}): {getattr(fn, '__qualname__', fn)!r} must take the event's "
+            f"{where}({event!r}): {getattr(fn, '__qualname__', fn)!r} must take the event's "
             f"payload as its one argument ({exc})"
         ) from None
     except ValueError:  # no signature to check (a builtin): trust it
@@ -79,6 +80,25 @@ def subscribe(registry: Registry, event: str, tf: TaskFunction) -> TaskFunction:
     if tf not in subs:
         subs.append(tf)
     return tf
+
+
+def on_event(
+    registry: Registry,
+    event: str,
+    register: Callable[[Callable[..., Any]], TaskFunction],
+    where: str = "@app.on",
+) -> Callable[[F], TaskFunction]:
+    """The decorator behind ``@app.on`` and ``@service.on``: check the event name now and
+    the function when it is decorated, make it a task function with ``register`` (the
+    App's or a Service's, so the subscriber belongs to that service and runs in its
+    pool), then subscribe it."""
+    check_event(event)
+
+    def decorate(fn: F) -> TaskFunction:
+        check_subscriber(event, fn, where)
+        return subscribe(registry, event, register(fn))
+
+    return decorate
 
 
 def subscribers(registry: Registry, event: str) -> list[TaskFunction]:
@@ -156,15 +176,9 @@ class Publishing:
     ) -> Callable[[F], TaskFunction]:
         """Subscribe a task function to ``event``: ``@app.on("user.signed_up",
         queue="emails")``. It is called with the published payload as its one argument,
-        on its own queue; it is also an ordinary task function (``send``, ``call``)."""
-        check_event(event)
-
-        def register(fn: F) -> TaskFunction:
-            check_subscriber(event, fn)
-            tf = self.task(queue=queue, name=name)(fn)
-            return subscribe(self.registry, event, tf)
-
-        return register
+        on its own queue; it is also an ordinary task function (``send``, ``call``) of the
+        ``"default"`` service (``@service.on`` subscribes one of another service)."""
+        return on_event(self.registry, event, lambda fn: self.task(fn, queue=queue, name=name))
 
     def subscribers(self, event: str) -> list[TaskFunction]:
         """The task functions subscribed to ``event``, in registration order."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .core.policy import check_timeout
 from .errors import ConfigError
+from .events import on_event
 from .task import TaskFunction
 
 if TYPE_CHECKING:
@@ -253,6 +254,15 @@ class Service:
                 "memory would land where it failed; name a queue a bigger pool serves"
             )
         return self._registrar(where, queue, name, limit, mem, on_oom)(fn)
+
+    def on(self, event: str, *, queue: str = "default", name: str | None = None) -> Any:
+        """Subscribe a task function of this service to ``event``, as ``@app.on`` does
+        for the default service: ``@service.on("user.signed_up", queue="emails")``. It
+        belongs to this service, so a topology runs it in this service's pool."""
+        where = f"@{self.name}.on"
+        return on_event(
+            self.registry, event, lambda fn: self.task(fn, queue=queue, name=name), where
+        )
 
     def _registrar(
         self,

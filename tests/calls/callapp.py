@@ -21,6 +21,9 @@ app.queue("audit")
 app.queue("flaky", retry=Retry(limit=1, min_backoff=0.1, max_backoff=0.1))
 app.queue("reports")
 app.queue("strict", retry=Retry(limit=0))
+app.queue("invoices")
+
+billing = app.service("billing")
 
 SINK = os.environ.get("CALLS_SINK", "")
 
@@ -129,6 +132,12 @@ def open_account(user: dict) -> None:
 @app.on("user.signed_up", queue="audit")
 def audit(user: dict) -> None:
     _note(f"audit {user['id']}")
+
+
+@billing.on("order.placed", queue="invoices")
+def invoice(order: dict) -> None:
+    """A subscriber of another service: it runs in that service's pool."""
+    _note(f"invoice {order['id']}")
 
 
 @app.periodic("* * * * * *", queue="reports")

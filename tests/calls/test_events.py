@@ -98,3 +98,39 @@ def test_bad_input_fails_at_the_publisher(calls_app, m, caplog):
         @calls_app.on("user.signed_up", queue="emails")
         def two(a, b):
             pass
+
+
+def test_a_service_subscriber_belongs_to_its_service_and_runs_in_its_pool(
+    calls_app, m, sink, tmp_path
+):
+    billing = calls_app.services["billing"]
+    assert calls_app.subscribers("order.placed") == [m.invoice]
+    assert m.invoice.service is billing and m.invoice.queue == "invoices"
+    assert billing.tasks == {m.invoice.name: m.invoice}
+    assert m.invoice.name not in calls_app.services["default"].tasks
+    topo = tmp_path / "topology.toml"
+    topo.write_text(
+        '[pools.web]\nservices = ["default"]\nmachine = "e2-standard-2"\n\n'
+        '[pools.billing]\nservices = ["billing"]\nmachine = "e2-standard-2"\n'
+    )
+    placed = calls_app.placement(str(topo))
+    assert placed.pool_of("billing") == "billing"
+    assert placed.queues["billing"] == ("invoices",)
+    assert "invoices" not in placed.queues["web"]
+    (handle,) = calls_app.publish("order.placed", {"id": 9})
+    assert handle.queue == "invoices" and handle.task == m.invoice.name
+    with ThreadWorker(calls_app, queues=list(placed.queues["billing"])):
+        wait_for(lambda: "invoice 9" in lines(sink), what="the billing pool's subscriber")
+
+
+def test_a_service_subscriber_is_checked_like_an_app_one(calls_app, m):
+    billing = calls_app.services["billing"]
+    with pytest.raises(ConfigError, match=r"@billing\.on\('order\.placed'\).*one argument"):
+
+        @billing.on("order.placed", queue="invoices", name="two_args")
+        def two(a, b):
+            pass
+
+    with pytest.raises(ConfigError, match="event name"):
+        billing.on("bad name!", queue="invoices")
+    assert calls_app.subscribers("order.placed") == [m.invoice]
