@@ -33,7 +33,11 @@ from ..conftest import POSTGRES_URL, _drop_pg_schema, make_url
 psycopg = pytest.importorskip("psycopg")
 
 from offload.brokers.postgres import PostgresBroker  # noqa: E402
-from offload.brokers.postgres.queries import PostgresConfig, schema_snapshot  # noqa: E402
+from offload.brokers.postgres.queries import (  # noqa: E402
+    MIGRATIONS,
+    PostgresConfig,
+    schema_snapshot,
+)
 
 
 @pytest.fixture
@@ -125,7 +129,7 @@ async def test_migrations_produce_schema_sql(url):
         assert a == s, "schema.sql differs from what the migrations build: update schema.sql"
         assert "tasks_claim_idx" in a and "'names', 'expires_at'" in a
         version = await conn.execute(f'SELECT version FROM "{migrated}".schema_version')
-        assert [r[0] for r in await version.fetchall()] == [1, 2]
+        assert [r[0] for r in await version.fetchall()] == [v for v, _, _ in MIGRATIONS]
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{snapshot}" CASCADE')
         await conn.close()

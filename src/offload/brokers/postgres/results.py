@@ -6,7 +6,7 @@ channel (``offload-r-<reply_to>``) with its key. A caller process holds one LIST
 connection of its own for its channel (apart from the workers' wake-up listener), reads
 the keys it is notified of, and fetches their values in one query. Expired rows are
 invisible at once and deleted a thousand at a time by ``put_result`` every few seconds.
-The SQL is in ``sql/results/``; the table is created on first use.
+The SQL is in ``sql/results/``; the table is part of the schema (migration 003).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _DRAIN = 1000  # notifications read after the first without waiting
 
 @cache
 def _sql(schema: str) -> dict[str, str]:
-    names = ("create", "put", "get", "take", "sweep")
+    names = ("put", "get", "take", "sweep")
     return {n: fill(_read("results", f"{n}.sql"), schema) for n in names}
 
 
@@ -45,7 +45,6 @@ class Results:
 
     config: Any
     _errors: Callable[[str], contextlib.AbstractContextManager[None]]
-    _results_ready = False
     _results_swept = 0.0
     _results_conn: psycopg.AsyncConnection | None = None
     _results_channel: str | None = None
@@ -59,18 +58,11 @@ class Results:
     def _results_sql(self) -> dict[str, str]:
         return _sql(self.config.schema)
 
-    async def _results_table(self) -> None:
-        if not self._results_ready:
-            async with self._conn("creating the results table") as conn, conn.transaction():
-                await conn.execute(self._results_sql()["create"])
-            self._results_ready = True
-
     async def put_result(
         self, key: str, value: bytes, ttl: float, reply_to: str | None = None
     ) -> None:
         """Store the result and NOTIFY ``reply_to``'s channel, in one statement."""
         ttl = check_result(key, ttl, reply_to)
-        await self._results_table()
         sql = self._results_sql()
         chan = None if reply_to is None else reply_channel(reply_to)
         params = {"key": key, "value": value, "ttl": ttl, "channel": chan}
@@ -83,7 +75,6 @@ class Results:
     async def get_result(self, key: str) -> bytes | None:
         """The stored result, or None when there is none or it expired."""
         check_result(key, 1.0)
-        await self._results_table()
         async with self._conn("reading a result") as conn:
             row = await (await conn.execute(self._results_sql()["get"], {"key": key})).fetchone()
         return None if row is None else bytes(row[0])
@@ -93,7 +84,6 @@ class Results:
         notification, read whatever else arrived, and fetch those results."""
         check_result("-", 1.0, reply_to)
         self._opened()
-        await self._results_table()
         conn = await self._results_listener(reply_to)
         keys: list[str] = []
         with self._errors("waiting for results"):

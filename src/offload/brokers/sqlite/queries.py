@@ -2,8 +2,9 @@
 
 ``queries.sql`` holds every statement under a ``-- name: <name>`` line; ``schema.sql`` is
 schema version 1 and each ``migrate_<n>.sql`` takes version ``n - 1`` to ``n`` (2: the
-``tasks.expired`` and ``queues.declared_at`` columns). A new version adds its file and bumps
-:data:`SCHEMA_VERSION`; :func:`migrate` applies the missing steps in one transaction.
+``tasks.expired`` and ``queues.declared_at`` columns; 3: the ``results`` table). A new
+version adds its file and bumps :data:`SCHEMA_VERSION`; :func:`migrate` applies the missing
+steps in one transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sqlite3
 __all__ = ["SCHEMA_VERSION", "Queries", "migrate", "queries"]
 
 #: the ``PRAGMA user_version`` this code writes and understands
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 

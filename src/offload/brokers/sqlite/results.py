@@ -4,7 +4,8 @@ A result is a row keyed by the task id with an expiry time; a caller's listener 
 rows addressed to its reply channel (marking them delivered) and sleeps on the doorbell in
 between, which ``put_result`` rings: the same wake-up as a worker's, no polling. Expired
 rows are invisible at once and deleted by a ``put_result`` at most every few seconds per
-broker, so the table never grows past what the TTLs allow.
+broker, so the table never grows past what the TTLs allow. The table is part of the
+schema (version 3, ``sql/migrate_3.sql``), made when the database is opened.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ class Results:
     _store: Store
     _bell: Doorbell
     _waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
-    _results_ready = False
     _results_swept = 0.0
 
     def _ring(self) -> None:
@@ -48,16 +48,6 @@ class Results:
     def _wake_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         raise NotImplementedError  # supplied by SQLiteBroker
 
-    def _results_table(self) -> None:
-        if not self._results_ready:
-
-            def create(conn: sqlite3.Connection, now: float) -> None:
-                conn.execute(_queries().create)
-                conn.execute(_queries().create_index)
-
-            self._store.write("creating the results table", create)
-            self._results_ready = True
-
     async def put_result(
         self, key: str, value: bytes, ttl: float, reply_to: str | None = None
     ) -> None:
@@ -65,7 +55,6 @@ class Results:
         ring the doorbell so that channel's listener takes it."""
         ttl = check_result(key, ttl, reply_to)
         self._store.require_open()
-        self._results_table()
         sweep = time.time() - self._results_swept > _SWEEP_EVERY
         if sweep:
             self._results_swept = time.time()
@@ -84,7 +73,6 @@ class Results:
         """The value under ``key``, or None when none is stored or it expired."""
         check_result(key, 1.0)
         self._store.require_open()
-        self._results_table()
 
         def get(conn: sqlite3.Connection, now: float) -> bytes | None:
             row = conn.execute(_queries().get, {"key": key, "now": now}).fetchone()
@@ -107,7 +95,6 @@ class Results:
         doorbell until one is stored or ``timeout`` seconds passed."""
         check_result("-", 1.0, reply_to)
         self._store.require_open()
-        self._results_table()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         listening = self._bell.listen(loop, lambda: self._wake_loop(loop))

@@ -1,4 +1,4 @@
--- offload PostgreSQL broker: the whole schema at the latest migration (version 2).
+-- offload PostgreSQL broker: the whole schema at the latest migration (version 3).
 --
 -- A snapshot for readers and for the test that checks the migrations produce it
 -- (tests/integration/test_postgres_broker.py). The broker never runs this file: it applies
@@ -99,3 +99,15 @@ CREATE TABLE {schema}.metrics (
     extra        jsonb            NOT NULL DEFAULT '{}',  -- name -> number (see record.sql)
     CONSTRAINT metrics_pkey PRIMARY KEY (task)
 );
+
+-- Stored task outcomes (offload.brokers.base.ResultStore), keyed by the task id; kept until
+-- expires_at (epoch seconds, the server's clock), swept a thousand at a time by put.
+CREATE TABLE {schema}.results (
+    key        text             NOT NULL,
+    value      bytea            NOT NULL,
+    expires_at double precision NOT NULL,
+    CONSTRAINT results_pkey PRIMARY KEY (key)
+);
+
+-- Finds expired results for the sweep.
+CREATE INDEX results_expires ON {schema}.results (expires_at);

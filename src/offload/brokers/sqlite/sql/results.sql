@@ -1,18 +1,7 @@
 -- The SQLite broker's result store (offload.brokers.base.ResultStore), loaded by results.py.
--- The table is created on first use of results, so a database that never stores one does
--- not carry it. `reply_to` is the caller's channel until the result is delivered to it
--- (then NULL); rows past `expires_at` are invisible and swept lazily by put_result.
-
--- name: create
-CREATE TABLE IF NOT EXISTS results (
-    key        TEXT PRIMARY KEY,
-    value      BLOB NOT NULL,
-    expires_at REAL NOT NULL,
-    reply_to   TEXT
-);
-
--- name: create_index
-CREATE INDEX IF NOT EXISTS results_reply ON results (reply_to) WHERE reply_to IS NOT NULL;
+-- The table is made by schema version 3 (migrate_3.sql). `reply_to` is the caller's channel
+-- until the result is delivered to it (then NULL); rows past `expires_at` are invisible and
+-- swept lazily by put_result.
 
 -- name: put
 INSERT INTO results (key, value, expires_at, reply_to)
