@@ -60,7 +60,9 @@ __all__ = [
     "encode_outcome",
     "failure_outcome",
     "mailbox",
+    "reply_for",
     "result_headers",
+    "unrun_headers",
     "wait_result",
     "wait_result_async",
 ]
@@ -89,8 +91,9 @@ class Outcome(msgspec.Struct, array_like=True, omit_defaults=True):
         traceback."""
         if self.ok:
             return self.value
+        what = f"{self.type}: {self.message}" if self.type else self.message
         raise RemoteError(
-            f"{task} (task {task_id}) failed: {self.type}: {self.message}",
+            f"{task} (task {task_id}) failed: {what}",
             type=self.type,
             message=self.message,
             traceback=self.traceback,
@@ -470,10 +473,46 @@ def past_deadline(headers: Mapping[str, str], now: float) -> bool:
         return False
 
 
-def reply_for(info: Any, verdict: Any) -> tuple[bytes, float, str | None] | None:
+class _Addressed(msgspec.Struct):
+    """The part of an envelope a worker needs to answer a task it never ran: its headers.
+    Every other field is skipped, not decoded, so arguments that do not decode (or a
+    newer envelope version) do not stop the caller from hearing why."""
+
+    headers: dict[str, str] = {}
+
+
+_addressed = msgspec.msgpack.Decoder(_Addressed)
+
+
+def unrun_headers(payload: bytes | None) -> Mapping[str, str]:
+    """The headers of a claimed task's payload, or none when even they do not decode."""
+    if payload is None:
+        return {}
+    try:
+        return _addressed.decode(payload).headers
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return {}
+
+
+def reply_for(
+    info: Any, verdict: Any, payload: bytes | None = None
+) -> tuple[bytes, float, str | None] | None:
     """What a worker stores for a finished task whose sender wants its result: the
     outcome, its TTL and the reply channel; None when the task will run again (a retry
-    keeps the caller waiting)."""
+    keeps the caller waiting) or nobody asked.
+
+    ``info`` is None for a claim dead-lettered before it ran (bad arguments, a payload
+    that does not decode, an unknown task function, a retry policy exhausted by workers
+    that died): there is no TaskInfo, so the headers are read from its ``payload``, and
+    its caller gets RemoteError with the reason now rather than DeadlineExceeded later."""
+    if info is None:
+        if verdict.kind != "dead":
+            return None
+        headers = unrun_headers(payload)
+        if RESULT_TTL not in headers:
+            return None
+        data = failure_outcome(verdict.error, verdict.traceback)
+        return data, result_ttl(headers), headers.get(REPLY_TO)
     if verdict.kind == "ack":
         data = encode_outcome(info._result, info.task)
     elif verdict.kind == "dead":

@@ -318,8 +318,8 @@ class TaskRunner:
                 run.task.name if run.task else "?",
                 time.monotonic() - run.lease_end,
             )
-        if run.info is not None and _calls.RESULT_TTL in run.info.headers:
-            reply = _calls.reply_for(run.info, verdict)
+        if run.info is None or _calls.RESULT_TTL in run.info.headers:
+            reply = _calls.reply_for(run.info, verdict, c.payload)  # no info: unrun, dead
             if reply is not None:  # stored before the ack: verdicts go out first
                 store: Any = self._broker
                 self._outbox.verdict(lambda: store.put_result(c.id, *reply), None, c.id)
