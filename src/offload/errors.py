@@ -22,6 +22,7 @@
     ├── TaskError                     the task's own code failed
     │   ├── TaskTimeout               the task ran longer than its queue's or its own timeout
     │   ├── MemoryLimitExceeded       the task went over its memory limit
+    │   ├── ProcessDied               its child process died before reporting back
     │   └── RemoteError               a called task failed for good: its type, message, traceback
     └── chan errors (offload.chan)    Closed, ChanPanic, Canceled, DeadlineExceeded (also
                                       what a call raises past its deadline: one class, so one
@@ -47,6 +48,7 @@ __all__ = [
     "OffloadError",
     "PayloadError",
     "PolicyError",
+    "ProcessDied",
     "RemoteError",
     "Retry",
     "TaskAlreadyExists",
@@ -203,6 +205,12 @@ class TaskTimeout(TaskError, TimeoutError):
 
 class MemoryLimitExceeded(TaskError, MemoryError):
     """The task's process went over its memory limit and was killed."""
+
+
+class ProcessDied(TaskError):
+    """The child process running a task (process executor) died before it reported back:
+    a crash in C code, ``os._exit``, a kill from outside. The worker replaces the child;
+    the task fails under its retry policy."""
 
 
 class RemoteError(TaskError):

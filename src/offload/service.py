@@ -32,10 +32,9 @@ __all__ = ["EXECUTORS", "Service", "check_executors", "format_size", "parse_size
 
 Executor = Literal["thread", "process"]
 EXECUTORS: tuple[str, ...] = ("thread", "process")
-# The executors this version of the worker has. "process" is declared, validated and
-# stored now, so code and topologies written for it stay valid; a worker refuses to serve
-# its tasks until the executor exists (see check_executors), never running them on threads.
-AVAILABLE_EXECUTORS: frozenset[str] = frozenset({"thread"})
+# The executors this worker has (check_executors refuses to serve a queue whose tasks need
+# another, rather than running them somewhere their limits would not hold).
+AVAILABLE_EXECUTORS: frozenset[str] = frozenset({"thread", "process"})
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -343,27 +342,30 @@ def declare_service(
 
 
 def check_executors(registry: Registry, queues: Sequence[str]) -> None:
-    """Refuse to serve ``queues`` when a task function sent to one of them belongs to a
-    service whose executor this worker does not have: running it on a thread instead
-    would drop its memory limit without a word. Raises ConfigError naming the service."""
+    """Refuse to serve ``queues`` when a task function sent to one of them cannot run where
+    its service says: an executor this worker does not have, or a process-executor task
+    its child process could not import (defined inside a function, or in ``__main__``).
+    Running it on a thread instead would drop its memory limit without a word. Raises
+    ConfigError naming the service and the task."""
     served = set(queues)
-    missing: dict[str, list[TaskFunction]] = {}
-    for tf in registry.tasks.values():
+    for tf in sorted(registry.tasks.values(), key=lambda t: t.name):
         service = tf.service
-        if (
-            service is not None
-            and service.executor not in AVAILABLE_EXECUTORS
-            and (tf.queue in served or tf.on_oom in served)
-        ):
-            missing.setdefault(service.name, []).append(tf)
-    if not missing:
-        return
-    name, tfs = sorted(missing.items())[0]
-    svc = registry.services[name]
-    qs = sorted({q for t in tfs for q in (t.queue, t.on_oom) if q is not None and q in served})
-    raise ConfigError(
-        f"service {name!r}: executor={svc.executor!r} is not available yet in this version "
-        f"of the worker, and its tasks ({', '.join(sorted(t.name for t in tfs))}) must not "
-        f"run on threads without their memory limit; serve queue(s) {', '.join(qs)} with "
-        f"no worker for now, or declare the service with executor='thread'"
-    )
+        if service is None or not (tf.queue in served or tf.on_oom in served):
+            continue
+        if service.executor not in AVAILABLE_EXECUTORS:
+            raise ConfigError(
+                f"service {service.name!r}: executor={service.executor!r} is not available "
+                f"in this version of the worker, and its task {tf.name} must not run on "
+                f"threads without its memory limit; serve queue {tf.queue!r} with no worker "
+                "for now, or declare the service with executor='thread'"
+            )
+        if service.executor == "process":
+            module = getattr(tf.fn, "__module__", None) or "?"
+            qualname = getattr(tf.fn, "__qualname__", None) or "?"
+            if module == "__main__" or "<locals>" in qualname or "<lambda>" in qualname:
+                raise ConfigError(
+                    f"service {service.name!r} runs its tasks in child processes, which "
+                    f"import each task function by module and name, and {tf.name} "
+                    f"({module}.{qualname}) cannot be imported that way; define it at the "
+                    "top level of an importable module (not __main__, not inside a function)"
+                )

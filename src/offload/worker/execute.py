@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import inspect
 import logging
+import resource
 import threading
 import time
 import traceback
@@ -27,6 +28,7 @@ from ..core.verdict import Verdict, describe, judge, judge_expired_claim, safe_t
 from ..errors import BadArguments, TaskTimeout
 from ..task import TaskFunction, TaskInfo, _current
 from .eager import Resumed
+from .processes import ORIGIN_ID, _prior_attempts
 from .state import Running
 from .threads import KICK_AFTER
 
@@ -39,6 +41,7 @@ __all__ = ["TaskRunner"]
 
 log = logging.getLogger("offload.worker")
 
+_maxrss, _SELF = resource.getrusage, resource.RUSAGE_SELF
 FOREIGN_RELEASE_DELAY = 5.0  # seconds another app's task waits before anyone claims it again
 ABANDON_AFTER = 2.0  # seconds a thread handler gets to stop after TaskTimeout is raised in it
 
@@ -51,6 +54,7 @@ class TaskRunner:
 
     def _start(self: Worker, c: Claimed) -> None:
         run = Running(c, None, None, time.perf_counter())
+        run.rss_base = _maxrss(_SELF).ru_maxrss  # KiB: the worker's high-water mark now
         run.lease_length = _lease_length(c, self._policies[c.queue].lease)
         run.lease_end = time.monotonic() + run.lease_length
         self._running[c.id] = run
@@ -91,7 +95,10 @@ class TaskRunner:
         except BadArguments as exc:
             self._send(run, Verdict("dead", error=safe_text(f"BadArguments: {exc}")))
             return
-        info = TaskInfo(c.id, tf.name, c.queue, c.name, c.attempt, env.headers, None)
+        attempt = c.attempt
+        if env.headers:
+            attempt += _prior_attempts(env.headers)  # moved here from a smaller pool
+        info = TaskInfo(c.id, tf.name, c.queue, c.name, attempt, env.headers, None)
         if env.headers:
             info._deadline = _deadline(c.id, env.headers)
         run.task, run.info = tf, info
@@ -99,7 +106,9 @@ class TaskRunner:
         timeout = tf.timeout if tf.timeout is not None else policy.timeout
         if timeout is not None:
             run.timer = self._loop.call_later(timeout, self._time_out, run, timeout)
-        if tf.is_async:
+        if tf.service is not None and tf.service.executor == "process":
+            run.future = self._loop.create_task(self._run_in_child(run, tf))
+        elif tf.is_async:
             try:
                 coro = tf.fn(*args, **kwargs)
             except TypeError as exc:
@@ -292,10 +301,14 @@ class TaskRunner:
         try:
             wall = time.perf_counter() - run.started
             if run.task is not None:
-                self._metrics.add(run.task.name, wall, cpu, failed=exc is not None)
+                rss = run.rss
+                if rss is None:  # approximate: the worker's high-water growth meanwhile
+                    rss = (_maxrss(_SELF).ru_maxrss - run.rss_base) * 1024
+                self._metrics.add(run.task.name, wall, cpu, failed=exc is not None, rss=rss)
             c = run.claim
             age = c.now - c.first_attempt_at + wall
-            verdict = judge(exc, tb, self._policies[c.queue].retry, c.attempt, age)
+            attempt = run.info.attempt if run.info is not None else c.attempt
+            verdict = judge(exc, tb, self._policies[c.queue].retry, attempt, age)
         except BaseException as bug:
             log.exception("task %s: the worker could not judge how it ended", run.claim.id)
             verdict = Verdict(
@@ -322,7 +335,10 @@ class TaskRunner:
             reply = _calls.reply_for(run.info, verdict, c.payload)  # no info: unrun, dead
             if reply is not None:  # stored before the ack: verdicts go out first
                 store: Any = self._broker
-                self._outbox.verdict(lambda: store.put_result(c.id, *reply), None, c.id)
+                # a copy moved by on_oom answers under its original's id: its caller's
+                hdrs = run.info.headers if run.info else _calls.unrun_headers(c.payload)
+                rid = hdrs.get(ORIGIN_ID, c.id)
+                self._outbox.verdict(lambda: store.put_result(rid, *reply), None, c.id)
         if verdict.kind == "ack":
             self.stats.succeeded += 1
             self._outbox.ack(c.lease)  # a finished run wins, even after a lost lease

@@ -29,6 +29,7 @@ from .leases import heartbeat
 from .metrics import MetricsBuffer
 from .outbox import Outbox
 from .periodic import keep_schedules
+from .processes import ChildPool, ProcessRunner
 from .state import Running, WorkerStats
 from .threads import ThreadPool
 
@@ -51,10 +52,12 @@ ACK_PAUSE = 0.002
 ACK_PAUSE_MAX = 0.01
 
 
-class Worker(TaskRunner):
+class Worker(TaskRunner, ProcessRunner):
     """Runs the tasks of ``queues`` (default: all of the App's) with at most ``concurrency``
-    in flight. Async handlers run on the worker's event loop, plain functions on threads.
-    Running one task is :class:`~offload.worker.execute.TaskRunner`'s part."""
+    in flight. Async handlers run on the worker's event loop, plain functions on threads,
+    tasks of ``executor="process"`` services in child processes. Running one task is
+    :class:`~offload.worker.execute.TaskRunner`'s part (and
+    :class:`~offload.worker.processes.ProcessRunner`'s, in a child)."""
 
     def __init__(
         self,
@@ -110,6 +113,19 @@ class Worker(TaskRunner):
         self._results_wake = False
         self._kick: asyncio.TimerHandle | None = None  # wakes threads for queued jobs
         self._policies = {q: core.policy(q) for q in self.queues}
+        served = set(self.queues)
+        preload = sorted(
+            {
+                tf.fn.__module__
+                for tf in core.tasks.values()
+                if tf.service is not None
+                and tf.service.executor == "process"
+                and (tf.queue in served or tf.on_oom in served)
+            }
+        )
+        self._children = ChildPool(concurrency, preload)
+        self._busy_children: dict = {}  # child -> (Running, memory limit) while it runs
+        self._child_watch: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -179,6 +195,10 @@ class Worker(TaskRunner):
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
             self._threads.shutdown()
+            if self._child_watch is not None:
+                self._child_watch.cancel()
+                self._child_watch = None
+            self._children.close()
             await broker.close()
         return self.stats
 

@@ -49,3 +49,8 @@ class Running:
     #: the thread running a plain-function handler, while it runs
     thread: int | None = None
     timeout_error: BaseException | None = None
+    #: the run's peak resident memory in bytes (process executor: exact, its child's;
+    #: else the worker's high-water growth during it, approximate); None: not measured
+    rss: int | None = None
+    #: the worker's ru_maxrss (KiB) when the run started, for the approximate figure
+    rss_base: int = 0
