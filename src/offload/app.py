@@ -28,6 +28,7 @@ from .service import Service, declare_service
 from .task import TaskFunction, TaskHandle
 
 if TYPE_CHECKING:
+    from .profile import Profile
     from .topology import Placement
 
 __all__ = ["DEFAULT_BROKER", "PUSH_TASK", "App", "DeadLetterInfo"]
@@ -370,6 +371,18 @@ class App(Publishing, Scheduling):
     def metrics(self) -> list[TaskMetrics]:
         """Per task function: counts, failures, wall and CPU time measured by workers."""
         return self._call(lambda b: b.metrics())
+
+    def profile(self) -> Profile:
+        """Per task function and per service: runs, failures, runs per second over the last
+        hour, and p50/p90 of wall time, CPU time and peak RSS as the workers measured them
+        (:mod:`offload.profile`); ``.to_dict()`` is what ``offload profile --json`` prints.
+        Reads the broker as it is (declares nothing); a task that never ran has zeros."""
+        from .profile import profile
+
+        async def read(b: Broker) -> tuple[list[TaskMetrics], float]:
+            return await b.metrics(), await b.now()
+
+        return profile(self, *self.registry.call(read, declare=False))
 
 
 async def _noop() -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..core.policy import QueuePolicy
 from ..errors import ConfigError
@@ -254,7 +254,18 @@ class TaskRecord:
 
 @dataclass(slots=True)
 class TaskMetrics:
-    """Aggregates for one task function, summed across workers by ``record``."""
+    """Aggregates for one task function, summed across workers by ``record``.
+
+    ``extra``: more numbers by name, summed (``*_max`` ones keep the largest): counts
+    such as ``expired``, and wall, CPU and peak RSS histograms as ``h.<measure>.<bucket>``
+    (:mod:`offload.profile`). ``recent``: runs per Unix minute (``int(epoch // 60)``);
+    given to ``record``, its slots are added as they are; left empty, all ``count`` runs
+    fall in the broker's current minute. ``metrics()`` returns the slots :meth:`keeps`
+    (the last :attr:`RETAIN_MINUTES` by the broker's clock); brokers drop the others, so
+    storage stays bounded."""
+
+    #: minutes of run counts kept: twice the hour a rate is read over (offload.profile)
+    RETAIN_MINUTES: ClassVar[int] = 120
 
     task: str
     count: int = 0
@@ -265,12 +276,31 @@ class TaskMetrics:
     cpu_max: float = 0.0
     mem_peak_max: int = 0  # bytes; 0 when not measured
     extra: dict[str, float] = field(default_factory=dict)
+    recent: dict[int, int] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: Sequence, extra: dict[str, float]) -> TaskMetrics:
+    def from_row(
+        cls, row: Sequence, extra: dict[str, float], minute: int | None = None
+    ) -> TaskMetrics:
         """From a stored row in field order (task, count, failures, wall_total, wall_max,
-        cpu_total, cpu_max, mem_peak_max), the SQL brokers' column order."""
-        return cls(*row[:8], extra=extra)
+        cpu_total, cpu_max, mem_peak_max), the SQL brokers' column order. Given the
+        broker's ``minute``, ``extra``'s ``m.<minute>`` keys (the SQL brokers' run counts)
+        move to ``recent``, those it no longer :meth:`keeps` left out."""
+        recent: dict[int, int] = {}
+        if minute is not None:
+            plain: dict[str, float] = {}
+            for k, v in extra.items():
+                if not k.startswith("m."):
+                    plain[k] = v
+                elif cls.keeps(int(k[2:]), minute):
+                    recent[int(k[2:])] = int(v)
+            extra = plain
+        return cls(*row[:8], extra=extra, recent=recent)
+
+    @classmethod
+    def keeps(cls, slot: int, minute: int) -> bool:
+        """Whether a broker whose clock reads ``minute`` keeps the run count of ``slot``."""
+        return minute - cls.RETAIN_MINUTES <= slot <= minute + 1
 
 
 @runtime_checkable

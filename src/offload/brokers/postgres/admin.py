@@ -84,6 +84,7 @@ class Admin:
         if not metrics:
             return
         merged: dict[str, TaskMetrics] = {}
+        now_runs: dict[str, int] = {}
         for m in metrics:  # one row per task: ON CONFLICT may touch a row only once
             acc = merged.setdefault(m.task, TaskMetrics(m.task))
             acc.count += m.count
@@ -99,6 +100,10 @@ class Admin:
                     acc.extra[k] = float(v)
                 else:
                     acc.extra[k] = max(old, float(v)) if k.endswith("_max") else old + float(v)
+            for slot, runs in m.recent.items():
+                acc.recent[slot] = acc.recent.get(slot, 0) + int(runs)
+            if not m.recent:  # its runs fall in the server's current minute (record.sql)
+                now_runs[m.task] = now_runs.get(m.task, 0) + m.count
         ms = list(merged.values())
         params = {
             "tasks": [m.task for m in ms],
@@ -110,12 +115,14 @@ class Admin:
             "cpu_maxes": [float(m.cpu_max) for m in ms],
             "mem_peak_maxes": [int(m.mem_peak_max) for m in ms],
             "extras": [Jsonb(m.extra) for m in ms],
+            "recents": [Jsonb({str(k): v for k, v in m.recent.items()}) for m in ms],
+            "now_runs": [now_runs.get(m.task, 0) for m in ms],
         }
         await self._exec("recording metrics", self._q.record, params)
 
     async def metrics(self) -> list[TaskMetrics]:
         rows = await self._all("reading metrics", self._q.metrics)
-        return [TaskMetrics.from_row(r, {k: float(v) for k, v in r[8].items()}) for r in rows]
+        return [TaskMetrics.from_row(r, {k: float(v) for k, v in r[8].items()}, r[9]) for r in rows]
 
     async def now(self) -> float:
         return (await self._one("reading the clock", self._q.now))[0]

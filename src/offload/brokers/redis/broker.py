@@ -59,6 +59,8 @@ from .scripts import (
     metrics_key,
     parked_delay,
     record_args,
+    runs_key,
+    runs_minutes,
     stats_from,
 )
 from .sync import SyncScripts
@@ -360,26 +362,42 @@ class RedisBroker(ScriptCalls, Inspection, Results):
             return
         r = self._client()
         s = self._scripts["record"]
-        key = metrics_key(self.prefix)
+        keys = (metrics_key(self.prefix), runs_key(self.prefix))
         try:
             pipe = r.pipeline(transaction=False)
             for m in metrics:
-                pipe.execute_command("EVALSHA", s.sha, 1, key, *record_args(m))
+                pipe.execute_command("EVALSHA", s.sha, 2, *keys, *record_args(m))
             results = await pipe.execute(raise_on_error=False)
             for m, res in zip(metrics, results, strict=True):
                 if isinstance(res, NoScriptError):
                     await self._load_scripts()
-                    await r.execute_command("EVALSHA", s.sha, 1, key, *record_args(m))
+                    await r.execute_command("EVALSHA", s.sha, 2, *keys, *record_args(m))
                 elif isinstance(res, Exception):
                     raise res
         except Exception as exc:
             raise self._faults.error("recording metrics", exc) from exc
 
     async def metrics(self) -> list[TaskMetrics]:
-        raw = await self._read(
-            lambda: self._command("reading metrics", "HGETALL", metrics_key(self.prefix))
-        )
-        return metrics_from(raw)
+        """Every task function's aggregates, with its runs per minute for the minutes
+        kept (one HGETALL per minute, pipelined: no scan)."""
+
+        async def read() -> tuple[dict, dict[int, dict]]:
+            r = self._client()
+            sec, _usec = await r.execute_command("TIME")
+            minutes = runs_minutes(int(sec) // 60)
+            slots = runs_key(self.prefix)
+            pipe = r.pipeline(transaction=False)
+            pipe.execute_command("HGETALL", metrics_key(self.prefix))
+            for minute in minutes:
+                pipe.execute_command("HGETALL", f"{slots}{minute}")
+            raw, *hashes = await pipe.execute()
+            return raw, {m: h for m, h in zip(minutes, hashes, strict=True) if h}
+
+        try:
+            raw, runs = await self._read(read)
+        except Exception as exc:
+            raise self._faults.error("reading metrics", exc) from exc
+        return metrics_from(raw, runs)
 
     async def now(self) -> float:
         sec, usec = await self._command("reading the clock", "TIME")

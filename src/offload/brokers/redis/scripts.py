@@ -19,6 +19,7 @@ Key layout (``P`` the URL's ``?prefix=``, default ``offload``; ``Q`` the queue):
     {P:Q}:parked  zset  ids of idle workers blocked on their inbox -> park deadline
     {P:Q}:inbox:W list  tasks enqueue leased to parked worker W (see handed_from)
     {P}:metrics   hash  "<task>\\x1f<measure>" -> number, for every task function
+    {P}:runs:M    hash  task -> runs in Unix minute M; expires 120 minutes after M ends
 
 The hash tag ``{P:Q}`` puts all of a queue's keys in one cluster slot, so every script
 runs unchanged on Redis Cluster.
@@ -48,6 +49,9 @@ __all__ = [
     "handed_from",
     "metrics_from",
     "parked_delay",
+    "record_args",
+    "runs_key",
+    "runs_minutes",
     "scripts",
     "stats_from",
 ]
@@ -266,7 +270,14 @@ def dead_from(queue: str, reply: list) -> list[DeadLetter]:
     return out
 
 
+def runs_key(prefix: str) -> str:
+    """The prefix of the runs-per-minute hashes: ``{P}:runs:<minute>`` (the hash tag of
+    the metrics hash, so record.lua may write both on Redis Cluster)."""
+    return f"{{{prefix}}}:runs:"
+
+
 def record_args(m: TaskMetrics) -> list[str | float | int]:
+    """record.lua's arguments: the fields, the run counts by minute, the extra numbers."""
     args: list[str | float | int] = [
         m.task,
         m.count,
@@ -276,14 +287,24 @@ def record_args(m: TaskMetrics) -> list[str | float | int]:
         m.cpu_total,
         m.cpu_max,
         m.mem_peak_max,
+        len(m.recent),
     ]
+    for minute, runs in m.recent.items():
+        args += [int(minute), int(runs)]
     for k, v in m.extra.items():
         args += [k, float(v)]
     return args
 
 
-def metrics_from(raw: dict) -> list[TaskMetrics]:
-    """Group the metrics hash's "<task>\\x1f<measure>" fields back into TaskMetrics."""
+def runs_minutes(minute: int) -> range:
+    """The minutes whose runs hashes ``metrics()`` reads when the server's clock reads
+    ``minute``: those a broker keeps (TaskMetrics.keeps)."""
+    return range(minute - TaskMetrics.RETAIN_MINUTES, minute + 2)
+
+
+def metrics_from(raw: dict, runs: dict[int, dict] | None = None) -> list[TaskMetrics]:
+    """Group the metrics hash's "<task>\\x1f<measure>" fields back into TaskMetrics, with
+    ``runs`` (minute -> that minute's runs hash) as each task's ``recent``."""
     by_task: dict[str, TaskMetrics] = {}
     for field, value in raw.items():
         task, _, measure = _s(field).rpartition(_SEP)
@@ -297,6 +318,11 @@ def metrics_from(raw: dict) -> list[TaskMetrics]:
             setattr(m, measure, int(v))
         elif measure in _METRIC_FIELDS:
             setattr(m, measure, v)
+    for minute, hash_ in (runs or {}).items():
+        for task, n in hash_.items():
+            m = by_task.get(_s(task))
+            if m is not None:  # a task's runs without its metrics: not listed, as before
+                m.recent[minute] = int(n)
     return sorted(by_task.values(), key=lambda m: m.task)
 
 

@@ -256,10 +256,23 @@ def dead_letters(conn: sqlite3.Connection, now: float, queue: str, limit: int) -
 
 
 def record(conn: sqlite3.Connection, now: float, metrics: Sequence[TaskMetrics]) -> None:
+    """Add each task function's measurements; its runs per minute are kept in ``extra``
+    as ``m.<minute>`` keys, those past ``TaskMetrics.RETAIN_MINUTES`` dropped here, so a
+    row holds at most about two hours of them."""
     Q = queries()
+    minute = int(now // 60)
     for m in metrics:
         row = conn.execute(Q.metrics_extra, (m.task,)).fetchone()
         extra = _merge_extra(json.loads(row[0]) if row else {}, m.extra)
+        slots = m.recent if m.recent else ({minute: m.count} if m.count else {})
+        for slot, runs in slots.items():
+            key = f"m.{int(slot)}"
+            extra[key] = extra.get(key, 0) + int(runs)
+        extra = {
+            k: v
+            for k, v in extra.items()
+            if not k.startswith("m.") or TaskMetrics.keeps(int(k[2:]), minute)
+        }
         conn.execute(
             Q.record,
             {
@@ -291,4 +304,5 @@ def _merge_extra(stored: dict[str, float], new: dict[str, float]) -> dict[str, f
 
 def metrics(conn: sqlite3.Connection, now: float) -> list[TaskMetrics]:
     rows = conn.execute(queries().metrics).fetchall()
-    return [TaskMetrics.from_row(r, json.loads(r[8])) for r in rows]
+    minute = int(now // 60)
+    return [TaskMetrics.from_row(r, json.loads(r[8]), minute) for r in rows]
