@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from . import cli_calls, cli_http, cli_pools
+from . import cli_calls, cli_http, cli_pools, cli_profile
 from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue, UnknownTask
@@ -461,6 +461,7 @@ cli_http.register(main)  # serve, run --http, worker --metrics-port
 main.add_command(cli_pools.machines)
 main.add_command(cli_pools.check)
 main.add_command(cli_calls.periodic)
+main.add_command(cli_profile.profile)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -74,6 +74,8 @@ def _layer(rel: pathlib.Path) -> str:
         return "model"
     if top in ("calls", "replies", "events", "periodic"):  # how services talk: the model
         return "model"
+    if top == "profile":  # reading measurements back into rows: no I/O
+        return "model"
     if top in ("http", "planner", "metrics", "__main__", "__init__") or top.startswith("cli"):
         return "faces"
     return top
