@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from . import cli_calls, cli_http, cli_pools, cli_profile
+from . import cli_calls, cli_http, cli_ops, cli_pools, cli_profile
 from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue, UnknownTask
@@ -269,13 +269,27 @@ def worker(
 @cli_pools.topology_option
 @concurrency_opt
 @grace_opt
-def run(app_spec: str, topology: str | None, concurrency: int | None, grace: float) -> None:
+@click.option(
+    "--autoscale",
+    is_flag=True,
+    help="Keep each pool's workers between its replicas min and max by queue latency "
+    "(needs a topology; see its target_latency and cooldown).",
+)
+def run(
+    app_spec: str, topology: str | None, concurrency: int | None, grace: float, autoscale: bool
+) -> None:
     """Run the whole app: every queue in one process (the monolith), or with a topology
-    one worker process per pool, restarted when it dies, all drained on SIGTERM."""
+    one worker process per pool, restarted when it dies, rolled over to new code on
+    SIGHUP, all drained on SIGTERM."""
     app = load_app(app_spec)
     path = topology or app.topology
     if path is not None:
-        sys.exit(cli_pools.run_pools(app_spec, app, path, concurrency, grace))
+        sys.exit(cli_pools.run_pools(app_spec, app, path, concurrency, grace, autoscale))
+    if autoscale:
+        raise click.UsageError(
+            "--autoscale scales the pools of a topology; give --topology FILE (or "
+            "App(topology=...), $OFFLOAD_TOPOLOGY) with replicas = [min, max] per pool"
+        )
     _run_worker(app, None, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst=False)
 
 
@@ -324,11 +338,20 @@ def _find_task(app: App, task: str) -> TaskFunction:
 @main.command()
 @app_arg
 @json_flag
-def queues(app_spec: str, as_json: bool) -> None:
-    """Show every queue: how many tasks are in each state, and the policy the broker
-    enforces (flagging where this app's declaration differs: its workers would change it)."""
+@click.option("--pools", "by_pool", is_flag=True, help="One row per pool: autoscaling signals.")
+@cli_pools.topology_option
+def queues(app_spec: str, as_json: bool, by_pool: bool, topology: str | None) -> None:
+    """Show every queue: how many tasks are in each state, how long the oldest ready one
+    has waited, and the policy the broker enforces (flagging where this app's declaration
+    differs: its workers would change it). With --pools, per pool what an autoscaler reads."""
     app = load_app(app_spec)
+    if by_pool:
+        cli_pools.show_pools(app, topology, as_json)
+        return
+    if topology is not None:
+        raise click.UsageError("--topology only applies with --pools")
     rows = []
+    now = app.registry.call(lambda b: b.now(), declare=False)
     for name, p in sorted(app.queues.items()):
         s = app.inspect(name)  # reads the broker as it is: declares nothing
         enforced = s.policy
@@ -339,6 +362,10 @@ def queues(app_spec: str, as_json: bool) -> None:
                 "ready": s.ready,
                 "scheduled": s.scheduled,
                 "leased": s.leased,
+                "in_flight": s.leased,
+                "oldest_ready_age": None
+                if s.oldest_ready_at is None
+                else max(0.0, now - s.oldest_ready_at),
                 "dead": s.dead,
                 "paused": s.paused,
                 "rate": enforced.rate if enforced else p.rate,
@@ -462,6 +489,7 @@ main.add_command(cli_pools.machines)
 main.add_command(cli_pools.check)
 main.add_command(cli_calls.periodic)
 main.add_command(cli_profile.profile)
+cli_ops.register(main)  # plan, k8s
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,12 +1,12 @@
 """The pool commands: ``offload machines``, ``offload check``, what ``offload worker
---pool`` needs, and the supervisor behind ``offload run`` with a topology.
+--pool`` needs, what ``offload run`` with a topology starts, and the per-pool signals of
+``offload queues --pools``.
 
-``offload run APP --topology FILE`` starts one ``offload worker APP --pool NAME`` process
-per pool (its ``replicas`` minimum, at least one), prefixes each line they print with
-``[pool.N]``, starts again one that exits on its own (waiting longer each time it dies
-young), and on SIGTERM or SIGINT passes one SIGTERM to each so they drain within
-``--grace``; a second signal passes another (the workers skip their grace). The workers
-run in their own process group, so a terminal's Ctrl-C reaches them once, through here.
+``offload run APP --topology FILE [--autoscale]`` hands the pools to
+:class:`offload.supervisor.Supervisor`: one ``offload worker APP --pool NAME`` process per
+pool replica (its minimum, at least one; with ``--autoscale`` between its ``replicas``
+bounds), logs prefixed with ``[pool.N]``, crashed workers started again, a rolling
+restart on SIGHUP, all drained on SIGTERM.
 
 Imported by ``cli.py`` at start-up: the topology, the catalog and rich load only when a
 command here needs them, never in a plain worker.
@@ -15,25 +15,28 @@ command here needs them, never in a plain worker.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import cli_render as out
+from .autoscale import DEFAULT_CONCURRENCY, ScalePolicy
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .app import App
     from .topology import Placement
 
-__all__ = ["check", "machines", "pool_option", "pool_queues", "run_pools", "topology_option"]
+__all__ = [
+    "check",
+    "machines",
+    "pool_option",
+    "pool_queues",
+    "pool_rows",
+    "run_pools",
+    "topology_option",
+]
 
-DEFAULT_CONCURRENCY = 32
 HOURS_PER_MONTH = 730  # what both providers' calculators bill a month as
 
 topology_option = click.option(
@@ -129,6 +132,8 @@ def _placement_rows(placement: Placement, app: App) -> list[dict[str, Any]]:
                 "machine": m.as_dict() if m is not None else None,
                 "replicas": list(pool.replicas),
                 "concurrency": pool.concurrency,
+                "target_latency": pool.target_latency,
+                "cooldown": pool.cooldown,
                 "services": [
                     {
                         "service": s,
@@ -189,155 +194,87 @@ def check(app_spec: str, topology: str | None, as_json: bool) -> None:
     out.say("ok")
 
 
-# -- the supervisor ----------------------------------------------------------------------------
+# -- offload run --topology, and the signals an autoscaler reads --------------------------------
 
 
-class _Child:
-    """One worker process of one pool, and the thread copying its output with a prefix."""
+def run_pools(
+    app_spec: str,
+    app: App,
+    topology: str,
+    concurrency: int | None,
+    grace: float,
+    autoscale: bool = False,
+) -> int:
+    """Run each pool's workers until SIGTERM/SIGINT (see :mod:`offload.supervisor`): its
+    ``replicas`` minimum (at least one), or with ``autoscale`` between its minimum and
+    maximum as the queues need. Returns the exit status (0 when every worker drained
+    cleanly)."""
+    from .supervisor import Supervisor
 
-    def __init__(self, pool: str, index: int, argv: list[str], lock: threading.Lock) -> None:
-        self.label = f"{pool}.{index}"
-        self.argv = argv
-        self.lock = lock
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.reader: threading.Thread | None = None
-        self.started = 0.0
-        self.failures = 0  # deaths in a row that came soon after a start
-        self.restart_at: float | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            process_group=0,  # a terminal's Ctrl-C reaches the worker once, through us
-        )
-        self.started = time.monotonic()
-        self.restart_at = None
-        self.reader = threading.Thread(
-            target=self._copy, args=(self.proc,), name=f"offload-run-{self.label}", daemon=True
-        )
-        self.reader.start()
-        _say(self.lock, f"[offload] started {self.label} (pid {self.proc.pid})")
-
-    def _copy(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            _say(self.lock, f"[{self.label}] {text}")
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-def _say(lock: threading.Lock, line: str) -> None:
-    with lock:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
-def run_pools(app_spec: str, app: App, topology: str, concurrency: int | None, grace: float) -> int:
-    """Run one worker process per pool replica until SIGTERM/SIGINT; returns the exit
-    status (0 when every worker drained cleanly)."""
     path = os.path.abspath(topology)
     placement = app.placement(path)
-    lock = threading.Lock()
-    children: list[_Child] = []
+    pools = {}
     for name, pool in placement.pools.items():
         served = placement.queues[name]
         if not served:
-            _say(lock, f"[offload] pool {name} serves no queue (its services have no tasks)")
+            click.echo(
+                f"[offload] pool {name} serves no queue (its services have no tasks)", err=True
+            )
             continue
         app.registry.check_executors(served)  # refuse here, once, not in a restart loop
-        argv = [sys.executable, "-m", "offload", "worker", app_spec, "--pool", name]
-        argv += ["--topology", path, "--grace", repr(grace)]
-        if concurrency is not None:
-            argv += ["-c", str(concurrency)]
-        for i in range(1, max(1, pool.replicas[0]) + 1):
-            children.append(_Child(name, i, argv, lock))
-    if not children:
+        pools[name] = (served, ScalePolicy.for_pool(pool, concurrency))
+    if not pools:
         raise click.UsageError(f"{path}: no pool serves a queue; nothing to run")
-
-    signals: list[int] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        signals.append(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for c in children:
-            c.start()
-        return _supervise(children, signals, grace, lock)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    sup = Supervisor(
+        app_spec, app, path, pools, concurrency=concurrency, grace=grace, autoscale=autoscale
+    )
+    return sup.run()
 
 
-def _supervise(
-    children: list[_Child], signals: list[int], grace: float, lock: threading.Lock
-) -> int:
-    passed = 0  # signals passed on to the workers
-    kill_at: float | None = None
-    while True:
-        now = time.monotonic()
-        if len(signals) > passed:
-            passed = len(signals)
-            word = "draining" if passed == 1 else "hurrying"
-            _say(lock, f"[offload] signal received: {word} {len(children)} worker(s)")
-            for c in children:
-                c.signal(signal.SIGTERM)
-            # past grace plus time to release and flush, stragglers are killed
-            kill_at = now + (grace if passed == 1 else 0.0) + 15.0
-        if passed:
-            if not any(c.alive() for c in children):
-                break
-            if kill_at is not None and now >= kill_at:
-                for c in children:
-                    if c.alive():
-                        _say(lock, f"[offload] {c.label} did not stop in time: killing it")
-                        c.signal(signal.SIGKILL)
-                kill_at = None
-        else:
-            for c in children:
-                _watch(c, now, lock)
-        time.sleep(0.05)
-    status = 0
-    for c in children:
-        assert c.proc is not None
-        rc = c.proc.wait()
-        if c.reader is not None:
-            c.reader.join(5)
-        if rc != 0:
-            _say(lock, f"[offload] {c.label} exited with status {rc}")
-            status = 1
-    _say(lock, "[offload] every worker stopped")
-    return status
+def pool_rows(app: App, topology: str | None) -> list[dict[str, Any]]:
+    """Per pool, what an autoscaler reads (``offload queues --pools``): its queues' ready
+    tasks, tasks in flight, the oldest wait, its per-worker concurrency and bounds, and
+    ``workers_needed``, the count that would hold all of it at once within the bounds."""
+    from .autoscale import pool_signals, workers_needed
+    from .supervisor import read_signals
+
+    placement = app.placement(topology)
+    served = sorted({q for qs in placement.queues.values() for q in qs})
+    by_queue = read_signals(app, served) if served else {}
+    rows = []
+    for name, pool in placement.pools.items():
+        queues = placement.queues[name]
+        sig = pool_signals(by_queue[q] for q in queues)
+        policy = ScalePolicy.for_pool(pool)
+        rows.append(
+            {
+                "pool": name,
+                "queues": list(queues),
+                "ready": sig.ready,
+                "in_flight": sig.in_flight,
+                "oldest_ready_age": sig.oldest_ready_age,
+                "concurrency": policy.concurrency,
+                "replicas": [policy.minimum, policy.maximum],
+                "target_latency": policy.target_latency,
+                "cooldown": policy.cooldown,
+                "workers_needed": workers_needed(sig, policy),
+            }
+        )
+    return rows
 
 
-def _watch(c: _Child, now: float, lock: threading.Lock) -> None:
-    """Start a worker again once it exited on its own, waiting longer (up to 30 s) the
-    more often in a row it died within a minute of starting: a broken deploy must not
-    spin the machine."""
-    if c.restart_at is not None:
-        if now >= c.restart_at:
-            c.start()
+def show_pools(app: App, topology: str | None, as_json: bool) -> None:
+    """``offload queues --pools``: :func:`pool_rows` as JSON or one line per pool."""
+    rows = pool_rows(app, topology)
+    if as_json:
+        click.echo(out.to_json(rows))
         return
-    assert c.proc is not None
-    rc = c.proc.poll()
-    if rc is None:
-        return
-    if c.reader is not None:
-        c.reader.join(1)  # its last lines (often the reason) come before ours
-    c.failures = c.failures + 1 if now - c.started < 60 else 1
-    delay = min(30.0, 0.5 * 2 ** (c.failures - 1))
-    _say(lock, f"[offload] {c.label} exited with status {rc}; starting it again in {delay:g}s")
-    c.restart_at = now + delay
+    for r in rows:
+        age = r["oldest_ready_age"]
+        waited = "nothing waits" if age is None else f"oldest waited {age:.1f}s"
+        lo, hi = r["replicas"]
+        out.say(
+            f"pool {r['pool']}: {r['ready']} ready, {waited} (target "
+            f"{r['target_latency']:g}s), {r['in_flight']} in flight at {r['concurrency']} per "
+            f"worker: {r['workers_needed']} worker(s) needed of {lo}-{hi}"
+        )

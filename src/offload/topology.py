@@ -12,6 +12,8 @@ A TOML file (see docs/services.md)::
     machine = "e2-standard-2"
     replicas = [1, 4]            # min, max
     concurrency = 16
+    target_latency = 2           # --autoscale: seconds a ready task may wait (default 2)
+    cooldown = 60                # --autoscale: seconds of spare capacity before scaling down
 
 The same code runs as a monolith (no topology: one pool ``all`` with every service) or
 split across pools; the file changes, the code does not. Loading checks the file alone
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .autoscale import DEFAULT_COOLDOWN, DEFAULT_TARGET_LATENCY
 from .catalog import Machine, load_catalog
 from .errors import ConfigError
 from .service import parse_size
@@ -43,7 +46,15 @@ MONOLITH = "all"  # the one pool of an App without a topology
 MAX_REPLICAS = 10_000
 MAX_CONCURRENCY = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_POOL_KEYS = ("services", "machine", "replicas", "concurrency", "queues")
+_POOL_KEYS = (
+    "services",
+    "machine",
+    "replicas",
+    "concurrency",
+    "queues",
+    "target_latency",
+    "cooldown",
+)
 _MACHINE_KEYS = ("cpu", "memory", "price_per_hour")
 
 
@@ -59,7 +70,9 @@ class Pool:
     ``replicas`` is (min, max) worker processes (``offload run`` starts the minimum, at
     least one; the autoscaler uses the range); ``concurrency`` is tasks in flight per
     worker (None: the worker's default); ``queues`` are extra queues the pool serves
-    beyond its services' own, such as an ``on_oom`` escalation queue.
+    beyond its services' own, such as an ``on_oom`` escalation queue. ``target_latency``
+    and ``cooldown`` (seconds) steer ``offload run --autoscale`` (see
+    :mod:`offload.autoscale`).
     """
 
     name: str
@@ -68,6 +81,8 @@ class Pool:
     replicas: tuple[int, int] = (1, 1)
     concurrency: int | None = None
     queues: tuple[str, ...] = ()
+    target_latency: float = DEFAULT_TARGET_LATENCY
+    cooldown: float = DEFAULT_COOLDOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +330,14 @@ class _Reader:
             replicas=self.replicas(p.get("replicas", [1, 1]), (*field, "replicas")),
             concurrency=concurrency,
             queues=queues,
+            target_latency=float(
+                self.number(
+                    p.get("target_latency", DEFAULT_TARGET_LATENCY), (*field, "target_latency")
+                )
+            ),
+            cooldown=float(
+                self.number(p.get("cooldown", DEFAULT_COOLDOWN), (*field, "cooldown"), zero=True)
+            ),
         )
 
 

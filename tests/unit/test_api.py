@@ -72,11 +72,17 @@ def _layer(rel: pathlib.Path) -> str:
     top = rel.parts[0].removesuffix(".py")
     if top in ("app", "task", "hooks", "registry", "push", "service", "topology", "rpc", "catalog"):
         return "model"
+    if top == "autoscale":  # pure scaling decisions, read by the topology and the faces
+        return "model"
     if top in ("calls", "replies", "events", "periodic"):  # how services talk: the model
         return "model"
     if top == "profile":  # reading measurements back into rows: no I/O
         return "model"
     if top in ("http", "planner", "metrics", "__main__", "__init__") or top.startswith("cli"):
+        return "faces"
+    if top in ("k8s", "plan_input", "plan_report"):  # the planner's input and report, k8s
+        return "faces"
+    if top == "supervisor":  # the worker processes of `offload run`
         return "faces"
     return top
 

@@ -10,7 +10,12 @@ Two sources, kept apart so a scrape of several processes never counts anything t
   ``offload_task_expired_total`` (dropped unrun: the caller's deadline had passed),
   ``offload_task_cpu_seconds_total``, ``offload_task_duration_max_seconds`` and the
   ``offload_task_duration_seconds`` histogram (the broker keeps sums, so its only bucket is
-  ``+Inf``). ``offload serve`` and every worker's ``--metrics-port`` expose these.
+  ``+Inf``). Per pool of the App's topology (one pool ``all`` without one), what an
+  autoscaler reads: ``offload_pool_ready``, ``_in_flight``, ``_oldest_ready_age_seconds``,
+  ``_concurrency`` (per worker), ``_replicas_min``, ``_replicas_max``,
+  ``_target_latency_seconds`` and ``_workers_needed`` (the workers that would hold every
+  task in flight and ready at once, within the bounds: a target for KEDA or an HPA).
+  ``offload serve`` and every worker's ``--metrics-port`` expose these.
 - :class:`WorkerMetrics` (a :class:`~offload.hooks.Hooks`) counts what one worker process
   saw as it happened: ``offload_worker_processed_total``, ``_failed_total``,
   ``_retried_total``, ``_lease_expired_total`` (claims that took over an expired lease),
@@ -37,7 +42,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ..errors import BrokerError
+from ..autoscale import ScalePolicy, pool_signals, queue_signals, workers_needed
+from ..errors import BrokerError, ConfigError
 from ..hooks import Hooks
 from .auth import error_response
 
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
     from ..app import App
     from ..brokers.base import Broker, Claimed, QueueStats
     from ..task import TaskInfo
+    from ..topology import Placement
     from .context import HttpContext
 
 __all__ = ["BrokerCollector", "WorkerMetrics", "routes"]
@@ -59,6 +66,19 @@ class BrokerCollector:
 
     def __init__(self, app: App) -> None:
         self.app = app
+        self._placement: Placement | None = None
+        self._placement_error = False
+
+    def placement(self) -> Placement | None:
+        """The App's pools, read once; None (no pool gauges) when its topology file is
+        broken: the scrape still serves the queues, and ``offload check`` says what is
+        wrong."""
+        if self._placement is None and not self._placement_error:
+            try:
+                self._placement = self.app.placement()
+            except ConfigError:
+                self._placement_error = True
+        return self._placement
 
     def read(self) -> tuple[list[QueueStats], float, list[Any]]:
         names = sorted(self.app.queues)
@@ -94,6 +114,7 @@ class BrokerCollector:
             age.add_metric([s.queue], 0.0 if oldest is None else max(0.0, now - oldest))
         yield from gauges.values()
         yield age
+        yield from self._pools(stats, now)
         task = ["task"]
         processed = CounterMetricFamily(
             "offload_task_processed", "Runs finished (any outcome), all workers", labels=task
@@ -125,6 +146,43 @@ class BrokerCollector:
             longest.add_metric([m.task], m.wall_max)
             duration.add_metric([m.task], [("+Inf", m.count)], m.wall_total)
         yield from (processed, failed, expired, cpu, longest, duration)
+
+    def _pools(self, stats: list[QueueStats], now: float) -> Iterator[Metric]:
+        placement = self.placement()
+        if placement is None:
+            return
+        by_queue = {
+            s.queue: queue_signals(s.ready, s.leased, s.oldest_ready_at, now) for s in stats
+        }
+        label = ["pool"]
+        fams = {
+            name: GaugeMetricFamily(f"offload_pool_{name}", help, labels=label)
+            for name, help in (
+                ("ready", "Tasks due now on the pool's queues, waiting for a worker"),
+                ("in_flight", "Tasks the pool's workers hold"),
+                ("oldest_ready_age_seconds", "The longest wait on the pool's queues (0: none)"),
+                ("concurrency", "Tasks in flight per worker of the pool"),
+                ("replicas_min", "The pool's fewest worker processes"),
+                ("replicas_max", "The pool's most worker processes"),
+                ("target_latency_seconds", "The wait above which the pool scales up"),
+                ("workers_needed", "Workers holding all its work at once, within min-max"),
+            )
+        }
+        for name, pool in placement.pools.items():
+            sig = pool_signals(by_queue[q] for q in placement.queues[name] if q in by_queue)
+            policy = ScalePolicy.for_pool(pool)
+            for field, value in (
+                ("ready", sig.ready),
+                ("in_flight", sig.in_flight),
+                ("oldest_ready_age_seconds", sig.oldest_ready_age or 0.0),
+                ("concurrency", policy.concurrency),
+                ("replicas_min", policy.minimum),
+                ("replicas_max", policy.maximum),
+                ("target_latency_seconds", policy.target_latency),
+                ("workers_needed", workers_needed(sig, policy)),
+            ):
+                fams[field].add_metric([name], float(value))
+        yield from fams.values()
 
 
 class WorkerMetrics(Hooks):
