@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,6 +67,25 @@ class Registry:
         self.events: dict[str, list[TaskFunction]] = {}
         #: task name -> its schedule (``@app.periodic``)
         self.schedules: dict[str, Schedule] = {}
+        self._version: str | None = None
+
+    @property
+    def version(self) -> str:
+        """The code version this process sends tasks with (workers read it when they meet
+        a task function they do not know: a newer deploy's, or a stale one's).
+        ``$OFFLOAD_VERSION``, else the installed version of the package that defines the
+        first task function, else empty. Read once."""
+        if self._version is None:
+            version = os.environ.get("OFFLOAD_VERSION", "")
+            if not version:
+                modules = [t.fn.__module__ for t in self.tasks.values()]
+                top = next((m.split(".")[0] for m in modules if not m.startswith("offload")), "")
+                with contextlib.suppress(Exception):
+                    import importlib.metadata  # only here: it costs an idle worker 5 modules
+
+                    version = importlib.metadata.version(top) if top else ""
+            self._version = version[:64]
+        return self._version
 
     # -- the model ------------------------------------------------------------------------
 

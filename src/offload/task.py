@@ -358,6 +358,7 @@ class TaskFunction(Calling):
             headers=hdrs,
             sent_at=time.time(),
             app=self.registry.name,
+            version=self.registry.version,
         )
         try:
             payload, hinted = _env.encode_call(env)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from offload import App, Fail, Retry, Worker, current_task
+from offload import App, BadArguments, Fail, Retry, Worker, WorkerStats, current_task
 from offload.brokers import broker_from_url
 from offload.brokers.base import NewTask
 from offload.hooks import Hooks
@@ -170,22 +170,45 @@ def test_a_type_error_inside_the_handler_is_retried_not_a_bad_call(broker_url, i
     app.close()
 
 
-def test_unknown_task_function_is_kept_then_dead_lettered(broker_url, caplog):
+def test_an_unknown_task_function_waits_for_a_worker_that_has_it(broker_url, caplog, monkeypatch):
+    """A rolling deploy: newer code sends a function the older workers do not have. They
+    leave it, uncounted, for unknown_grace; a newer worker runs it on its first attempt.
+    Past the grace it is dead-lettered, naming the function and the sender's version."""
+    monkeypatch.setenv("OFFLOAD_VERSION", "2.0-new")
     producer = make_app(broker_url)
     consumer = make_app(broker_url, retry=Retry(limit=2, min_backoff=0.05, max_backoff=0.05))
+    attempts: list[int] = []
 
     @producer.task(queue="q", name="newer.feature")
-    def newer() -> None: ...
+    def newer() -> None:
+        attempts.append(current_task().attempt)
 
     for _ in range(3):
         newer.send()
+
+    async def older_for(seconds: float) -> WorkerStats:
+        w = Worker(consumer, unknown_grace=60)
+        asyncio.get_running_loop().call_later(seconds, w.stop)
+        return await w.run()
+
     with caplog.at_level(logging.WARNING, "offload.worker"):
-        stats = run_until_idle(consumer)
+        stats = asyncio.run(older_for(0.5))
+    assert stats.released >= 3 and stats.dead == stats.retried == 0
+    logged = [r.getMessage() for r in caplog.records if "newer.feature" in r.getMessage()]
+    assert len(logged) == 1 and "'2.0-new'" in logged[0]  # once, not once per task
+    assert consumer.stats("q").dead == 0
+    run_until_idle(producer)
+    assert attempts == [1, 1, 1]  # the releases were not charged
+    # past the grace: dead-lettered at once, naming the function and the version
+    for _ in range(2):
+        newer.send()
+    stats = asyncio.run(Worker(consumer, burst=True, unknown_grace=0).run())
     dead = consumer.dead_letters("q")
-    assert len(dead) == 3 and stats.retried == 6
-    assert all("'newer.feature'" in d.error and d.attempts == 3 for d in dead)
-    logged = [r for r in caplog.records if "newer.feature" in r.getMessage()]
-    assert len(logged) == 1  # logged once, not once per task
+    assert len(dead) == 2 and stats.dead == 2
+    assert all("'newer.feature'" in d.error and d.attempts == 1 for d in dead)
+    assert all("code version '2.0-new'" in d.error for d in dead)
+    with pytest.raises(BadArguments, match="unknown_grace"):
+        Worker(consumer, unknown_grace=-1)
     producer.close()
     consumer.close()
 

@@ -54,6 +54,9 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     sent_at: float = 0.0
     #: the sending App's name: a worker of another App on the same queue leaves it alone
     app: str = ""
+    #: the sender's code version ($OFFLOAD_VERSION, else its package's): named in the log
+    #: when a worker meets a task function it does not know (a newer deploy's?)
+    version: str = ""
 
 
 _FAST = frozenset({str, int, float, bool, type(None), bytes})  # the walk-free path

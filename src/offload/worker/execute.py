@@ -42,6 +42,7 @@ __all__ = ["TaskRunner"]
 log = logging.getLogger("offload.worker")
 
 _maxrss, _SELF = resource.getrusage, resource.RUSAGE_SELF
+UNKNOWN_RELEASE_DELAY = 1.0  # seconds a task of an unknown function waits for a newer worker
 FOREIGN_RELEASE_DELAY = 5.0  # seconds another app's task waits before anyone claims it again
 ABANDON_AFTER = 2.0  # seconds a thread handler gets to stop after TaskTimeout is raised in it
 
@@ -88,7 +89,7 @@ class TaskRunner:
                 return
         tf = self._core.tasks.get(env.task)
         if tf is None:
-            self._unknown(run, env.task)
+            self._unknown(run, env.task, env.version)
             return
         try:
             args, kwargs = tf.convert_args(env.args, env.kwargs)
@@ -376,20 +377,41 @@ class TaskRunner:
         if self.concurrency - len(self._running) >= self._wake_at:
             self._slot_free.set()
 
-    def _unknown(self: Worker, run: Running, name: str) -> None:
-        if name not in self._unknown_logged:
-            self._unknown_logged.add(name)
-            log.warning(
-                "task function %r is not registered in app %r on this worker; retrying it "
-                "for other workers (dead-lettered once its retry policy is exhausted)",
-                name,
-                self._core.name,
-            )
-        error = (
-            f"unknown task function {name!r}: no worker that claimed it has it registered "
-            "(deploy the code that defines it, or delete the task)"
+    def _unknown(self: Worker, run: Running, name: str, version: str = "") -> None:
+        """A task function this worker's code does not have: most often a newer deploy's,
+        sent before every worker runs the new code. Released uncounted, so a newer
+        worker takes it, for ``unknown_grace`` seconds after its first attempt; only then
+        dead-lettered, naming the function."""
+        c = run.claim
+        waited = max(0.0, c.now - c.first_attempt_at) if c.first_attempt_at else 0.0
+        sent_by = f" (sent by code version {version!r})" if version else ""
+        if waited < self.unknown_grace:
+            if name not in self._unknown_logged:
+                self._unknown_logged.add(name)
+                log.warning(
+                    "task function %r is not registered in app %r on this worker%s; "
+                    "leaving it for a worker that has it (released, not charged) for up to "
+                    "%gs after its first attempt, then dead-lettering it",
+                    name,
+                    self._core.name,
+                    sent_by,
+                    self.unknown_grace,
+                )
+            self._forget(run)
+            self.stats.released += 1
+            self._outbox.release(c.lease, UNKNOWN_RELEASE_DELAY)
+            return
+        self._send(
+            run,
+            Verdict(
+                "dead",
+                error=safe_text(
+                    f"unknown task function {name!r}{sent_by}: no worker that claimed it in "
+                    f"{self.unknown_grace:g}s has it registered (deploy the code that "
+                    "defines it, then replay the dead letter; or delete it)"
+                ),
+            ),
         )
-        self._done(run, _UnknownTask(error), "", 0.0)
 
     def _foreign(self: Worker, run: Running, app: str, task: str) -> None:
         """Another app's task on a queue both apps use: leave it alone, uncounted."""
@@ -418,13 +440,6 @@ class TaskRunner:
             if name not in self._hook_failed:
                 self._hook_failed.add(name)
                 log.exception("hook %s.%s raised; ignored", type(self.hooks).__name__, name)
-
-
-class _UnknownTask(Exception):
-    pass
-
-
-_UnknownTask.__qualname__ = "UnknownTask"
 
 
 def _fallback(verdict: Verdict) -> str:

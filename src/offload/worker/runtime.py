@@ -69,6 +69,7 @@ class Worker(TaskRunner, ProcessRunner):
         burst: bool = False,
         hooks: _hooks.Hooks | None = None,
         install_signal_handlers: bool = False,
+        unknown_grace: float = 900.0,
     ) -> None:
         self.app = app
         self._core = core = app.registry
@@ -84,6 +85,11 @@ class Worker(TaskRunner, ProcessRunner):
             raise BadArguments(f"grace {grace!r} must be seconds >= 0")
         self.concurrency = concurrency
         self.grace = grace
+        if not isinstance(unknown_grace, (int, float)) or not 0 <= unknown_grace < float("inf"):
+            raise BadArguments(f"unknown_grace {unknown_grace!r} must be seconds >= 0")
+        #: seconds a task of a function this worker does not know is left for a newer
+        #: worker (released uncounted) before it is dead-lettered
+        self.unknown_grace = float(unknown_grace)
         self.burst = burst
         self.hooks = hooks or _hooks.Hooks()
         self.stats = WorkerStats()
