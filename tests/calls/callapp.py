@@ -22,6 +22,9 @@ app.queue("flaky", retry=Retry(limit=1, min_backoff=0.1, max_backoff=0.1))
 app.queue("reports")
 app.queue("strict", retry=Retry(limit=0))
 app.queue("invoices")
+# a lease short enough for a test to outlive it, and no retry: a claim whose worker died
+# has exhausted the policy before this worker's first run of it
+app.queue("fragile", lease=0.3, retry=Retry(limit=0))
 
 billing = app.service("billing")
 
@@ -48,6 +51,12 @@ def echo(value: object) -> object:
 @app.task(queue="search")
 def hits(q: str, limit: int = 2) -> list[Hit]:
     return [Hit(f"{q}-{i}", 1.0 / (i + 1)) for i in range(limit)]
+
+
+@app.task(queue="search")
+def score(hit: Hit) -> float:
+    """A typed parameter: the worker rebuilds the Hit, or refuses the payload unrun."""
+    return hit.score
 
 
 @app.task(queue="search")
@@ -112,6 +121,12 @@ def flaky(key: str) -> str:
     if attempt == 1:
         raise RuntimeError("first attempt fails")
     return f"ok on {attempt}"
+
+
+@app.task(queue="fragile")
+def fragile(key: str) -> str:
+    _note(f"fragile {key}")
+    return key
 
 
 @app.task(queue="flaky")
