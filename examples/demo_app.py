@@ -55,7 +55,15 @@ INDEX_MB = int(os.environ.get("DEMO_INDEX_MB", "64"))
 FLAKY = float(os.environ.get("DEMO_FLAKY", "0.25"))
 
 
-@app.task(queue="indexing")
+# The memory-hungry job is its own service: its tasks run in child processes, each held
+# to a memory limit (a runaway document costs its own task, never the worker), and a
+# topology file can place it on a high-memory machine (see topology.toml).
+indexer = app.service(
+    "indexer", memory=f"{INDEX_MB + 32}MiB", cpu=0.1, executor="process", memory_limit="512MiB"
+)
+
+
+@indexer.task(queue="indexing")
 def index_document(user_id: int, words: int = 50_000) -> int:
     """Memory-hungry, CPU-light: hold a big buffer while 'indexing' (mostly waiting)."""
     buf = bytearray(INDEX_MB * 1024 * 1024)  # the memory the job really needs
