@@ -401,7 +401,7 @@ def k8s(
     if not (math.isfinite(grace) and 0 <= grace <= 86_400):
         raise click.BadParameter(f"{grace!r}: seconds from 0 to 86400", param_hint="--grace")
     for name, value in (("--namespace", namespace), ("--broker-url-secret", secret)):
-        if kube._dns(value) != value:
+        if kube.dns_name(value) != value:
             raise click.BadParameter(
                 f"{value!r} is not a Kubernetes name (lowercase letters, digits, '-')",
                 param_hint=name,

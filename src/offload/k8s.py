@@ -33,7 +33,7 @@ from .errors import ConfigError
 from .planner import allocatable
 from .topology import Pool
 
-__all__ = ["DRAIN_SLACK", "K8sError", "K8sOptions", "manifests", "to_yaml"]
+__all__ = ["DRAIN_SLACK", "K8sError", "K8sOptions", "dns_name", "manifests", "to_yaml"]
 
 DRAIN_SLACK = 15  # seconds past the drain grace: release leases, flush, exit
 TOPOLOGY_PATH = "/etc/offload/topology.toml"
@@ -60,7 +60,7 @@ class K8sOptions:
     prometheus_url: str | None = None
 
 
-def _dns(name: str) -> str:
+def dns_name(name: str) -> str:
     """``name`` as a Kubernetes object name (RFC 1123 label: a-z, 0-9, '-', <= 63)."""
     return _DNS.sub("-", name.lower()).strip("-")[:63].strip("-") or "offload"
 
@@ -224,10 +224,10 @@ def manifests(
     """The ConfigMap holding the topology, then per pool serving a queue a Deployment, a
     ScaledObject and a PodDisruptionBudget. Raises K8sError (one line) for a broker or a
     topology that cannot run on Kubernetes."""
-    app = _dns(opts.app_name)
+    app = dns_name(opts.app_name)
     names: dict[str, str] = {}
     for p in pools:
-        name = _dns(f"{opts.app_name}-{p.name}")
+        name = dns_name(f"{opts.app_name}-{p.name}")
         if name in names:
             raise K8sError(
                 f"pools {names[name]!r} and {p.name!r} both become the Kubernetes name "
@@ -247,10 +247,10 @@ def manifests(
         served = list(queues.get(p.name, ()))
         if not served:
             continue  # its services have no task functions: offload worker would refuse
-        name = _dns(f"{opts.app_name}-{p.name}")
+        name = dns_name(f"{opts.app_name}-{p.name}")
         concurrency = p.concurrency or default_concurrency
         triggers = _triggers(opts, served, concurrency)
-        labels = {**_labels(app), "offload/pool": _dns(p.name)}
+        labels = {**_labels(app), "offload/pool": dns_name(p.name)}
         docs.append(_deployment(opts, p, name, labels, config))
         docs.append(_scaled_object(opts, p, name, labels, triggers, concurrency))
         docs.append(
@@ -302,7 +302,7 @@ def _deployment(
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": opts.namespace, "labels": labels},
         "spec": {
-            "replicas": pool.replicas[0],
+            # no `replicas`: the ScaledObject owns the count, and a re-apply must not reset it
             "selector": {"matchLabels": labels},
             "strategy": {
                 "type": "RollingUpdate",

@@ -85,8 +85,8 @@ def run(*args):
     return result
 
 
-def plan_json(*args):
-    result = run("plan", APP, "--json", *args)
+def plan_json(*args, app=APP):
+    result = run("plan", app, "--json", *args)
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -299,3 +299,31 @@ def test_a_task_no_shape_can_hold_is_refused(files):
                  "--catalog", files("c.toml", CATALOG))  # fmt: skip
     assert result.exit_code == 1
     assert "service 'indexer'" in result.output and "larger shape" in result.output
+
+
+def test_without_profile_the_planner_reads_what_workers_measured(tmp_path, monkeypatch):
+    """End to end: a worker runs real tasks on a real broker, records them, and
+    ``offload plan APP`` (no --profile) plans from ``app.profile()``."""
+    import asyncio
+
+    import tests.ops.opsapp as opsapp
+    from offload.worker import Worker
+
+    app = opsapp._make("shop", f"sqlite:///{tmp_path / 'broker.db'}")
+    monkeypatch.setattr(opsapp, "measured_app", app, raising=False)
+    try:
+        for i in range(30):
+            app.tasks["render_page"].send(i)
+        for i in range(5):
+            app.tasks["build_index"].send(i)
+        asyncio.run(Worker(app, burst=True, concurrency=4).run())
+        rows = {t.task: t for t in app.profile().tasks}
+        assert rows["render_page"].runs == 30 and rows["render_page"].rate > 0
+        out = plan_json(app="tests.ops.opsapp:measured_app")  # reads the broker
+    finally:
+        app.close()
+    placed = sorted(s for p in out["pools"] for s in p["services"])
+    assert placed == ["default", "indexer", "web"]
+    demand = {d["service"]: d for d in out["demand"]}
+    assert demand["web"]["rate"] == pytest.approx(rows["render_page"].rate)
+    assert out["monthly_cost"] <= out["monolith_monthly_cost"]
