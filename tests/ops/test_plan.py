@@ -327,3 +327,36 @@ def test_without_profile_the_planner_reads_what_workers_measured(tmp_path, monke
     demand = {d["service"]: d for d in out["demand"]}
     assert demand["web"]["rate"] == pytest.approx(rows["render_page"].rate)
     assert out["monthly_cost"] <= out["monolith_monthly_cost"]
+
+
+def _demand(name, cores, slots, memory):
+    from offload.planner import Demand
+
+    return Demand(name, "thread", 1.0, cores, slots, memory, memory)
+
+
+def test_services_sharing_a_queue_stay_in_one_pool():
+    from offload.planner import plan
+
+    shapes = [m for m in load_catalog().values() if m.provider == "gce"]
+    demand = {"web": _demand("web", 2.5, 5, 20 * MIB), "idx": _demand("idx", 0.1, 2, 3 * GIB)}
+    apart = plan(demand, shapes, queues={"web": {"a"}, "idx": {"b"}})
+    shared = plan(demand, shapes, queues={"web": {"a"}, "idx": {"a"}})
+    assert len(apart.pools) == 2
+    assert [p.services for p in shared.pools] == [("idx", "web")]
+    assert shared.monthly_cost == shared.monolith.monthly_cost
+
+
+def test_past_the_exhaustive_limit_a_greedy_merge_still_plans():
+    from offload.planner import EXHAUSTIVE_LIMIT, plan
+
+    shapes = [m for m in load_catalog().values() if m.provider == "gce"]
+    n = EXHAUSTIVE_LIMIT + 3
+    demand = {
+        f"s{i}": _demand(f"s{i}", 0.05 * (i + 1), 0.5, (64 if i % 2 else 2048) * MIB)
+        for i in range(n)
+    }
+    result = plan(demand, shapes, queues={s: {s} for s in demand})
+    assert sorted(s for p in result.pools for s in p.services) == sorted(demand)
+    assert len(result.pools) < n  # tiny services were merged
+    assert result.monthly_cost <= result.monolith.monthly_cost + 1e-6
