@@ -4,6 +4,8 @@ dropped so that storage stays bounded."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 import math
 import random
@@ -11,12 +13,17 @@ import sqlite3
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
+from click.testing import CliRunner
 
+from offload import Worker
 from offload.brokers import broker_from_url
 from offload.brokers.base import TaskMetrics
+from offload.cli import main
 from offload.profile import bucket, bucket_bounds, histogram, percentile, rate
 from offload.worker.metrics import MetricsBuffer
 from tests.conftest import _param
+
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -162,3 +169,44 @@ def _write_extra(kind: str, url: str, task: str, add: dict[str, float]) -> None:
         conn.execute(
             f'UPDATE "{schema}".metrics SET extra = %s WHERE task = %s', (Jsonb(extra), task)
         )
+
+
+# ---- App.profile() and `offload profile` after real workers, on every broker ---------------
+
+SPEC = "tests.conformance.profileapp:app"
+
+
+@pytest.fixture
+def profiled(broker_url, monkeypatch):
+    monkeypatch.setenv("OFFLOAD_BROKER", broker_url)  # the App reads it when made
+    import tests.conformance.profileapp as mod
+
+    mod = importlib.reload(mod)
+    yield mod.app
+    mod.app.close()
+
+
+def test_profile_after_real_workers(profiled):
+    app = profiled
+    app.get_task("threads.hold").send_many([((1,), {}) for _ in range(12)])
+    app.get_task("children.hold").send_many([((16,), {}) for _ in range(4)])
+    stats = asyncio.run(Worker(app, queues=["threads", "children"], burst=True).run())
+    assert (stats.succeeded, stats.dead) == (16, 0)
+    p = app.profile()
+    th, ch = p.task("threads.hold"), p.task("children.hold")
+    assert (th.runs, ch.runs) == (12, 4)
+    assert th.rss_exact is False and th.rss_runs == 12  # the worker's growth: approximate
+    # the child's own peak above what it held before, exactly: about the 16 MiB; the
+    # max is exact, a percentile within one bucket (19%) of it
+    assert ch.rss_exact is True and ch.rss_runs == 4
+    assert 12 * MiB <= ch.rss_peak_max < 64 * MiB, ch
+    assert ch.rss_peak_max / 1.19 <= ch.rss_peak_p50 <= ch.rss_peak_max, ch
+    assert ch.wall_p90 > 0 and ch.cpu_p90 > 0 and ch.rate > 0
+    services = {s.service: s for s in p.services}
+    assert services["idle"].runs == 0 and services["idle"].rate == 0.0
+    assert services["children"].memory_limit == 512 * MiB
+    assert services["threads"].runs == 12
+
+    r = CliRunner().invoke(main, ["profile", SPEC, "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == json.loads(json.dumps(app.profile().to_dict()))
