@@ -124,21 +124,34 @@ class _Child:
 
 
 class _Pool:
-    """One pool's workers: ``active`` (running, starting or waiting to be started again)
-    and ``draining`` (told to stop), with its scaling policy and state."""
+    """One pool's workers: ``active`` (running, starting or waiting to be started again),
+    ``incoming`` (a reload's, not up yet) and ``draining`` (told to stop), with its scaling
+    policy and state."""
 
     def __init__(self, name: str, argv: list[str], policy: ScalePolicy, queues: tuple[str, ...]):
         self.name, self.argv, self.policy, self.queues = name, argv, policy, queues
         self.active: list[_Child] = []
+        self.incoming: list[_Child] = []
         self.draining: list[_Child] = []
         self.state = ScaleState()
         self.last: tuple[int, int] | None = None  # the last decision logged (from, to)
 
-    def spawn(self, lock: threading.Lock, taken: set[int]) -> _Child:
-        """A new, unstarted worker with the lowest index no live worker of the pool has."""
-        used = {c.index for c in (*self.active, *self.draining)} | taken
+    def everyone(self) -> list[_Child]:
+        return [*self.active, *self.incoming, *self.draining]
+
+    def spawn(self, lock: threading.Lock, into: list[_Child]) -> _Child:
+        """A new worker, not started, with the lowest index free in the pool, added to
+        ``into`` (its active or incoming list)."""
+        used = {c.index for c in self.everyone()}
         index = next(i for i in range(1, len(used) + 2) if i not in used)
-        return _Child(self.name, index, self.argv, lock)
+        into.append(child := _Child(self.name, index, self.argv, lock))
+        return child
+
+    def retire(self, c: _Child, grace: float) -> None:
+        """Drain ``c`` (one waiting to be started again is simply forgotten)."""
+        if c.alive():
+            self.draining.append(c)
+            c.drain(grace)
 
 
 async def read_signals_async(broker: Broker, queues: list[str]) -> dict[str, Signals]:
@@ -163,7 +176,7 @@ class _Poller:
     ) -> None:
         self.app, self.pools, self.interval, self.lock = app, pools, interval, lock
         self.latest: dict[str, Signals] | None = None
-        self.fresh = threading.Event()
+        self.read_at = 0.0  # monotonic time of the last good read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="offload-autoscale", daemon=True)
 
@@ -173,6 +186,12 @@ class _Poller:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def signals(self, now: float) -> dict[str, Signals] | None:
+        """The last read, unless it is too old to act on (a broker call that hangs)."""
+        if self.latest is None or now - self.read_at > max(2.0, 5 * self.interval):
+            return None
+        return self.latest
 
     def _main(self) -> None:
         asyncio.run(self._loop())
@@ -205,7 +224,7 @@ class _Poller:
                     self.latest = {
                         p: pool_signals(by_queue[q] for q in qs) for p, qs in self.pools.items()
                     }
-                    self.fresh.set()
+                    self.read_at = time.monotonic()
                 await asyncio.sleep(self.interval)
         finally:
             if opened:
@@ -243,8 +262,7 @@ class Supervisor:
         self.interval = min(0.5, max(0.1, fastest / 4))  # a few reads per target latency
         self._stops: list[int] = []
         self._hups: list[int] = []
-        self._reload: dict[str, list[_Child]] | None = None
-        self._reload_at = 0.0
+        self._reload_at: float | None = None  # when the reload under way began
         self._reloads = 0
         self._retiring: list[list[_Child]] = []  # per reload, the old workers draining
 
@@ -275,9 +293,7 @@ class Supervisor:
             for p in self.pools.values():
                 lo = p.policy.minimum if self.autoscale else max(1, p.policy.minimum)
                 for _ in range(lo):
-                    child = p.spawn(self.lock, set())
-                    p.active.append(child)
-                    child.start()
+                    p.spawn(self.lock, p.active).start()
                 if self.autoscale:
                     lo, hi = p.policy.minimum, p.policy.maximum
                     self.say(
@@ -292,8 +308,7 @@ class Supervisor:
                 signal.signal(s, handler)
 
     def _everyone(self) -> list[_Child]:
-        new = [c for cs in (self._reload or {}).values() for c in cs]
-        return [c for p in self.pools.values() for c in (*p.active, *p.draining)] + new
+        return [c for p in self.pools.values() for c in p.everyone()]
 
     def _loop(self, poller: _Poller | None) -> int:
         passed = 0  # stop signals passed on to the workers
@@ -319,13 +334,15 @@ class Supervisor:
                         self._watch(c, now)
                     self._reap(p, now)
                 self._retired()
-                if self._reload is not None:
+                if self._reload_at is not None:
                     self._step_reload(now)
                 elif len(self._hups) > self._reloads:
                     self._begin_reload(now)
-                elif poller is not None and now >= next_scale and poller.latest is not None:
+                elif poller is not None and now >= next_scale:
                     next_scale = now + self.interval
-                    self._scale(poller.latest, now)
+                    latest = poller.signals(now)
+                    if latest is not None:
+                        self._scale(latest, now)
             time.sleep(0.05)
         return self._finish()
 
@@ -386,12 +403,6 @@ class Supervisor:
             p.draining.remove(c)
         self._kill_stragglers(p.draining, now)
 
-    def _retire(self, p: _Pool, c: _Child) -> None:
-        p.active.remove(c)
-        if c.alive():
-            p.draining.append(c)
-            c.drain(self.grace)
-
     # -- scaling ----------------------------------------------------------------------------
 
     def _scale(self, latest: dict[str, Signals], now: float) -> None:
@@ -403,10 +414,7 @@ class Supervisor:
             d = decide(p.policy, signals, len(p.active), now, p.state, starting)
             p.state = d.state
             if d.change > 0:
-                new = []
-                for _ in range(d.change):
-                    new.append(p.spawn(self.lock, set()))
-                    p.active.append(new[-1])
+                new = [p.spawn(self.lock, p.active) for _ in range(d.change)]
                 self.say(f"autoscale {name}: {d.workers}→{d.target} workers: {d.reason}")
                 for c in new:
                     c.start()
@@ -415,7 +423,8 @@ class Supervisor:
                 order = sorted(p.active, key=lambda c: (c.alive(), c.index))
                 going = order[: -d.change]
                 for c in going:
-                    self._retire(p, c)
+                    p.active.remove(c)
+                    p.retire(c, self.grace)
                 labels = ", ".join(c.label for c in going)
                 self.say(
                     f"autoscale {name}: {d.workers}→{d.target} workers: {d.reason}; "
@@ -426,32 +435,20 @@ class Supervisor:
 
     def _begin_reload(self, now: float) -> None:
         self._reloads = len(self._hups)  # every SIGHUP so far is served by this reload
-        new: dict[str, list[_Child]] = {}
-        for name, p in self.pools.items():
-            if p.active:
-                taken: set[int] = set()
-                cs = []
-                for _ in p.active:
-                    c = p.spawn(self.lock, taken)
-                    taken.add(c.index)
-                    cs.append(c)
-                new[name] = cs
+        new = [p.spawn(self.lock, p.incoming) for p in self.pools.values() for _ in p.active]
         if not new:
             self.say("reload (SIGHUP): no pool runs a worker; new workers will run the new code")
             return
-        labels = ", ".join(c.label for cs in new.values() for c in cs)
-        self.say(f"reload (SIGHUP): starting new worker(s) {labels}")
-        self._reload, self._reload_at = new, now
-        for cs in new.values():
-            for c in cs:
-                c.start()
+        self.say(f"reload (SIGHUP): starting new worker(s) {', '.join(c.label for c in new)}")
+        self._reload_at = now
+        for c in new:
+            c.start()
 
     def _step_reload(self, now: float) -> None:
-        assert self._reload is not None
-        new = [c for cs in self._reload.values() for c in cs]
+        assert self._reload_at is not None
+        new = [c for p in self.pools.values() for c in p.incoming]
         dead = next((c for c in new if not c.alive()), None)
-        late = now - self._reload_at > RELOAD_TIMEOUT
-        if dead is not None or late:
+        if dead is not None or now - self._reload_at > RELOAD_TIMEOUT:
             if dead is not None:
                 assert dead.proc is not None
                 if dead.reader is not None:
@@ -460,32 +457,28 @@ class Supervisor:
             else:
                 why = f"the new workers were not up within {RELOAD_TIMEOUT:g}s"
             self.say(f"reload failed: {why}; the old workers keep running")
-            for name, cs in self._reload.items():
-                for c in cs:
-                    if c.alive():
-                        self.pools[name].draining.append(c)
-                        c.drain(self.grace)
-            self._reload = None
+            for p in self.pools.values():
+                for c in p.incoming:
+                    p.retire(c, self.grace)
+                p.incoming = []
+            self._reload_at = None
             return
         if not all(c.is_up(now) for c in new):
             return
         old_all: list[_Child] = []
-        for name, cs in self._reload.items():
-            p = self.pools[name]
-            old, p.active = p.active, list(cs)
-            for c in old:
-                if c.alive():  # one waiting to be started again is simply dropped
-                    p.draining.append(c)
-                    c.drain(self.grace)
-            old_all += old
-        took = now - self._reload_at
+        for p in self.pools.values():
+            if p.incoming:
+                old, p.active, p.incoming = p.active, p.incoming, []
+                for c in old:
+                    p.retire(c, self.grace)
+                old_all += old
         labels = ", ".join(c.label for c in old_all)
         self.say(
-            f"reload: new worker(s) up in {took:.1f}s; draining the old {labels} "
-            f"(SIGTERM, grace {self.grace:g}s)"
+            f"reload: new worker(s) up in {now - self._reload_at:.1f}s; draining the old "
+            f"{labels} (SIGTERM, grace {self.grace:g}s)"
         )
         self._retiring.append(old_all)
-        self._reload = None
+        self._reload_at = None
 
     def _retired(self) -> None:
         for item in list(self._retiring):
