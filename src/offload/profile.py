@@ -112,6 +112,8 @@ def percentile(hist: Mapping[int | None, float], p: float, top: float | None = N
     n = sum(hist.values())
     if n <= 0:
         return 0.0
+    if p == 1.0 and top is not None and top > 0:
+        return float(top)  # the maximum itself, known exactly
     rank = p * n
     seen = 0.0
     order = sorted(hist, key=lambda i: -math.inf if i is None else i)

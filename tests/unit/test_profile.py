@@ -96,6 +96,7 @@ def test_percentile_edges():
     # three runs in one bucket: p90 capped by the exact maximum
     h = _hist([0.100, 0.101, 0.102])
     assert 0.100 * 0.95 < percentile(h, 0.9, 0.102) <= 0.102
+    assert percentile(h, 1.0, 0.102) == 0.102  # the maximum is exact
     for bad in (0, -0.5, 1.5, math.nan):
         with pytest.raises(ConfigError, match="more than 0 and at most 1"):
             percentile(h, bad)
