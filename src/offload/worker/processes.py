@@ -19,6 +19,7 @@ lease, a deadline that passed, a drain whose grace ran out. Each kills the child
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -68,16 +69,70 @@ class _Gone(Exception):
     """The child closed its socket: it died (or was killed) before replying."""
 
 
+class _Link(asyncio.Protocol):
+    """The worker's end of a child's socket: length-prefixed frames, one request in flight
+    (a plain Protocol: a task's round trip is a write and one future, not four awaits)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.frames: collections.deque[bytes] = collections.deque()
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= 4:
+            n = int.from_bytes(buf[:4], "big")
+            if n > MAX_FRAME:
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            if len(buf) < 4 + n:
+                return
+            frame = bytes(buf[4 : 4 + n])
+            del buf[: 4 + n]
+            w = self.waiter
+            if w is not None and not w.done():
+                w.set_result(frame)
+            else:
+                self.frames.append(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(_Gone())
+
+    async def next_frame(self) -> bytes:
+        if self.frames:
+            return self.frames.popleft()
+        if self.lost:
+            raise _Gone
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            return await self.waiter
+        finally:
+            self.waiter = None
+
+    def send(self, data: bytes) -> None:
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise _Gone
+        self.transport.write(len(data).to_bytes(4, "big") + data)
+
+
 class Child:
     """One child process and its socket; ``why`` says why the worker killed it."""
 
-    __slots__ = ("base_oom", "peak", "pid", "proc", "reader", "started", "why", "writer")
+    __slots__ = ("base_oom", "link", "peak", "pid", "proc", "started", "why")
 
-    def __init__(self, proc: subprocess.Popen, reader: Any, writer: Any) -> None:
+    def __init__(self, proc: subprocess.Popen, link: _Link) -> None:
         self.proc = proc
         self.pid = proc.pid
-        self.reader: asyncio.StreamReader = reader
-        self.writer: asyncio.StreamWriter = writer
+        self.link = link
         self.why: str | None = None
         self.peak = 0
         self.started = time.monotonic()
@@ -90,17 +145,8 @@ class Child:
             self.proc.send_signal(signal.SIGKILL)
 
     async def send(self, request: list[Any]) -> list[Any]:
-        data = _enc.encode(request)
-        self.writer.write(len(data).to_bytes(4, "big") + data)
-        try:
-            await self.writer.drain()
-            head = await self.reader.readexactly(4)
-            n = int.from_bytes(head, "big")
-            if n > MAX_FRAME:
-                raise _Gone
-            return _dec.decode(await self.reader.readexactly(n))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            raise _Gone from exc
+        self.link.send(_enc.encode(request))
+        return _dec.decode(await self.link.next_frame())
 
     async def returncode(self) -> int | None:
         """The child's exit status once it is gone (waiting up to a second for it)."""
@@ -113,7 +159,8 @@ class Child:
         return await asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.link.transport is not None:
+            self.link.transport.close()
         self.kill("worker stopping")
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=5)
@@ -152,7 +199,8 @@ class ChildPool:
         self.count -= 1
         self.replaced += 1
         with contextlib.suppress(Exception):
-            child.writer.close()
+            if child.link.transport is not None:
+                child.link.transport.close()
         with contextlib.suppress(Exception):
             child.proc.wait(timeout=0)  # reap it if it is gone
 
@@ -170,11 +218,11 @@ class ChildPool:
             )
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_connection(sock=mine, limit=MAX_FRAME)
-        child = Child(proc, reader, writer)
+        link = _Link()
+        await asyncio.get_running_loop().create_unix_connection(lambda: link, sock=mine)
+        child = Child(proc, link)
         try:
-            head = await asyncio.wait_for(reader.readexactly(4), START_TIMEOUT)
-            hello = _dec.decode(await reader.readexactly(int.from_bytes(head, "big")))
+            hello = _dec.decode(await asyncio.wait_for(link.next_frame(), START_TIMEOUT))
         except BaseException:
             child.close()
             raise
