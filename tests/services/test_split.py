@@ -81,3 +81,29 @@ def test_monolith_and_split_give_identical_results(shop, kind):
     ran = {(ev, pid) for ev, _key, _attempt, pid, _queue in split.events()}
     assert ran == {("order", web.pid), ("index", high.pid)}
     assert "queues: indexing, concurrency 2" in "\n".join(split.output[high.pid])
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+def test_split_with_the_process_executor_gives_the_same_results(shop, kind, monkeypatch):
+    """The indexer as a process-executor service: its tasks run in the highmem worker's
+    child processes, and what the run leaves behind is what the thread layout left."""
+    monkeypatch.setenv("SPLIT_EXECUTOR", "process")
+    split = shop(kind)
+    web = split.start("worker", APP, "--pool", "web", "--topology", TOPOLOGY, "--grace", "5")
+    high = split.start("worker", APP, "--pool", "highmem", "--topology", TOPOLOGY, "--grace", "5")
+    scenario(split)
+    stop(web, high)
+    got = results(split)
+    assert got["dead"] == [
+        ("build_index", (n,), f"Fail: document {n} is unreadable", 1) for n in sorted(DEAD)
+    ]
+    want = {("order", n, 1, "orders") for n in ORDERS} | {
+        ("index", n, 2 if n in FLAKY else 1, "indexing") for n in ORDERS if n not in DEAD
+    }
+    assert set(got["events"]) == want and len(got["events"]) == len(want)
+    assert got["counts"] == {"orders": (0, 0, 0, 0), "indexing": (0, 0, 0, len(DEAD))}
+    orders = {pid for ev, _k, _a, pid, _q in split.events() if ev == "order"}
+    index = {pid for ev, _k, _a, pid, _q in split.events() if ev == "index"}
+    assert orders == {web.pid}
+    assert index and not index & {web.pid, high.pid}  # the highmem worker's children
+    assert len(index) <= 2  # concurrency 2: at most two children, reused
