@@ -88,7 +88,9 @@ class Setup:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sent = 0
 
-    def start(self, autoscale: bool) -> None:
+    def start(self, autoscale: bool, ready: str = " worker pid ") -> None:
+        """``offload run`` on this namespace; returns once its log shows ``ready`` (by
+        default: a worker is up)."""
         argv = [sys.executable, "-m", "offload", "run", "bench_autoscale:app"]
         argv += ["--topology", self.topology, "--grace", "10"]
         argv += ["--autoscale"] if autoscale else []
@@ -103,7 +105,7 @@ class Setup:
                 self.lines.append((time.time(), raw.decode("utf-8", "replace").rstrip()))
 
         threading.Thread(target=read, daemon=True).start()
-        self.wait(lambda: self.seen(" worker pid "), 30)  # its min (1) worker is up
+        self.wait(lambda: self.seen(ready), 30)
 
     def seen(self, text: str, after: float = 0.0) -> list[float]:
         return [t for t, line in list(self.lines) if text in line and t >= after]
@@ -182,7 +184,7 @@ def wake(args, tmp: str) -> dict:
     s = Setup(args.broker, tmp, (0, 3), 4, cool=1.0)
     out = {"started_s": [], "first_task_s": []}
     try:
-        s.start(autoscale=True)
+        s.start(autoscale=True, ready="[offload] autoscale work:")  # min 0: no worker yet
         for _ in range(args.repeat):
             t0 = time.time()
             before = len(s.stamps())
