@@ -128,7 +128,9 @@ class _Pool:
     ``incoming`` (a reload's, not up yet) and ``draining`` (told to stop), with its scaling
     policy and state."""
 
-    def __init__(self, name: str, argv: list[str], policy: ScalePolicy, queues: tuple[str, ...]):
+    def __init__(
+        self, name: str, argv: list[str], policy: ScalePolicy, queues: tuple[str, ...]
+    ) -> None:
         self.name, self.argv, self.policy, self.queues = name, argv, policy, queues
         self.active: list[_Child] = []
         self.incoming: list[_Child] = []
