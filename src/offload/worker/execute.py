@@ -55,7 +55,7 @@ class TaskRunner:
 
     def _start(self: Worker, c: Claimed) -> None:
         run = Running(c, None, None, time.perf_counter())
-        run.rss_base = _maxrss(_SELF).ru_maxrss  # KiB: the worker's high-water mark now
+        run.rss_base = self._maxrss  # KiB: the worker's high-water mark, as last read
         run.lease_length = _lease_length(c, self._policies[c.queue].lease)
         run.lease_end = time.monotonic() + run.lease_length
         self._running[c.id] = run
@@ -304,7 +304,9 @@ class TaskRunner:
             if run.task is not None:
                 rss = run.rss
                 if rss is None:  # approximate: the worker's high-water growth meanwhile
-                    rss = (_maxrss(_SELF).ru_maxrss - run.rss_base) * 1024
+                    # (read once a task, here: the next run's base is this reading)
+                    self._maxrss = now = _maxrss(_SELF).ru_maxrss
+                    rss = (now - run.rss_base) * 1024
                 self._metrics.add(run.task.name, wall, cpu, failed=exc is not None, rss=rss)
             c = run.claim
             age = c.now - c.first_attempt_at + wall

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import resource
 import signal
 import time
 from collections.abc import Sequence
@@ -129,6 +130,7 @@ class Worker(TaskRunner, ProcessRunner):
                 and (tf.queue in served or tf.on_oom in served)
             }
         )
+        self._maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, see _done
         self._children = ChildPool(concurrency, preload)
         self._busy_children: dict = {}  # child -> (Running, memory limit) while it runs
         self._child_watch: asyncio.TimerHandle | None = None

@@ -52,5 +52,5 @@ class Running:
     #: the run's peak resident memory in bytes (process executor: exact, its child's;
     #: else the worker's high-water growth during it, approximate); None: not measured
     rss: int | None = None
-    #: the worker's ru_maxrss (KiB) when the run started, for the approximate figure
+    #: the worker's ru_maxrss (KiB) as last read when the run started (approximate figure)
     rss_base: int = 0
