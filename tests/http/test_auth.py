@@ -12,6 +12,7 @@ from offload import App
 from offload.errors import ConfigError
 from offload.http import create_app
 from offload.http.auth import COOKIE_NAME, make_session
+from offload.http.limits import FailureLimiter, client_key
 
 TOKEN = "s3cret-token"
 #: the parts this file tests (the others are tested by their own files)
@@ -192,7 +193,8 @@ def test_every_route_of_every_part_is_denied_without_a_right_token(tmp_path):
     from offload.http.auth import PUBLIC_PATHS, PUBLIC_PREFIXES
 
     app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
-    server = create_app(app, tokens=[TOKEN])
+    # this test sends a wrong token to every route: not a guesser to slow down
+    server = create_app(app, tokens=[TOKEN], auth_limit=FailureLimiter(burst=10_000))
     checked = 0
     with TestClient(server, follow_redirects=False) as c:
         for route in server.routes:
@@ -214,3 +216,116 @@ def test_every_route_of_every_part_is_denied_without_a_right_token(tmp_path):
                 checked += 1
     assert checked >= 20
     app.close()
+
+
+# -- slowing down a token guesser --------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limited_client(tmp_path, parts=PARTS, burst=3, refill=60.0):
+    clock = FakeClock()
+    app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
+    limit = FailureLimiter(burst=burst, refill_seconds=refill, clock=clock)
+    server = create_app(app, tokens=[TOKEN], parts=parts, auth_limit=limit)
+    return app, server, clock
+
+
+def test_wrong_bearer_tokens_past_the_allowance_get_a_json_429_with_retry_after(tmp_path):
+    app, server, clock = limited_client(tmp_path)
+    right, wrong = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer x"}
+    with TestClient(server) as c:
+        for _ in range(3):
+            assert is_json_error(c.get("/api/v1/queues", headers=wrong), 401)
+        r = c.get("/api/v1/queues", headers=wrong)
+        assert is_json_error(r, 429), r.text
+        assert r.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+        assert r.headers["retry-after"] == "60"
+        assert "try again in 60 s" in r.json()["error"]["message"]
+        # while it waits, even the right token is not looked at: a guess teaches nothing
+        assert c.get("/api/v1/queues", headers=right).status_code == 429
+        clock.now += 30
+        assert c.get("/api/v1/queues", headers=right).headers["retry-after"] == "30"
+        # one failure earned back every refill period; the right token works again
+        clock.now += 30
+        assert c.get("/api/v1/queues", headers=right).status_code == 200
+        assert c.get("/metrics", headers={"Authorization": "Bearer y"}).status_code == 401
+        assert c.get("/metrics", headers=right).status_code == 429
+        # a request without credentials, and the public doors, are not slowed
+        assert c.get("/healthz").status_code == 200
+        assert is_json_error(c.get("/api/v1/queues"), 401)
+    app.close()
+
+
+def test_another_address_is_not_slowed_by_a_guesser(tmp_path):
+    app, server, _ = limited_client(tmp_path, burst=1)
+    wrong = {"Authorization": "Bearer x"}
+    with TestClient(server, client=("203.0.113.9", 1000)) as guesser:
+        guesser.get("/api/v1/queues", headers=wrong)
+        assert guesser.get("/api/v1/queues", headers=wrong).status_code == 429
+        other = TestClient(server, client=("203.0.113.10", 1000))
+        ok = other.get("/api/v1/queues", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+    app.close()
+
+
+def test_malformed_authorization_is_not_counted_as_a_guess(tmp_path):
+    app, server, _ = limited_client(tmp_path, burst=1)
+    with TestClient(server) as c:
+        for bad in ("Basic abc", "Bearer ", "token"):
+            assert c.get("/api/v1/queues", headers={"Authorization": bad}).status_code == 401
+        r = c.get("/api/v1/queues", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200
+    app.close()
+
+
+def test_the_login_form_slows_a_guesser_and_says_how_long_to_wait(tmp_path):
+    app, server, clock = limited_client(tmp_path, parts=("api", "dashboard"))
+    with TestClient(server, follow_redirects=False) as c:
+        for _ in range(3):
+            r = login(c, token="nope")
+            assert r.headers["location"].startswith("/login?error=token")
+        r = login(c)  # the right token, but too late: not looked at, no cookie
+        assert r.status_code == 303 and r.headers["location"].startswith("/login?error=limited")
+        assert r.headers["retry-after"] == "60" and "set-cookie" not in r.headers
+        page = c.get(r.headers["location"])
+        assert page.status_code == 429 and page.headers["retry-after"] == "60"
+        assert "Too many wrong tokens were tried from your address. Wait 60 seconds" in page.text
+        clock.now += 60
+        page = c.get("/login?error=limited")
+        assert page.status_code == 200 and "Too many" not in page.text
+        r = login(c)
+        assert r.headers["location"] == "/" and COOKIE_NAME in r.headers["set-cookie"]
+    app.close()
+
+
+def test_the_default_allows_ten_wrong_tokens_then_slows_down(tmp_path):
+    app = make_app(f"sqlite:///{tmp_path / 'b.db'}")
+    with TestClient(create_app(app, tokens=[TOKEN], parts=PARTS)) as c:
+        codes = [
+            c.get("/api/v1/queues", headers={"Authorization": f"Bearer w{i}"}).status_code
+            for i in range(11)
+        ]
+    assert codes == [401] * 10 + [429]
+    app.close()
+
+
+def test_the_limiter_keys_ipv6_by_its_64_and_forgets_the_oldest_addresses():
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::2")
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key(None) == "unknown"
+    clock = FakeClock()
+    limit = FailureLimiter(burst=1, refill_seconds=10, max_clients=2, clock=clock)
+    for host in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        limit.failed(host)
+    assert limit.wait("192.0.2.1") == 0  # forgotten: memory stays bounded
+    assert limit.wait("192.0.2.3") == 10
+    with pytest.raises(ValueError, match="burst"):
+        FailureLimiter(burst=0)

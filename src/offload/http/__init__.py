@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..app import App
+    from .limits import FailureLimiter
 
 __all__ = ["create_app"]
 
@@ -31,11 +32,14 @@ def create_app(
     tokens: list[str] | None = None,
     no_auth: bool = False,
     parts: tuple[str, ...] = PARTS,
+    auth_limit: FailureLimiter | None = None,
 ) -> Any:
     """The ASGI app serving ``app``. ``tokens``: the accepted bearer tokens (default:
     ``$OFFLOAD_API_TOKENS``, comma-separated); with none, ``no_auth=True`` is required.
     ``parts``: which of :data:`PARTS` to serve (a worker's ``--metrics-port`` serves only
-    ``("metrics",)``); every one sits behind the same authentication."""
+    ``("metrics",)``); every one sits behind the same authentication. ``auth_limit``: how
+    wrong tokens are slowed down per client address (default: 10 at once, then one every
+    6 s; see :mod:`offload.http.limits`)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
@@ -45,6 +49,7 @@ def create_app(
     from ..errors import ConfigError
     from .auth import AuthMiddleware, auth_routes
     from .context import HttpContext
+    from .limits import FailureLimiter
 
     if tokens is None:
         tokens = [t.strip() for t in os.environ.get("OFFLOAD_API_TOKENS", "").split(",")]
@@ -55,7 +60,12 @@ def create_app(
             "tokens=; to serve without authentication on loopback only, pass no_auth=True "
             "(offload serve --no-auth)"
         )
-    ctx = HttpContext(app, frozenset() if no_auth else accepted, no_auth)
+    ctx = HttpContext(
+        app,
+        frozenset() if no_auth else accepted,
+        no_auth,
+        limiter=auth_limit if auth_limit is not None else FailureLimiter(),
+    )
 
     async def healthz(request: Any) -> JSONResponse:
         return JSONResponse({"ok": True})

@@ -21,6 +21,10 @@ a ``csrf_token`` field of a urlencoded form; and its ``Origin``, when sent, must
 The middleware checks this for every route, so no handler can forget it;
 :func:`require_csrf` repeats the check for a handler that wants to be explicit. Requests
 authenticated by a bearer token carry no ambient credential and need no CSRF token.
+
+Tokens are compared in constant time, and a client that sends wrong ones is slowed down
+(:mod:`offload.http.limits`): past its allowance a bearer request gets a JSON 429 with
+``Retry-After``, and the login form says how long to wait, before any token is looked at.
 """
 
 from __future__ import annotations
@@ -53,9 +57,11 @@ __all__ = [
     "auth_routes",
     "csrf_token",
     "error_response",
+    "limited",
     "login",
     "logout",
     "require_csrf",
+    "too_many",
 ]
 
 COOKIE_NAME = "offload_session"
@@ -80,6 +86,7 @@ _STATUS = {
     409: "ALREADY_EXISTS",
     413: "INVALID_ARGUMENT",
     415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     501: "UNIMPLEMENTED",
     502: "UNAVAILABLE",
@@ -103,6 +110,28 @@ def _fingerprint(token: str) -> str:
 
 def _mac(token: str, *parts: str) -> str:
     return hmac.new(token.encode(), "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def limited(ctx: HttpContext, scope: Scope) -> int:
+    """Whole seconds the requesting client must wait before it may try a token again (0:
+    it may now): it sent too many wrong ones (see :mod:`offload.http.limits`)."""
+    return ctx.limiter.retry_after(_client(scope))
+
+
+def too_many(ctx: HttpContext, scope: Scope) -> JSONResponse:
+    """The API's answer to a client that must wait: 429 with ``Retry-After``."""
+    wait = limited(ctx, scope)
+    return error_response(
+        429,
+        f"too many wrong tokens from this address: try again in {wait} s, with a token "
+        "from OFFLOAD_API_TOKENS",
+        {"Retry-After": str(wait)},
+    )
 
 
 def check_token(ctx: HttpContext, token: str) -> bool:
@@ -190,14 +219,24 @@ def _safe_next(value: Any) -> str:
 
 async def login(request: Request) -> Response:
     """``POST /login`` (form fields ``token`` and optional ``next``): with an accepted token,
-    set the session cookie and go to ``next``; otherwise back to ``/login?error=token``."""
+    set the session cookie and go to ``next``; otherwise back to ``/login?error=token``, or
+    to ``/login?error=limited`` (the token unread) while this client must wait after too
+    many wrong ones."""
     ctx: HttpContext = request.app.state.offload
     if not _same_origin(request.headers, request.url.netloc):
         return error_response(403, "login from another site refused (Origin mismatch)")
     form = await request.form()
     token = form.get("token")
     target = _safe_next(form.get("next"))
+    wait = limited(ctx, request.scope)
+    if wait:
+        return RedirectResponse(
+            f"/login?error=limited&next={quote(target, safe='/')}",
+            status_code=303,
+            headers={"Retry-After": str(wait)},
+        )
     if not isinstance(token, str) or not token or not check_token(ctx, token):
+        ctx.limiter.failed(_client(request.scope))
         return RedirectResponse(
             f"/login?error=token&next={quote(target, safe='/')}", status_code=303
         )
@@ -268,7 +307,11 @@ class AuthMiddleware:
             if scheme.lower() != "bearer" or not token.strip():
                 await self._deny(scope, receive, send, 401, "Authorization must be 'Bearer TOKEN'")
                 return
+            if limited(self.ctx, scope):
+                await too_many(self.ctx, scope)(scope, receive, send)
+                return
             if not check_token(self.ctx, token.strip()):
+                self.ctx.limiter.failed(_client(scope))
                 await self._deny(scope, receive, send, 401, "the bearer token is not accepted")
                 return
             state["auth"] = "token"

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
+from .limits import FailureLimiter
+
 if TYPE_CHECKING:
     from ..app import App
 
@@ -24,13 +26,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class HttpContext:
-    """The served App, the accepted bearer tokens (empty with ``no_auth``), and where
-    per-server state lives (``extras``: a part keeps its own objects under its name)."""
+    """The served App, the accepted bearer tokens (empty with ``no_auth``), how wrong
+    tokens are slowed down (``limiter``, per client address), and where per-server state
+    lives (``extras``: a part keeps its own objects under its name)."""
 
     app: App
     tokens: frozenset[str]
     no_auth: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    limiter: FailureLimiter = field(default_factory=FailureLimiter)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one of the App's synchronous methods without blocking the event loop."""

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ...errors import BrokerError, ConfigError, OffloadError, UnknownQueue
-from ..auth import csrf_token, require_csrf
+from ..auth import csrf_token, limited, require_csrf
 from . import model
 
 if TYPE_CHECKING:
@@ -202,12 +202,21 @@ class Dashboard:
         )
 
     async def login_form(self, request: Request) -> Response:
-        return self.page(
+        """The form; after a wrong token it says so, and while this client must wait after
+        too many wrong ones, for how long (429, so scripts see it too)."""
+        error = request.query_params.get("error")
+        wait = limited(self.ctx, request.scope) if error == "limited" else 0
+        response = self.page(
             request,
             "login.html",
-            error=request.query_params.get("error") == "token",
+            429 if wait else 200,
+            error=error == "token",
+            wait=wait,
             next=_local_path(request.query_params.get("next"), "/"),
         )
+        if wait:
+            response.headers["Retry-After"] = str(wait)
+        return response
 
     # -- actions --------------------------------------------------------------------------
 
