@@ -120,6 +120,7 @@ def queues_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
     width = max((len(r["queue"]) for r in rows), default=5)
     cols = (
         "ready",
+        "oldest s",
         "sched",
         "leased",
         "dead",
@@ -136,6 +137,7 @@ def queues_table(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
         table.add_row(
             r["queue"],
             str(r["ready"]),
+            "-" if r.get("oldest_ready_age") is None else f"{r['oldest_ready_age']:.1f}",
             str(r["scheduled"]),
             str(r["leased"]),
             str(r["dead"]),
