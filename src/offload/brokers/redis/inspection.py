@@ -61,7 +61,8 @@ class Inspection:
         self, queue: str, *, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
         """Up to ``limit`` tasks of ``queue`` with ids above ``after``, in id order. The
-        server reads every id of the queue to sort them: a page costs O(tasks)."""
+        server reads one page of the queue's id index (a sorted set kept by enqueue, ack,
+        delete and purge): a page costs O(log tasks + limit), not O(tasks)."""
         if check_list_tasks_limit(limit) == 0:
             return []
         args = ("list", after or "", limit)

@@ -17,6 +17,7 @@ Key layout (``P`` the URL's ``?prefix=``, default ``offload``; ``Q`` the queue):
     {P:Q}:nexp    zset  name -> end of its dedup window after the task was removed
     {P:Q}:wake    list  wake-up tokens that idle workers BLPOP
     {P:Q}:parked  zset  ids of idle workers blocked on their inbox -> park deadline
+    {P:Q}:ids     zset  every task id, scored 0 (id order): list_tasks' pages
     {P:Q}:inbox:W list  tasks enqueue leased to parked worker W (see handed_from)
     {P}:metrics   hash  "<task>\\x1f<measure>" -> number, for every task function
     {P}:runs:M    hash  task -> runs in Unix minute M; expires 120 minutes after M ends
@@ -132,7 +133,7 @@ def scripts() -> dict[str, Script]:
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
-    """The nine keys of one queue, in the order every per-queue script expects."""
+    """The ten keys of one queue, in the order every per-queue script expects."""
 
     queue: str
     keys: tuple[str, ...]
@@ -140,7 +141,7 @@ class QueueKeys:
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         tag = f"{{{prefix}:{queue}}}"
-        names = ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake", "parked")
+        names = ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake", "parked", "ids")
         return cls(queue, tuple(f"{tag}:{n}" for n in names))
 
     @property

@@ -13,6 +13,10 @@
 --   parked  zset: worker id -> deadline, for every idle worker blocked on the server: on
 --           its inbox (and the wake list), or, for an id starting with '~', on the wake
 --           list only (a Redis Cluster worker)
+--   ids     zset: every id in `tasks`, all scored 0, so in id order: the inspection's
+--           pages (inspect.lua `list`) read ZRANGEBYLEX ... LIMIT, never every id. Kept
+--           by enqueue, ack, delete and purge; inspect.lua rebuilds it when its size
+--           differs from `tasks` (data written before it existed).
 --
 -- A parked worker's inbox, the list `{<prefix>:<queue>}:inbox:<worker id>`, is not among
 -- KEYS (its name is only known inside the script) but shares the queue's hash tag, so it
@@ -25,7 +29,7 @@
 -- (lease, dedup, rate) are stored in seconds, as declared.
 local K_Q, K_DUE, K_LEASED, K_TASKS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_DEAD, K_NAMES, K_NEXP, K_WAKE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_PARKED = KEYS[9]
+local K_PARKED, K_IDS = KEYS[9], KEYS[10]
 
 local DEFAULT_LEASE, DEFAULT_DEDUP = 60, 3600
 -- A hand-off's first lease, in seconds, when the queue's is longer: the worker renews it to

@@ -6,8 +6,9 @@
 --   drop             -> how many tasks the queue had; every key of the queue is deleted
 -- Fields per task: id, name|false, payload, state ('r', 'l', 'd'), eta (the score of its
 -- index: due time, lease expiry or failed_at), attempts, first_attempt_at, enqueued_at,
--- error, traceback. Times in microseconds on the server's clock. `list` reads every id of
--- the queue to sort them (O(tasks) on the server): meant for inspection, not for a loop.
+-- error, traceback. Times in microseconds on the server's clock. `list` reads one page of
+-- the `ids` index (O(log tasks + page)); it first rebuilds the index, once, when its size
+-- differs from the task hash's (tasks written before the index existed).
 local op = ARGV[1]
 local now, t = clock()
 
@@ -50,27 +51,38 @@ if op == 'get' then
   return out
 elseif op == 'list' then
   local after, limit = ARGV[2], tonumber(ARGV[3])
-  local ids = {}
-  for _, id in ipairs(redis.call('HKEYS', K_TASKS)) do
-    if id > after then
-      ids[#ids + 1] = id
+  if redis.call('ZCARD', K_IDS) ~= redis.call('HLEN', K_TASKS) then
+    redis.call('DEL', K_IDS)
+    local z = {}
+    for _, id in ipairs(redis.call('HKEYS', K_TASKS)) do
+      z[#z + 1] = 0
+      z[#z + 1] = id
     end
-  end
-  table.sort(ids)
-  local page = {}
-  for i = 1, math.min(limit, #ids) do
-    page[i] = ids[i]
+    call_many('ZADD', K_IDS, z)
   end
   local out = { now }
-  if #page == 0 then
-    return out
-  end
-  local raws = redis.call('HMGET', K_TASKS, unpack(page))
-  for i, id in ipairs(page) do
-    if raws[i] then
-      local r, why = unpack_record(raws[i])
-      append_task(out, id, readable(id, r, why, raws[i]))
+  local low = after == '' and '-' or '(' .. after
+  while limit > 0 do
+    local page = redis.call('ZRANGEBYLEX', K_IDS, low, '+', 'LIMIT', 0, limit)
+    if #page == 0 then
+      break
     end
+    local raws = redis.call('HMGET', K_TASKS, unpack(page))
+    local stale = {}
+    for i, id in ipairs(page) do
+      if raws[i] then
+        local r, why = unpack_record(raws[i])
+        append_task(out, id, readable(id, r, why, raws[i]))
+        limit = limit - 1
+      else
+        stale[#stale + 1] = id -- an index entry without a task: drop it, read on
+      end
+    end
+    if #stale == 0 then
+      break
+    end
+    call_many('ZREM', K_IDS, stale)
+    low = '(' .. page[#page]
   end
   return out
 elseif op == 'run' then

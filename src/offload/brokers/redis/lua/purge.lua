@@ -15,5 +15,6 @@ for _, id in ipairs(ids) do
   end
 end
 call_many('HDEL', K_TASKS, ids)
+call_many('ZREM', K_IDS, ids)
 call_many('ZREM', K_DUE, ids)
 return #ids
