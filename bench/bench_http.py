@@ -9,7 +9,7 @@ the JSON API (``POST /api/v1/tasks``) and, when the Cloud Tasks surface is built
     .venv/bin/python bench/bench_http.py                      # Redis, 3 s per step
     .venv/bin/python bench/bench_http.py --brokers sqlite,redis,postgres --seconds 5
 
-Needs Redis on 127.0.0.1:6379 (database 15, keys under a fresh prefix, deleted after) and,
+Needs Redis on 127.0.0.1:6379 (database 14, keys under a fresh prefix, deleted after) and,
 for postgres, PostgreSQL on 127.0.0.1:5432 (database ``test``, a fresh schema, dropped after).
 Loopback only. The clients are 16 keep-alive connections driven by a minimal HTTP/1.1
 client in this process; the server is one uvicorn process (the machine's cores are shared,
@@ -22,19 +22,17 @@ import argparse
 import asyncio
 import base64
 import json
-import os
-import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 
+from _receiver import bench_env, broker_url, cleanup, free_port, wait_until_up
+
 from offload import App
 
-HERE = pathlib.Path(__file__).resolve().parent
 TOKEN = "bench-" + uuid.uuid4().hex
 #: the App the server process imports (``bench_http:app``); the broker comes from
 #: $OFFLOAD_BROKER, set by this script for the server it starts
@@ -45,42 +43,6 @@ app.queue("bench", lease=60.0)
 @app.task(queue="bench", name="benchhttp.noop")
 def noop(i: int) -> None:
     return None
-
-
-def broker_url(kind: str, tmp: str) -> str:
-    ns = "bh" + uuid.uuid4().hex[:10]
-    if kind == "sqlite":
-        return f"sqlite:///{tmp}/bench.db"
-    if kind == "redis":
-        return f"redis://127.0.0.1:6379/15?prefix={ns}"
-    if kind == "postgres":
-        return f"postgresql://postgres@127.0.0.1:5432/test?schema={ns}"
-    raise SystemExit(f"--brokers: {kind!r} is not sqlite, redis or postgres")
-
-
-def cleanup(kind: str, url: str) -> None:
-    """Drop the step's namespace so the benchmark leaves nothing behind."""
-    if kind == "redis":
-        import redis
-
-        prefix = url.rsplit("prefix=", 1)[1]
-        r = redis.Redis(host="127.0.0.1", port=6379, db=15)
-        keys = list(r.scan_iter(match=f"*{prefix}*", count=1000))
-        for i in range(0, len(keys), 500):
-            r.delete(*keys[i : i + 500])
-        r.close()
-    elif kind == "postgres":
-        import psycopg
-
-        schema = url.rsplit("schema=", 1)[1]
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as c:
-            c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bench_send(url: str, seconds: float) -> float:
@@ -105,12 +67,7 @@ def bench_send(url: str, seconds: float) -> float:
 
 
 def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
-    env = dict(
-        os.environ,
-        OFFLOAD_BROKER=url,
-        OFFLOAD_API_TOKENS=TOKEN,
-        PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
+    env = bench_env(OFFLOAD_BROKER=url, OFFLOAD_API_TOKENS=TOKEN)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -129,17 +86,8 @@ def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
     )
     import httpx
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start within 30 s")
+    health = f"http://127.0.0.1:{port}/healthz"
+    return wait_until_up(proc, lambda: httpx.get(health, timeout=1).status_code == 200, "server")
 
 
 async def http_clients(
@@ -222,7 +170,7 @@ def run_broker(
     kind: str, seconds: float, clients: int, server_workers: list[int]
 ) -> dict[str, float | None]:
     tmp = tempfile.mkdtemp(prefix="bench-http-")
-    url = broker_url(kind, tmp)
+    url = broker_url(kind, tmp, "bh")
     try:
         out: dict[str, float | None] = {"send": bench_send(url, seconds)}
         for workers in server_workers:
