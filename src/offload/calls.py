@@ -33,16 +33,27 @@ import logging
 import math
 import time
 import typing
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from .brokers.base import MAX_RESULT_TTL
-from .core import envelope as _env
-from .core import payload as _payload
-from .errors import BadArguments, RemoteError
-from .replies import Mailbox, mailbox
+from .brokers.base import MAX_RESULT_TTL, NewTask
+from .errors import BadArguments
+from .outcomes import (
+    REPLY_TO,
+    RESULT_TTL,
+    Outcome,
+    decode_outcome,
+    encode_outcome,
+    failure_outcome,
+    past_deadline,
+    reply_for,
+    result_ttl,
+    unrun_headers,
+    wants_result,
+)
+from .replies import Late, mailbox
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -60,82 +71,21 @@ __all__ = [
     "encode_outcome",
     "failure_outcome",
     "mailbox",
+    "past_deadline",
     "reply_for",
     "result_headers",
+    "result_ttl",
     "unrun_headers",
     "wait_result",
     "wait_result_async",
+    "wants_result",
 ]
 
 log = logging.getLogger("offload.calls")
+T = TypeVar("T")
 
-#: header: the caller process's reply channel
-REPLY_TO = "reply-to"
-#: header: seconds the result is kept once stored
-RESULT_TTL = "result-ttl"
 #: seconds a call's result is kept past the call's deadline (a late reader may still want it)
 CALL_RESULT_GRACE = 30.0
-
-
-class Outcome(msgspec.Struct, array_like=True, omit_defaults=True):
-    """How a task ended, as stored for its caller: its value, or the error it raised."""
-
-    ok: bool
-    value: Any = None
-    type: str = ""
-    message: str = ""
-    traceback: str = ""
-
-    def unwrap(self, task: str, task_id: str) -> Any:
-        """The value, or :class:`RemoteError` carrying the remote type, message and
-        traceback."""
-        if self.ok:
-            return self.value
-        what = f"{self.type}: {self.message}" if self.type else self.message
-        raise RemoteError(
-            f"{task} (task {task_id}) failed: {what}",
-            type=self.type,
-            message=self.message,
-            traceback=self.traceback,
-        )
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Outcome, ext_hook=_payload.ext_hook)
-
-
-def encode_outcome(value: Any, task: str) -> bytes:
-    """A handler's return value, encoded like an argument; a value that cannot travel
-    becomes a failed outcome saying so (the task itself succeeded and is acked)."""
-    try:
-        args, _, _, _ = _payload.to_wire([value], {})
-        return _encoder.encode(Outcome(True, args[0]))
-    except (_payload.Refused, TypeError, ValueError, OverflowError) as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
-        return _encoder.encode(
-            Outcome(
-                False,
-                type="offload.errors.PayloadError",
-                message=f"{task} returned a value that cannot travel back to its caller: "
-                f"{reason}; return plain data (see the payload types in docs/guide.md)",
-            )
-        )
-
-
-def failure_outcome(error: str, traceback: str) -> bytes:
-    """A failed outcome from a verdict's error text (``Type: message``)."""
-    kind, sep, message = error.partition(": ")
-    if not sep or " " in kind:
-        kind, message = "", error
-    return _encoder.encode(Outcome(False, type=kind, message=message, traceback=traceback))
-
-
-def decode_outcome(data: bytes) -> Outcome:
-    """Stored bytes back into an Outcome; bytes that do not decode are a RemoteError."""
-    try:
-        return _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        return Outcome(False, type="offload.errors.PayloadError", message=f"bad result: {exc}")
 
 
 def result_headers(
@@ -255,38 +205,142 @@ def _deadline(registry: Registry, timeout: float | None, context: Any) -> float:
     return min(found)
 
 
-def _prepare(
+class _Wait:
+    """One caller waiting for one task's result, from a call or from a handle: what the
+    blocking and the async driver share. Every step (starting the listener, sending the
+    task, reading a stored result, waiting for delivery) gets only the time left before
+    ``deadline``, so a slow or unreachable broker ends in DeadlineExceeded at the
+    deadline, not whenever its socket gives up."""
+
+    __slots__ = ("box", "deadline", "key", "queue", "registry", "started", "tf")
+
+    def __init__(
+        self, tf: TaskFunction, key: str, queue: str, started: float, deadline: float
+    ) -> None:
+        self.tf, self.registry, self.key, self.queue = tf, tf.registry, key, queue
+        self.started, self.deadline = started, deadline
+        self.box = mailbox(tf.registry)
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def late(self, step: str) -> Exception:
+        from .chan.errors import DeadlineExceeded  # not at import: a worker needs no chan
+
+        budget = f"{self.deadline - self.started:.3g}s"
+        where = f"{self.tf.name} (task {self.key}, queue {self.queue!r})"
+        if step == "wait":
+            return DeadlineExceeded(
+                f"{where}: no result within its deadline ({budget}): the task is slow, "
+                f"queued behind others, or no worker serves queue {self.queue!r}; raise "
+                "the timeout or add workers"
+            )
+        kind = str(self.registry.broker_url).partition(":")[0]  # no credentials in errors
+        return DeadlineExceeded(
+            f"{where}: {step} took the whole deadline ({budget}): the {kind} broker is slow "
+            "or unreachable; check it, or raise the timeout"
+        )
+
+    def value(self, data: bytes) -> Any:
+        return _returned(self.tf, decode_outcome(data).unwrap(self.tf.name, self.key))
+
+
+def _wait(w: _Wait, new: NewTask | None) -> Any:
+    """The blocking driver: send ``new`` (a call) or else look for a result stored
+    already (a handle), then wait for the listener to deliver it."""
+    box, step, waiter = w.box, "starting the results listener", None
+    try:
+        box.start(w.left())
+        waiter = box.expect(w.key)  # before sending: no result can come before it
+        data = None
+        if new is not None:
+            step = "sending the task"
+            box.send([new], w.left())
+        else:
+            step = "reading the stored result"
+            data = box.fetch(w.key, w.left())
+        if data is None:
+            step = "wait"
+            assert waiter.event is not None
+            if not waiter.event.wait(max(0.0, w.left())):
+                raise Late
+            data = waiter.value
+    except Late:
+        raise w.late(step) from None
+    finally:
+        if waiter is not None:
+            box.forget(w.key, waiter)
+    assert data is not None
+    return w.value(data)
+
+
+async def _wait_async(w: _Wait, new: NewTask | None) -> Any:
+    """:func:`_wait` for async code: the event loop is never blocked."""
+    box, step, waiter = w.box, "starting the results listener", None
+    try:
+        if not box.ready:
+            await asyncio.to_thread(box.start, w.left())
+        loop = asyncio.get_running_loop()
+        waiter = box.expect(w.key, loop)
+        data = None
+        if new is not None:
+            step = "sending the task"  # a send cut short may land: workers drop it unrun
+            if loop in w.registry._loop_brokers:  # a worker's loop: its own async broker
+                await _within(w.registry.enqueue_async([new]), w.left())
+            else:  # a blocking send on a thread that may hang, never on this loop
+                await _within(asyncio.wrap_future(box.submit([new])), w.left())
+        else:
+            step = "reading the stored result"
+            data = await _within(box.fetch_async(w.key), w.left())
+        if data is None:
+            step = "wait"
+            assert waiter.future is not None
+            data = await _within(asyncio.shield(waiter.future), w.left())
+    except Late:
+        raise w.late(step) from None
+    finally:
+        if waiter is not None:
+            box.forget(w.key, waiter)
+    return w.value(data)
+
+
+async def _within(aw: Awaitable[T], seconds: float) -> T:
+    """``await aw`` for at most ``seconds``, then cancel it and raise :class:`Late` (not
+    TimeoutError: ``aw`` may raise that for a reason of its own)."""
+    fut = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait((fut,), timeout=max(0.0, seconds))
+    except BaseException:  # the caller was cancelled: so is the step
+        fut.cancel()
+        raise
+    if not done:
+        fut.cancel()
+        raise Late
+    return fut.result()
+
+
+def _new_call(
     tf: TaskFunction,
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None,
-    deadline: float,
+    timeout: float | None,
+    context: Any,
     headers: Mapping[str, str] | None,
-    box: Mailbox,
     options: dict[str, Any],
-) -> Any:
+) -> tuple[_Wait, NewTask]:
+    """A call's task, asking for its result on this process's channel until the call's
+    deadline plus a grace, and its waiter."""
     import datetime as _dt
 
-    ttl = min(MAX_RESULT_TTL, max(0.0, deadline - time.time()) + CALL_RESULT_GRACE)
+    started = time.time()
+    deadline = _deadline(tf.registry, timeout, context)
+    ttl = min(MAX_RESULT_TTL, max(0.0, deadline - started) + CALL_RESULT_GRACE)
     hdrs = dict(headers or {})
-    hdrs[REPLY_TO] = box.channel
+    hdrs[REPLY_TO] = mailbox(tf.registry).channel
     hdrs[RESULT_TTL] = repr(ttl)
-    return tf.build(
-        args,
-        kwargs,
-        headers=hdrs,
-        deadline=_dt.datetime.fromtimestamp(deadline, _dt.UTC),
-        **options,
-    )
-
-
-def _late(tf: TaskFunction, task_id: str, queue: str, started: float, deadline: float) -> Any:
-    from .chan.errors import DeadlineExceeded  # not at import: a worker needs no chan
-
-    return DeadlineExceeded(
-        f"{tf.name} (task {task_id}, queue {queue!r}): no result within its deadline "
-        f"({deadline - started:.3g}s): the task is slow, queued behind others, or no "
-        f"worker serves queue {queue!r}; raise the timeout or add workers"
-    )
+    when = _dt.datetime.fromtimestamp(deadline, _dt.UTC)
+    new = tf.build(args, kwargs, headers=hdrs, deadline=when, **options)
+    return _Wait(tf, new.id, new.queue, started, deadline), new
 
 
 def call(
@@ -300,23 +354,7 @@ def call(
     **options: Any,
 ) -> Any:
     """Send ``tf(*args, **kwargs)`` and block until its result (see :meth:`TaskFunction.call`)."""
-    registry = tf.registry
-    deadline = _deadline(registry, timeout, context)
-    started = time.time()
-    box = mailbox(registry)
-    new = _prepare(tf, args, kwargs, deadline, headers, box, options)
-    box.start()
-    waiter = box.expect(new.id)
-    try:
-        registry.enqueue([new])
-        remaining = deadline - time.time()
-        assert waiter.event is not None
-        if remaining <= 0 or not waiter.event.wait(remaining):
-            raise _late(tf, new.id, new.queue, started, deadline)
-    finally:
-        box.forget(new.id, waiter)
-    assert waiter.value is not None
-    return _returned(tf, decode_outcome(waiter.value).unwrap(tf.name, new.id))
+    return _wait(*_new_call(tf, args, kwargs, timeout, context, headers, options))
 
 
 async def call_async(
@@ -330,78 +368,29 @@ async def call_async(
     **options: Any,
 ) -> Any:
     """:func:`call` for async code: the event loop is never blocked."""
-    registry = tf.registry
-    deadline = _deadline(registry, timeout, context)
-    started = time.time()
-    box = mailbox(registry)
-    new = _prepare(tf, args, kwargs, deadline, headers, box, options)
-    if not box._started.is_set() or box._error is not None:
-        await asyncio.to_thread(box.start)
-    loop = asyncio.get_running_loop()
-    waiter = box.expect(new.id, loop)
-    try:
-        assert waiter.future is not None
-        try:
-            # the deadline bounds the send too: a send still under way when it passes
-            # lands a task that its worker drops unrun
-            await asyncio.wait_for(registry.enqueue_async([new]), deadline - time.time())
-            value = await asyncio.wait_for(asyncio.shield(waiter.future), deadline - time.time())
-        except TimeoutError:
-            raise _late(tf, new.id, new.queue, started, deadline) from None
-    finally:
-        box.forget(new.id, waiter)
-    return _returned(tf, decode_outcome(value).unwrap(tf.name, new.id))
+    return await _wait_async(*_new_call(tf, args, kwargs, timeout, context, headers, options))
 
 
-def _result_timeout(registry: Registry, timeout: float | None) -> float:
+def _handle_wait(handle: TaskHandle, timeout: float | None) -> _Wait:
+    registry, tf = _handle_parts(handle)
     if timeout is None:
-        return registry.call_timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        limit = registry.call_timeout
+    elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
         raise BadArguments(f"result(timeout={timeout!r}): give seconds, 0 or more")
-    return float(timeout)
+    else:
+        limit = float(timeout)
+    started = time.time()
+    return _Wait(tf, handle.id, handle.queue, started, started + limit)
 
 
 def wait_result(handle: TaskHandle, timeout: float | None = None) -> Any:
     """Block until the handle's task stored its result (see :meth:`TaskHandle.result`)."""
-    registry, tf = _handle_parts(handle)
-    limit = _result_timeout(registry, timeout)
-    started = time.time()
-    box = mailbox(registry)
-    box.start()
-    waiter = box.expect(handle.id)
-    try:
-        data = box.fetch(handle.id)
-        if data is None:
-            assert waiter.event is not None
-            if not waiter.event.wait(limit):
-                raise _late(tf, handle.id, handle.queue, started, started + limit)
-            data = waiter.value
-    finally:
-        box.forget(handle.id, waiter)
-    assert data is not None
-    return _returned(tf, decode_outcome(data).unwrap(tf.name, handle.id))
+    return _wait(_handle_wait(handle, timeout), None)
 
 
 async def wait_result_async(handle: TaskHandle, timeout: float | None = None) -> Any:
     """:func:`wait_result` for async code."""
-    registry, tf = _handle_parts(handle)
-    limit = _result_timeout(registry, timeout)
-    started = time.time()
-    box = mailbox(registry)
-    if not box._started.is_set() or box._error is not None:
-        await asyncio.to_thread(box.start)
-    waiter = box.expect(handle.id, asyncio.get_running_loop())
-    try:
-        data = await box.fetch_async(handle.id)
-        if data is None:
-            assert waiter.future is not None
-            try:
-                data = await asyncio.wait_for(asyncio.shield(waiter.future), limit)
-            except TimeoutError:
-                raise _late(tf, handle.id, handle.queue, started, started + limit) from None
-    finally:
-        box.forget(handle.id, waiter)
-    return _returned(tf, decode_outcome(data).unwrap(tf.name, handle.id))
+    return await _wait_async(_handle_wait(handle, timeout), None)
 
 
 def _handle_parts(handle: TaskHandle) -> tuple[Registry, TaskFunction]:
@@ -443,80 +432,3 @@ def _return_hint(tf: TaskFunction) -> Any:
     if hint is None or hint is type(None) or not _needs_convert(hint):
         return None
     return hint
-
-
-# -- the worker's side --------------------------------------------------------------------
-
-
-def wants_result(headers: Mapping[str, str]) -> bool:
-    """Whether the sender asked for this task's result to be stored."""
-    return RESULT_TTL in headers
-
-
-def result_ttl(headers: Mapping[str, str]) -> float:
-    """The TTL the sender asked for, within what brokers keep (a bad one: a minute)."""
-    try:
-        ttl = float(headers[RESULT_TTL])
-    except (KeyError, TypeError, ValueError):
-        return 60.0
-    return ttl if 0 < ttl <= MAX_RESULT_TTL else min(MAX_RESULT_TTL, 60.0)
-
-
-def past_deadline(headers: Mapping[str, str], now: float) -> bool:
-    """Whether the task's deadline header is before ``now`` (the broker's clock at claim)."""
-    raw = headers.get(_env.DEADLINE)
-    if raw is None:
-        return False
-    try:
-        return float(raw) < now
-    except (TypeError, ValueError):
-        return False
-
-
-class _Addressed(msgspec.Struct):
-    """The part of an envelope a worker needs to answer a task it never ran: its headers.
-    Every other field is skipped, not decoded, so arguments that do not decode (or a
-    newer envelope version) do not stop the caller from hearing why."""
-
-    headers: dict[str, str] = {}
-
-
-_addressed = msgspec.msgpack.Decoder(_Addressed)
-
-
-def unrun_headers(payload: bytes | None) -> Mapping[str, str]:
-    """The headers of a claimed task's payload, or none when even they do not decode."""
-    if payload is None:
-        return {}
-    try:
-        return _addressed.decode(payload).headers
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return {}
-
-
-def reply_for(
-    info: Any, verdict: Any, payload: bytes | None = None
-) -> tuple[bytes, float, str | None] | None:
-    """What a worker stores for a finished task whose sender wants its result: the
-    outcome, its TTL and the reply channel; None when the task will run again (a retry
-    keeps the caller waiting) or nobody asked.
-
-    ``info`` is None for a claim dead-lettered before it ran (bad arguments, a payload
-    that does not decode, an unknown task function, a retry policy exhausted by workers
-    that died): there is no TaskInfo, so the headers are read from its ``payload``, and
-    its caller gets RemoteError with the reason now rather than DeadlineExceeded later."""
-    if info is None:
-        if verdict.kind != "dead":
-            return None
-        headers = unrun_headers(payload)
-        if RESULT_TTL not in headers:
-            return None
-        data = failure_outcome(verdict.error, verdict.traceback)
-        return data, result_ttl(headers), headers.get(REPLY_TO)
-    if verdict.kind == "ack":
-        data = encode_outcome(info._result, info.task)
-    elif verdict.kind == "dead":
-        data = failure_outcome(verdict.error, verdict.traceback)
-    else:
-        return None
-    return data, result_ttl(info.headers), info.headers.get(REPLY_TO)

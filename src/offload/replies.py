@@ -11,24 +11,105 @@ from threads or from asyncio tasks, share one blocked broker connection.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
+import queue
 import threading
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .brokers.base import Broker, ResultStore
+from .brokers.base import Broker, NewTask, ResultStore
 from .errors import BrokerError, Unsupported
 
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["Mailbox", "mailbox"]
+__all__ = ["Late", "Mailbox", "mailbox"]
 
 log = logging.getLogger("offload.calls")
 
 _LISTEN_TIMEOUT = 5.0  # seconds one wait_results call blocks before it listens again
 _OUTAGE_PAUSE = 0.5  # seconds the listener waits after a broker error before trying again
+_SENDERS = 16  # threads at most sending for blocking callers (a hung broker holds them)
+_CLOSE_WAIT = 5.0  # seconds close() waits for sends under way before the App closes the broker
+T = TypeVar("T")
+
+
+class Late(Exception):
+    """A step of a call (starting the listener, sending, reading a stored result) did not
+    finish in the time it was given; the caller turns it into DeadlineExceeded. Its own
+    class, because the step itself may raise TimeoutError for another reason."""
+
+
+def _within(fut: concurrent.futures.Future[T], timeout: float) -> T:
+    """``fut``'s result, waiting at most ``timeout`` seconds; Late (after cancelling it,
+    which stops it unless it started) when it is not done by then."""
+    try:
+        return fut.result(max(0.0, timeout))
+    except concurrent.futures.TimeoutError:
+        if fut.done():  # done just now, or it raised a TimeoutError of its own
+            return fut.result()
+        fut.cancel()
+        raise Late from None
+
+
+class _Senders:
+    """Up to ``size`` daemon threads that run blocking sends, so that a caller stops
+    waiting for its send at its deadline while a slow or unreachable broker holds the
+    send. Daemon threads: a send stuck on a hung broker never keeps the program from
+    exiting (a ThreadPoolExecutor's threads are joined at exit)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size, self._name = size, name
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((fut, fn, args))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if len(self._threads) < self._size:
+                    name = f"{self._name}-{len(self._threads) + 1}"
+                    thread = threading.Thread(target=self._run, name=name, daemon=True)
+                    self._threads.append(thread)
+                    thread.start()
+        return fut
+
+    def stop(self, timeout: float) -> None:
+        """End the threads, waiting up to ``timeout`` seconds for sends under way (a send
+        given up by its caller may still be running: the App must not close the broker
+        under it). Jobs not started yet are dropped."""
+        with self._lock:
+            threads, self._size = list(self._threads), 0  # no new thread either
+            self._stopped = True
+        for _ in threads:
+            self._jobs.put((None, None, None))
+        end = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+
+    def _run(self) -> None:
+        while True:
+            fut, fn, args = self._jobs.get()
+            if fut is None:
+                return
+            if self._stopped:  # not started before stop(): dropped, its caller told so
+                fut.cancel()
+                continue
+            if fut.set_running_or_notify_cancel():  # False: its caller gave up already
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as exc:  # handed to the caller
+                    fut.set_exception(exc)
+            del fut, fn, args
+            self._idle.release()
 
 
 class _Waiter:
@@ -84,12 +165,20 @@ class Mailbox:
         self._error: BaseException | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._senders: _Senders | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    @property
+    def ready(self) -> bool:
+        """Whether the listener is up (so :meth:`start` would return at once)."""
+        return self._started.is_set() and self._error is None
+
+    def start(self, timeout: float | None = None) -> None:
         """Start listening (once); returns when the listener is ready, so a result
-        stored from now on reaches it. Raises what opening the broker raised."""
+        stored from now on reaches it. Raises what opening the broker raised, or
+        :class:`Late` after ``timeout`` seconds (the listener goes on starting: a later
+        call finds it ready)."""
         if self._started.is_set() and self._error is None:
             return
         with self._lock:
@@ -101,7 +190,8 @@ class Mailbox:
                     target=self._main, name=f"offload-replies-{self._registry.name}", daemon=True
                 )
                 self._thread.start()
-        self._started.wait()
+        if not self._started.wait(None if timeout is None else max(0.0, timeout)):
+            raise Late
         if self._error is not None:
             raise self._error
 
@@ -110,6 +200,9 @@ class Mailbox:
         with self._lock:
             self._stopping = True
             loop, thread = self._loop, self._thread
+            senders, self._senders = self._senders, None
+        if senders is not None:
+            senders.stop(_CLOSE_WAIT)
         task = self._task
         if loop is not None and task is not None and thread is not None and thread.is_alive():
             with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: it is done
@@ -187,13 +280,31 @@ class Mailbox:
         for w in waiters:
             w.set(value)
 
-    def fetch(self, key: str) -> bytes | None:
-        """The stored result of ``key`` read by the listener's broker (None: not yet)."""
+    def submit(self, tasks: Sequence[NewTask]) -> concurrent.futures.Future[list[bool]]:
+        """The App's blocking ``enqueue(tasks)`` on a sender thread: a caller can stop
+        waiting for it (cancelled before it starts, it sends nothing; under way, it may
+        still land, and workers drop it unrun past its deadline)."""
+        senders = self._senders
+        if senders is None:
+            with self._lock:
+                senders = self._senders
+                if senders is None:
+                    name = f"offload-send-{self._registry.name}"
+                    senders = self._senders = _Senders(_SENDERS, name)
+        return senders.submit(self._registry.enqueue, tasks)
+
+    def send(self, tasks: Sequence[NewTask], timeout: float) -> list[bool]:
+        """:meth:`submit`, waited for at most ``timeout`` seconds, then :class:`Late`."""
+        return _within(self.submit(tasks), timeout)
+
+    def fetch(self, key: str, timeout: float) -> bytes | None:
+        """The stored result of ``key`` read by the listener's broker (None: not yet);
+        :class:`Late` after ``timeout`` seconds."""
         loop, broker = self._loop, self._broker
         if loop is None or broker is None:
             raise Unsupported("the results listener is not running")
         store: ResultStore = broker  # type: ignore[assignment]
-        return asyncio.run_coroutine_threadsafe(store.get_result(key), loop).result()
+        return _within(asyncio.run_coroutine_threadsafe(store.get_result(key), loop), timeout)
 
     async def fetch_async(self, key: str) -> bytes | None:
         loop, broker = self._loop, self._broker

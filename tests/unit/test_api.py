@@ -74,7 +74,7 @@ def _layer(rel: pathlib.Path) -> str:
         return "model"
     if top == "autoscale":  # pure scaling decisions, read by the topology and the faces
         return "model"
-    if top in ("calls", "replies", "events", "periodic"):  # how services talk: the model
+    if top in ("calls", "outcomes", "replies", "events", "periodic"):  # how services talk
         return "model"
     if top == "profile":  # reading measurements back into rows: no I/O
         return "model"
