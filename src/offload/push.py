@@ -26,6 +26,13 @@ holds it), and then connects to that checked address itself (the URL's host trav
 ``Host`` header and as the TLS server name), so a DNS answer that changes between the check
 and the connection cannot redirect the request. Decimal, octal, short and IPv4-mapped IPv6
 forms of an address are caught because the check is on the resolved address, not the text.
+
+An ``https://`` target's certificate is verified against the URL's host name (sent as the
+TLS server name) with the default roots (certifi's), plus the PEM file
+``$OFFLOAD_PUSH_CA_BUNDLE`` names, for receivers whose certificates a private CA signed.
+A certificate that does not verify fails the attempt (retried by the policy, then
+dead-lettered) with a reason that says so; a bundle that cannot be read dead-letters at
+once. ``SSL_CERT_FILE`` and proxy variables are ignored: the client reads no environment.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import time
 import weakref
 from collections.abc import Mapping
@@ -144,24 +152,29 @@ class PushFailed(TaskError):
 
 @dataclass(frozen=True, slots=True)
 class PushConfig:
-    """What the workers need to deliver: signing secrets and the networks the SSRF guard
-    lets through. Read from the environment (``from_env``) at each delivery, so a worker
-    picks up a rotated secret without a restart."""
+    """What the workers need to deliver: signing secrets, the networks the SSRF guard
+    lets through, and extra CA certificates to trust. Read from the environment
+    (``from_env``) at each delivery, so a worker picks up a rotated secret without a
+    restart."""
 
     secret: str | None = None
     queue_secrets: Mapping[str, str] | None = None
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    ca_bundle: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> PushConfig:
         """``OFFLOAD_PUSH_SECRET``, ``OFFLOAD_PUSH_SECRETS`` (``queue=whsec_...`` pairs,
-        comma-separated) and ``OFFLOAD_PUSH_ALLOW`` (CIDRs, comma-separated); a malformed
-        entry raises :class:`offload.errors.Fail` naming it (the task is dead-lettered
-        with that reason rather than sent unsigned or unguarded)."""
+        comma-separated), ``OFFLOAD_PUSH_ALLOW`` (CIDRs, comma-separated) and
+        ``OFFLOAD_PUSH_CA_BUNDLE`` (a PEM file of CA certificates trusted besides the
+        default roots); a malformed entry raises :class:`offload.errors.Fail` naming it
+        (the task is dead-lettered with that reason rather than sent unsigned or
+        unguarded)."""
         key = (
             env.get("OFFLOAD_PUSH_SECRET", ""),
             env.get("OFFLOAD_PUSH_SECRETS", ""),
             env.get("OFFLOAD_PUSH_ALLOW", ""),
+            env.get("OFFLOAD_PUSH_CA_BUNDLE", ""),
         )
         return _config(*key)
 
@@ -169,11 +182,11 @@ class PushConfig:
         return (self.queue_secrets or {}).get(queue) or self.secret
 
 
-_CONFIGS: dict[tuple[str, str, str], PushConfig] = {}
+_CONFIGS: dict[tuple[str, str, str, str], PushConfig] = {}
 
 
-def _config(secret: str, secrets: str, allow: str) -> PushConfig:
-    key = (secret, secrets, allow)
+def _config(secret: str, secrets: str, allow: str, ca_bundle: str = "") -> PushConfig:
+    key = (secret, secrets, allow, ca_bundle)
     got = _CONFIGS.get(key)
     if got is not None:
         return got
@@ -193,6 +206,7 @@ def _config(secret: str, secrets: str, allow: str) -> PushConfig:
         _check_secret(secret.strip(), "OFFLOAD_PUSH_SECRET") if secret.strip() else None,
         per_queue,
         tuple(nets),
+        ca_bundle.strip() or None,
     )
     if len(_CONFIGS) > 16:
         _CONFIGS.clear()
@@ -264,26 +278,59 @@ async def _checked_address(host: str, port: int, allow: tuple) -> str:
     return addresses[0]
 
 
-_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str | None, Any]]
+_CLIENTS = weakref.WeakKeyDictionary()
 
 
-def _client() -> Any:
-    """One client per event loop (its connection pool is bound to the loop): never
-    follows redirects, never reads proxies from the environment (a proxy would connect
-    somewhere the guard never checked)."""
+@functools.lru_cache(maxsize=8)
+def _tls(ca_bundle: str | None) -> ssl.SSLContext:
+    """The TLS context deliveries verify with: certifi's roots (httpx's default), plus
+    ``ca_bundle``'s certificates. One bundle that cannot be loaded is a :class:`Fail`."""
+    import certifi
+
+    context = ssl.create_default_context(cafile=certifi.where())
+    if ca_bundle:
+        try:
+            context.load_verify_locations(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise Fail(
+                f"OFFLOAD_PUSH_CA_BUNDLE={ca_bundle!r} cannot be loaded as PEM CA "
+                f"certificates ({exc}); point it at a readable PEM file where the workers run"
+            ) from None
+    return context
+
+
+def _client(ca_bundle: str | None = None) -> Any:
+    """One client per event loop (its connection pool is bound to the loop) and CA
+    bundle: never follows redirects, never reads proxies or certificate settings from the
+    environment (a proxy would connect somewhere the guard never checked)."""
     loop = asyncio.get_running_loop()
-    client = _CLIENTS.get(loop)
+    clients = _CLIENTS.setdefault(loop, {})
+    client = clients.get(ca_bundle)
     if client is None:
         import httpx
 
         client = httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
+            verify=_tls(ca_bundle),
             timeout=httpx.Timeout(None),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
-        _CLIENTS[loop] = client
+        clients[ca_bundle] = client
     return client
+
+
+def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an httpx error, if that is what it is."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -372,7 +419,7 @@ async def deliver(request: dict[str, Any]) -> None:
     extensions = {}
     if parts.scheme == "https":
         extensions["sni_hostname"] = host
-    client = _client()
+    client = _client(config.ca_bundle)
     import httpx
 
     try:
@@ -398,6 +445,13 @@ async def deliver(request: dict[str, Any]) -> None:
             f"{method} {url}: no response within the dispatch deadline ({deadline:g}s)"
         ) from None
     except httpx.HTTPError as exc:
+        bad = _untrusted(exc)
+        if bad is not None:
+            raise PushFailed(
+                f"{method} {url}: the TLS certificate of {host!r} is not trusted "
+                f"({bad.verify_message or bad}); if it is yours, add the CA that signed it "
+                "to OFFLOAD_PUSH_CA_BUNDLE (a PEM file) where the workers run"
+            ) from None
         raise PushFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from None
     status = resp.status_code
     if 200 <= status < 300:

@@ -26,12 +26,19 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # base64 of 24 bytes
 class Receiver:
     """A uvicorn server on 127.0.0.1 in a thread: records each request (method, path,
     headers, body, arrival time) and answers with ``respond(n)`` for the n-th one (0-based):
-    a status, or (status, headers), or an awaitable that hangs."""
+    a status, or (status, headers), or an awaitable that hangs. With ``tls`` (a PEM file
+    holding the key and the certificate chain) it serves HTTPS."""
 
-    def __init__(self, respond: Callable[[int], Any] = lambda n: 200, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        respond: Callable[[int], Any] = lambda n: 200,
+        host: str = "127.0.0.1",
+        tls: str | None = None,
+    ):
         self.requests: list[dict[str, Any]] = []
         self.respond = respond
         self.host = host
+        self.tls = tls
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -71,10 +78,13 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def __enter__(self) -> Receiver:
-        config = uvicorn.Config(self, host=self.host, port=0, log_level="error", lifespan="on")
+        tls = {"ssl_certfile": self.tls, "ssl_keyfile": self.tls} if self.tls else {}
+        config = uvicorn.Config(
+            self, host=self.host, port=0, log_level="error", lifespan="on", **tls
+        )
         self._server = server = uvicorn.Server(config)
         self._thread = threading.Thread(target=server.run, daemon=True)
         self._thread.start()
