@@ -311,3 +311,51 @@ def test_raw_json_shapes(server):
     assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
     r = httpx.put(f"{base}/{qpath('raw')}", headers=h)
     assert r.status_code == 405
+
+
+def test_retry_config_lives_in_the_serving_process_and_rate_limits_in_the_broker(app):
+    """What survives a restart, as docs/http.md says: a queue made through the surface is
+    stored in the broker with its rate limits, so a new server (whose App never declared
+    it) finds it with them; its retryConfig is not stored there, so the new server shows
+    the default retry policy, which is also what a worker without a declaration of its own
+    would apply. A queue the App declares shows the App's retry policy after a restart,
+    whatever a patch set before."""
+    import httpx
+
+    h = {"Authorization": f"Bearer {TOKEN}"}
+    made = {
+        "name": qpath("made"),
+        "rateLimits": {"maxDispatchesPerSecond": 7, "maxConcurrentDispatches": 2},
+        "retryConfig": {"maxAttempts": 9, "minBackoff": "2s", "maxDoublings": 3},
+    }
+    with Server(app) as s:
+        base = f"http://127.0.0.1:{s.port}/v2"
+        assert httpx.post(f"{base}/{PARENT}/queues", headers=h, json=made).status_code == 200
+        patched = httpx.patch(
+            f"{base}/{qpath('declared')}",
+            params={"updateMask": "retryConfig.maxAttempts"},
+            headers=h,
+            json={"retryConfig": {"maxAttempts": 11}},
+        )
+        assert patched.status_code == 200 and patched.json()["retryConfig"]["maxAttempts"] == 11
+        before = httpx.get(f"{base}/{qpath('made')}", headers=h).json()
+    assert before["retryConfig"]["maxAttempts"] == 9
+    assert before["retryConfig"]["minBackoff"] == "2s"
+
+    # a restart: a new App (the same declarations, nothing of "made") on the same broker
+    again = App("ctapp", broker=app.broker_url)
+    again.queue("declared", rate="5/s", max_concurrent=3, retry=Retry(limit=4))
+    try:
+        with Server(again) as s:
+            base = f"http://127.0.0.1:{s.port}/v2"
+            after = httpx.get(f"{base}/{qpath('made')}", headers=h).json()
+            declared = httpx.get(f"{base}/{qpath('declared')}", headers=h).json()
+            plain = {"name": qpath("plain")}
+            plain = httpx.post(f"{base}/{PARENT}/queues", headers=h, json=plain).json()
+    finally:
+        again.close()
+    assert after["rateLimits"]["maxDispatchesPerSecond"] == 7
+    assert after["rateLimits"]["maxConcurrentDispatches"] == 2
+    assert after["retryConfig"] == plain["retryConfig"], "the default retry policy"
+    assert after["retryConfig"]["maxAttempts"] == 4  # RetryPolicy's default limit 3, + 1
+    assert declared["retryConfig"]["maxAttempts"] == 5  # the App's Retry(limit=4)

@@ -17,8 +17,10 @@ How the two models meet:
   unlimited), ``maxRetryDuration`` is ``age_limit`` (0: unlimited).
 * The queues listed are those the served App declares, plus those created through this
   surface and those another process stored in the broker (adopted when first named). Rate
-  and concurrency are stored in the broker; the retry policy is the App's (workers apply
-  their own App's declaration of the queue, so declare it the same there).
+  and concurrency are stored in the broker; the retry policy is the App's: the broker has
+  no place for it, so a create or patch changes it in this process only, workers apply
+  their own App's declaration, and after a restart a queue adopted from the broker shows
+  the default policy (docs/http.md, "Where a queue's settings live").
 * A named task keeps its name reserved for the queue's dedup window after it finished
   (``ALREADY_EXISTS`` meanwhile), as Google's does for a while. ``tasks.purge`` deletes
   ready and scheduled tasks; running ones finish and dead letters stay.
