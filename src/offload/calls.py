@@ -28,6 +28,7 @@ that raises, ``Fail``, and a retry policy that gives up all give the caller a
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import functools
 import logging
 import math
@@ -53,7 +54,7 @@ from .outcomes import (
     unrun_headers,
     wants_result,
 )
-from .replies import Late, mailbox
+from .replies import Late, Mailbox, mailbox
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -215,11 +216,17 @@ class _Wait:
     __slots__ = ("box", "deadline", "key", "queue", "registry", "started", "tf")
 
     def __init__(
-        self, tf: TaskFunction, key: str, queue: str, started: float, deadline: float
+        self,
+        tf: TaskFunction,
+        key: str,
+        queue: str,
+        started: float,
+        deadline: float,
+        box: Mailbox | None = None,
     ) -> None:
         self.tf, self.registry, self.key, self.queue = tf, tf.registry, key, queue
         self.started, self.deadline = started, deadline
-        self.box = mailbox(tf.registry)
+        self.box = box if box is not None else mailbox(tf.registry)
 
     def left(self) -> float:
         return self.deadline - time.time()
@@ -330,17 +337,16 @@ def _new_call(
 ) -> tuple[_Wait, NewTask]:
     """A call's task, asking for its result on this process's channel until the call's
     deadline plus a grace, and its waiter."""
-    import datetime as _dt
-
     started = time.time()
     deadline = _deadline(tf.registry, timeout, context)
     ttl = min(MAX_RESULT_TTL, max(0.0, deadline - started) + CALL_RESULT_GRACE)
+    box = mailbox(tf.registry)
     hdrs = dict(headers or {})
-    hdrs[REPLY_TO] = mailbox(tf.registry).channel
+    hdrs[REPLY_TO] = box.channel
     hdrs[RESULT_TTL] = repr(ttl)
     when = _dt.datetime.fromtimestamp(deadline, _dt.UTC)
     new = tf.build(args, kwargs, headers=hdrs, deadline=when, **options)
-    return _Wait(tf, new.id, new.queue, started, deadline), new
+    return _Wait(tf, new.id, new.queue, started, deadline, box), new
 
 
 def call(
