@@ -13,6 +13,8 @@ validation as ``send``; an error answers with one JSON body naming what was wron
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,6 +36,7 @@ from ..errors import (
     Unsupported,
 )
 from .auth import error_response
+from .batching import EnqueueBatcher
 from .openapi import (
     Count,
     Created,
@@ -255,9 +258,7 @@ async def create_task(ctx: HttpContext, request: Request) -> Response:
         eta=call.eta,
         queue=call.queue,
     )
-    registry = ctx.app.registry
-    created = await registry.enqueue_async([new])
-    if not created[0]:
+    if not await _batcher(ctx).submit(new):
         raise TaskAlreadyExists(
             f"task name {call.name!r} already exists in queue {new.queue!r} (or finished "
             "within its dedup window); pick another name or leave name out"
@@ -265,6 +266,16 @@ async def create_task(ctx: HttpContext, request: Request) -> Response:
     body = Created(new.id, new.queue, tf.name, new.name)
     location = f"{PREFIX}/queues/{new.queue}/tasks/{new.id}"
     return _json(body, 201, {"Location": location})
+
+
+def _batcher(ctx: HttpContext) -> EnqueueBatcher:
+    """This event loop's batcher of task creations (see :mod:`.batching`)."""
+    per_loop = ctx.extras.setdefault("enqueue_batchers", weakref.WeakKeyDictionary())
+    loop = asyncio.get_running_loop()
+    batcher = per_loop.get(loop)
+    if batcher is None:
+        batcher = per_loop[loop] = EnqueueBatcher(ctx.app.registry.enqueue_async)
+    return batcher
 
 
 def _task_view(t: TaskRecord) -> Task:
