@@ -339,11 +339,16 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
     md += ["```text", *[f"{t:6.1f}  {line}" for t, line in events], "```", ""]
     if led["reasons"]:
         md += ["Dead letters (each a task whose own policy gave up, not a loss):", ""]
-        md += [f"- {n} x {why}" for why, n in sorted(led["reasons"].items())]
+        reasons = sorted(led["reasons"].items())
+        md += [f"- {n} x {why}" for why, n in reasons[:5]]
+        if len(reasons) > 5:
+            md.append(f"- and {sum(n for _, n in reasons[5:])} more of the same kind")
         md.append("")
     if led["lost"]:
         md += [f"**Lost:** {', '.join(led['lost'][:20])}", ""]
     if errors:
         md += ["Page errors:", "", *[f"- {p['outcome']}" for p in errors[:10]], ""]
-    (out / "report.md").write_text("\n".join(md))
+    # file names relative to the report, never this machine's paths
+    text = "\n".join(md).replace(str(out) + "/", "")
+    (out / "report.md").write_text(text)
     return s
