@@ -45,6 +45,7 @@ __all__ = [
     "ScaleState",
     "Signals",
     "decide",
+    "in_flight_cap",
     "pool_signals",
     "queue_signals",
     "workers_needed",
@@ -66,6 +67,10 @@ class ScalePolicy:
     target_latency: float = DEFAULT_TARGET_LATENCY
     cooldown: float = DEFAULT_COOLDOWN
     step_up: int = DEFAULT_STEP_UP  # most workers added at once (or the current count)
+    #: the most tasks the pool's queues let run at once (every one of them declares a
+    #: ``max_concurrent``: their sum), None: unbounded. Workers past what it fills sit idle
+    #: however late the work is, so the autoscaler never starts them.
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.minimum <= self.maximum and self.maximum >= 1):
@@ -82,15 +87,40 @@ class ScalePolicy:
             raise ValueError(f"cooldown {self.cooldown!r} must be seconds >= 0")
 
     @classmethod
-    def for_pool(cls, pool: Pool, concurrency: int | None = None) -> ScalePolicy:
-        """A topology pool's bounds and targets; ``concurrency`` (``-c``) overrides its own."""
+    def for_pool(
+        cls, pool: Pool, concurrency: int | None = None, caps: Iterable[int | None] = ()
+    ) -> ScalePolicy:
+        """A topology pool's bounds and targets; ``concurrency`` (``-c``) overrides its own;
+        ``caps``: the ``max_concurrent`` of each queue the pool serves (None: none)."""
         return cls(
             minimum=pool.replicas[0],
             maximum=pool.replicas[1],
             concurrency=concurrency or pool.concurrency or DEFAULT_CONCURRENCY,
             target_latency=pool.target_latency,
             cooldown=pool.cooldown,
+            max_in_flight=in_flight_cap(caps),
         )
+
+    @property
+    def useful_maximum(self) -> int:
+        """The most workers that can all have work: the replicas maximum, or fewer when the
+        queues' ``max_concurrent`` fill fewer (never below the minimum)."""
+        if self.max_in_flight is None:
+            return self.maximum
+        useful = max(1, math.ceil(self.max_in_flight / self.concurrency))
+        return max(self.minimum, min(self.maximum, useful))
+
+
+def in_flight_cap(caps: Iterable[int | None]) -> int | None:
+    """The sum of the queues' ``max_concurrent`` when every queue has one, else None."""
+    total = 0
+    seen = False
+    for cap in caps:
+        if cap is None:
+            return None
+        total += cap
+        seen = True
+    return total if seen else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +163,7 @@ def workers_needed(signals: Signals, policy: ScalePolicy) -> int:
     """Workers that would hold every task in flight and ready at once, within [min, max]:
     the stateless answer an outside autoscaler can target (the ``desired`` gauge)."""
     raw = math.ceil((signals.in_flight + signals.ready) / policy.concurrency)
-    return min(policy.maximum, max(policy.minimum, raw))
+    return min(policy.useful_maximum, max(policy.minimum, raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +215,8 @@ def decide(
         return Decision(workers, hi, f"above the maximum of {hi}", changed)
     slots = workers * conc
     work = f"{signals.ready} ready, {signals.in_flight} in flight for {slots} slot(s)"
+    if hi > policy.useful_maximum and workers <= policy.useful_maximum:
+        hi = policy.useful_maximum  # more would sit idle: the queues' max_concurrent
     age = signals.oldest_ready_age
     late = age is not None and age > policy.target_latency
     busy = signals.in_flight >= slots
@@ -203,6 +235,9 @@ def decide(
             return Decision(workers, target, f"{why} ({work})", changed)
         held = replace(state, spare_since=None)
         if workers == hi:
+            if hi < policy.maximum:
+                why += f", but {hi} worker(s) fill the queues' max_concurrent"
+                return Decision(workers, workers, f"{why} ({policy.max_in_flight})", held)
             return Decision(workers, workers, f"{why}, but at the maximum of {hi}", held)
         return Decision(workers, workers, f"{why}; {starting} worker(s) still starting", held)
     spare = (

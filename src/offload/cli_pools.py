@@ -222,7 +222,8 @@ def run_pools(
             )
             continue
         app.registry.check_executors(served)  # refuse here, once, not in a restart loop
-        pools[name] = (served, ScalePolicy.for_pool(pool, concurrency))
+        caps = [app.registry.policy(q).max_concurrent for q in served]
+        pools[name] = (served, ScalePolicy.for_pool(pool, concurrency, caps))
     if not pools:
         raise click.UsageError(f"{path}: no pool serves a queue; nothing to run")
     sup = Supervisor(
@@ -245,7 +246,7 @@ def pool_rows(app: App, topology: str | None) -> list[dict[str, Any]]:
     for name, pool in placement.pools.items():
         queues = placement.queues[name]
         sig = pool_signals(by_queue[q] for q in queues)
-        policy = ScalePolicy.for_pool(pool)
+        policy = ScalePolicy.for_pool(pool, None, [_cap(app, q) for q in queues])
         rows.append(
             {
                 "pool": name,
@@ -278,3 +279,9 @@ def show_pools(app: App, topology: str | None, as_json: bool) -> None:
             f"{r['target_latency']:g}s), {r['in_flight']} in flight at {r['concurrency']} per "
             f"worker: {r['workers_needed']} worker(s) needed of {lo}-{hi}"
         )
+
+
+def _cap(app: App, queue: str) -> int | None:
+    """A queue's ``max_concurrent`` as the app declares it (None: unbounded or unknown)."""
+    policy = app.registry.queues.get(queue)
+    return None if policy is None else policy.max_concurrent

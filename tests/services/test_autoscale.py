@@ -369,3 +369,23 @@ def test_autoscale_without_a_topology_is_a_usage_error(tmp_path):
     )
     assert p.returncode == 2
     assert p.stderr.startswith("Error: --autoscale scales the pools of a topology; give --topology")
+
+
+def test_workers_the_queues_max_concurrent_cannot_fill_are_never_started():
+    """A pool whose only queue runs at most 2 at once, 2 per worker: a second worker would
+    sit idle however late the work is (found by the story: `indexing`, max_concurrent=2)."""
+    from offload.autoscale import in_flight_cap
+
+    assert in_flight_cap([2, 3]) == 5 and in_flight_cap([2, None]) is None
+    assert in_flight_cap([]) is None
+    policy = ScalePolicy(0, 3, 2, target_latency=1.0, cooldown=10.0, max_in_flight=2)
+    assert policy.useful_maximum == 1
+    busy = Signals(ready=18, in_flight=2, oldest_ready_age=5.0)
+    d = decide(policy, busy, workers=1, now=100.0)
+    assert d.target == 1 and "max_concurrent" in d.reason, d
+    assert workers_needed(busy, policy) == 1
+    # work arriving at an idle pool still starts its first worker
+    assert decide(policy, busy, workers=0, now=100.0).target == 1
+    # without the cap the same signals scale up
+    free = ScalePolicy(0, 3, 2, target_latency=1.0, cooldown=10.0)
+    assert decide(free, busy, workers=1, now=100.0).target > 1

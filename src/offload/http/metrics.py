@@ -170,7 +170,10 @@ class BrokerCollector:
         }
         for name, pool in placement.pools.items():
             sig = pool_signals(by_queue[q] for q in placement.queues[name] if q in by_queue)
-            policy = ScalePolicy.for_pool(pool)
+            queues = placement.queues[name]
+            declared = self.app.registry.queues
+            caps = [declared[q].max_concurrent if q in declared else None for q in queues]
+            policy = ScalePolicy.for_pool(pool, None, caps)
             for field, value in (
                 ("ready", sig.ready),
                 ("in_flight", sig.in_flight),
