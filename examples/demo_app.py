@@ -52,6 +52,10 @@ CATALOG = [f"{colour} {item}" for colour in ("red", "blue", "black") for item in
            ("shoes", "hat", "scarf", "coat", "boots")]  # fmt: skip
 
 INDEX_MB = int(os.environ.get("DEMO_INDEX_MB", "64"))
+# How long an index run holds its memory waiting on storage. The bounded demo keeps it
+# short; the story (examples/story) sets seconds, as a production indexer would hold it,
+# which is what makes the job memory-hungry and CPU-light for the planner.
+INDEX_WAIT = float(os.environ.get("DEMO_INDEX_WAIT", "0.05"))
 FLAKY = float(os.environ.get("DEMO_FLAKY", "0.25"))
 
 
@@ -69,7 +73,7 @@ def index_document(user_id: int, words: int = 50_000) -> int:
     buf = bytearray(INDEX_MB * 1024 * 1024)  # the memory the job really needs
     for i in range(0, len(buf), 4096):  # touch every page so it is really resident
         buf[i] = 1
-    time.sleep(0.05)  # waiting on storage, not computing
+    time.sleep(INDEX_WAIT)  # waiting on storage, not computing
     return len(buf) + words
 
 
