@@ -60,7 +60,7 @@ def _inject(url: str, kind: str, payloads: dict[str, bytes]) -> None:
         prefix = url.rsplit("prefix=", 1)[1]
         k = dict(
             zip(
-                ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake", "parked", "ids"),
+                ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake", "parked"),
                 QueueKeys.of(prefix, "q").keys,
                 strict=True,
             )

@@ -446,13 +446,13 @@ class TaskInspection(Protocol):
     """``Capabilities.inspect``: tasks looked at and changed one at a time, for the HTTP
     API, the dashboard and the Cloud Tasks surface. None of these runs on the hot path.
 
-    ``list_tasks`` pages through a queue's tasks (every state) in id order (ids sort by
-    creation time), ``after`` being the last id of the previous page; a page may miss or
-    repeat nothing that exists for the whole listing. ``drop_queue`` forgets a queue: its
-    tasks in every state (a leased task's worker finds its lease lost: its ack is ignored,
-    its retry returns False), its dead letters, its names and its stored policy and pause;
-    it returns how many tasks it deleted. Dropping never waits for leases, so a queue
-    being dropped while workers serve it cannot block forever."""
+    ``list_tasks`` pages through a queue's tasks (every state) in any order, as Cloud
+    Tasks' ListTasks does: over a full iteration while the queue does not change, each task
+    comes back once. ``drop_queue`` forgets a queue: its tasks in every state (a leased
+    task's worker finds its lease lost: its ack is ignored, its retry returns False), its
+    dead letters, its names and its stored policy and pause; it returns how many tasks it
+    deleted. Dropping never waits for leases, so a queue being dropped while workers serve
+    it cannot block forever."""
 
     async def get_task(self, queue: str, id: str) -> TaskRecord | None:
         """The task ``id`` of ``queue`` in any state; None when there is none."""
@@ -460,8 +460,9 @@ class TaskInspection(Protocol):
     async def list_tasks(
         self, queue: str, *, limit: int = 100, after: str | None = None
     ) -> list[TaskRecord]:
-        """Up to ``limit`` tasks (0 to 10,000, else ConfigError) with ids above ``after``,
-        in id order."""
+        """Up to ``limit`` tasks (0 to 10,000, else ConfigError) in any order, from where
+        the page token ``after`` points (None: the start; then
+        :func:`~offload.brokers.pages.next_page_after` of the page before, until None)."""
 
     async def run_task(self, queue: str, id: str) -> bool:
         """Make a ready or scheduled task due now (a leased or dead one is left alone);

@@ -47,6 +47,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..app import PUSH_TASK
 from ..brokers.base import Broker, QueueStats, TaskInspection, TaskRecord
+from ..brokers.pages import next_page_after
 from ..core import envelope as _env
 from ..core.policy import QueuePolicy
 from ..errors import BrokerError, ConfigError, UnknownQueue
@@ -293,11 +294,13 @@ async def _list_tasks(ctx: HttpContext, qname: str, qid: str, q: Any, ints: bool
     await _policy(ctx, qid)
     size = page_size(q.get("pageSize"))
     after = q.get("pageToken") or None
-    recs = await _broker(ctx, lambda b: _inspecting(b).list_tasks(qid, limit=size + 1, after=after))
+    recs = await _broker(ctx, lambda b: _inspecting(b).list_tasks(qid, limit=size, after=after))
     full = view(q.get("responseView"))
-    body: dict[str, Any] = {"tasks": [task_json(qname, r, full, ints) for r in recs[:size]]}
-    if len(recs) > size:
-        body["nextPageToken"] = recs[size - 1].id
+    body: dict[str, Any] = {"tasks": [task_json(qname, r, full, ints) for r in recs]}
+    # in any order, a page possibly short (even empty) with more to come, as Google's
+    token = next_page_after(recs, size)
+    if token is not None:
+        body["nextPageToken"] = token
     return body
 
 

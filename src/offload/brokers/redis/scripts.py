@@ -17,13 +17,14 @@ Key layout (``P`` the URL's ``?prefix=``, default ``offload``; ``Q`` the queue):
     {P:Q}:nexp    zset  name -> end of its dedup window after the task was removed
     {P:Q}:wake    list  wake-up tokens that idle workers BLPOP
     {P:Q}:parked  zset  ids of idle workers blocked on their inbox -> park deadline
-    {P:Q}:ids     zset  every task id, scored 0 (id order): list_tasks' pages
     {P:Q}:inbox:W list  tasks enqueue leased to parked worker W (see handed_from)
     {P}:metrics   hash  "<task>\\x1f<measure>" -> number, for every task function
     {P}:runs:M    hash  task -> runs in Unix minute M; expires 120 minutes after M ends
 
 The hash tag ``{P:Q}`` puts all of a queue's keys in one cluster slot, so every script
-runs unchanged on Redis Cluster.
+runs unchanged on Redis Cluster. ``list_tasks`` pages through ``{P:Q}:tasks`` with HSCAN,
+so the hot path keeps no index for it; a ``{P:Q}:ids`` zset an earlier version kept is
+never read, and purge and drop_queue delete one left behind.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def scripts() -> dict[str, Script]:
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
-    """The ten keys of one queue, in the order every per-queue script expects."""
+    """The nine keys of one queue, in the order every per-queue script expects."""
 
     queue: str
     keys: tuple[str, ...]
@@ -141,7 +142,7 @@ class QueueKeys:
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         tag = f"{{{prefix}:{queue}}}"
-        names = ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake", "parked", "ids")
+        names = ("q", "due", "leased", "tasks", "dead", "names", "nexp", "wake", "parked")
         return cls(queue, tuple(f"{tag}:{n}" for n in names))
 
     @property

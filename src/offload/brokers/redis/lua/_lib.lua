@@ -13,10 +13,6 @@
 --   parked  zset: worker id -> deadline, for every idle worker blocked on the server: on
 --           its inbox (and the wake list), or, for an id starting with '~', on the wake
 --           list only (a Redis Cluster worker)
---   ids     zset: every id in `tasks`, all scored 0, so in id order: the inspection's
---           pages (inspect.lua `list`) read ZRANGEBYLEX ... LIMIT, never every id. Kept
---           by enqueue, ack, delete and purge; inspect.lua rebuilds it when its size
---           differs from `tasks` (data written before it existed).
 --
 -- A parked worker's inbox, the list `{<prefix>:<queue>}:inbox:<worker id>`, is not among
 -- KEYS (its name is only known inside the script) but shares the queue's hash tag, so it
@@ -24,12 +20,16 @@
 -- and the worker's BLPOP on the inbox is its claim (one hop instead of a wake-up and a
 -- claim).
 --
+-- An earlier version also kept `{<prefix>:<queue>}:ids`, a zset of every task id for the
+-- task listing; nothing reads or writes it now (the listing scans `tasks` with HSCAN), and
+-- purge and drop delete one left behind (legacy_ids_key).
+--
 -- Times are whole microseconds since the epoch on the server's clock (TIME): exact in a
 -- Lua number and in a zset score, and returned to the client as integers. Policy durations
 -- (lease, dedup, rate) are stored in seconds, as declared.
 local K_Q, K_DUE, K_LEASED, K_TASKS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_DEAD, K_NAMES, K_NEXP, K_WAKE = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_PARKED, K_IDS = KEYS[9], KEYS[10]
+local K_PARKED = KEYS[9]
 
 local DEFAULT_LEASE, DEFAULT_DEDUP = 60, 3600
 -- A hand-off's first lease, in seconds, when the queue's is longer: the worker renews it to
@@ -210,6 +210,12 @@ end
 
 local function inbox_key(wid)
   return string.sub(K_WAKE, 1, -5) .. 'inbox:' .. wid
+end
+
+-- The id index an earlier version kept beside `tasks` (same hash tag, so the same slot):
+-- never written now; purge and drop delete one left behind so its memory comes back.
+local function legacy_ids_key()
+  return string.sub(K_WAKE, 1, -5) .. 'ids'
 end
 
 -- A hand-off as it sits in an inbox: the fields of a claim reply up to each task's token

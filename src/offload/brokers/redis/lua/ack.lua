@@ -30,7 +30,6 @@ if #gone == 0 then
   return 0
 end
 call_many('HDEL', K_TASKS, gone)
-call_many('ZREM', K_IDS, gone)
 call_many('ZREM', K_LEASED, gone)
 call_many('ZREM', K_DUE, elsewhere)
 call_many('ZREM', K_DEAD, elsewhere)

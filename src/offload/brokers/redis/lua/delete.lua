@@ -14,7 +14,6 @@ if r == nil then
 end
 local now = clock()
 redis.call('HDEL', K_TASKS, id)
-redis.call('ZREM', K_IDS, id)
 redis.call('ZREM', K_DUE, id)
 redis.call('ZREM', K_LEASED, id)
 redis.call('ZREM', K_DEAD, id)

@@ -21,7 +21,6 @@ end
 if #ARGV == 5 and ARGV[2] == '' then
   -- One unnamed task, the common one-by-one send: as few calls as possible.
   if redis.call('HSETNX', K_TASKS, ARGV[1], record(1)) == 1 then
-    redis.call('ZADD', K_IDS, 0, ARGV[1])
     local at = visible_at(1)
     redis.call('ZADD', K_DUE, at, ARGV[1])
     notify_parked(now, t, at <= now and 1 or 0)
@@ -34,7 +33,7 @@ for i = 1, #ARGV, 5 do
   ids[#ids + 1] = ARGV[i]
 end
 local exists = redis.call('HMGET', K_TASKS, unpack(ids))
-local out, hset, zadd, zids, taken, seen = {}, {}, {}, {}, {}, {}
+local out, hset, zadd, taken, seen = {}, {}, {}, {}, {}
 local due_now = 0
 for j = 1, #ids do
   local i = j * 5 - 4
@@ -59,8 +58,6 @@ for j = 1, #ids do
       local at = visible_at(i)
       zadd[#zadd + 1] = at
       zadd[#zadd + 1] = id
-      zids[#zids + 1] = 0
-      zids[#zids + 1] = id
       if at <= now then
         due_now = due_now + 1
       end
@@ -76,7 +73,6 @@ end
 if #hset > 0 then
   call_many('HSET', K_TASKS, hset)
   call_many('ZADD', K_DUE, zadd)
-  call_many('ZADD', K_IDS, zids)
   notify_parked(now, t, due_now)
 end
 return out

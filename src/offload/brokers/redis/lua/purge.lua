@@ -1,6 +1,8 @@
 #!lua flags=allow-oom
 -- purge(batch): delete up to `batch` ready or scheduled tasks (leased ones finish, dead
 -- ones stay); names stay reserved for the dedup window. Returns how many were deleted.
+-- An id index an earlier version kept goes too (it is never read; see legacy_ids_key).
+redis.call('UNLINK', legacy_ids_key())
 local ids = redis.call('ZRANGE', K_DUE, 0, tonumber(ARGV[1]) - 1)
 if #ids == 0 then
   return 0
@@ -15,6 +17,5 @@ for _, id in ipairs(ids) do
   end
 end
 call_many('HDEL', K_TASKS, ids)
-call_many('ZREM', K_IDS, ids)
 call_many('ZREM', K_DUE, ids)
 return #ids
