@@ -6,9 +6,15 @@ queues, and at the end the count of what ran, from the ledger and the dead lette
 
 It runs in its own process because the demo App takes its broker from
 ``$OFFLOAD_BROKER`` when it is imported (SQLite for the monolith, Redis for the split).
-CONFIG holds ``phases`` ([[seconds, signups per second], ...]), ``start_at`` (epoch
-seconds; the orchestrator sends SIGHUP on the same clock), ``page_rate`` (pages per
-second), ``page_timeout``, ``topology`` (path or null), ``drain_timeout``.
+CONFIG holds ``phases`` ([[seconds, signups per second, searches per second], ...]),
+``start_at`` (epoch seconds; the orchestrator sends SIGHUP on the same clock),
+``page_rate`` (pages per second), ``page_timeout``, ``search_timeout``, ``topology`` (path
+or null), ``drain_timeout``.
+
+Searches are the web front's search box: each is a call of ``search_products`` (a task
+with a result) under its own deadline, recorded with its latency and outcome. They are
+most of the shop's traffic and all of it lands on the web pool: the signups, each of
+which holds the indexer's memory for seconds, are few.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from typing import Any
 
 import story_shop
-from story_shop import PAGE_USERS, account_page, app, front_signup
+from story_shop import PAGE_USERS, account_page, app, front_signup, search_products
 
 from offload import DeadlineExceeded
 from offload.supervisor import read_signals
@@ -33,10 +39,9 @@ QUERIES = ("shoes", "red", "coat")
 
 def send_signups(phases: list[list[float]], start_at: float, sent: dict[int, float]) -> None:
     """Signups at each phase's rate, in 50 ms ticks, recording when each user was sent."""
-    uid = 0
-    t = start_at
-    for seconds, rate in phases:
-        end, owed = t + seconds, 0.0
+    uid, t, owed = 0, start_at, 0.5  # the first signup half an interval in
+    for seconds, rate, _ in phases:
+        end = t + seconds
         while (now := time.time()) < end:
             owed += rate * 0.05
             while owed >= 1:
@@ -71,6 +76,41 @@ async def pages(rate: float, timeout: float, until: float, out: list[dict[str, A
         running.add(task)
         task.add_done_callback(running.discard)
         await asyncio.sleep(1.0 / rate)
+    if running:
+        await asyncio.wait(running)
+
+
+async def searches(
+    phases: list[list[float]], start_at: float, timeout: float, out: list[dict[str, Any]]
+) -> None:
+    """Search calls at each phase's rate (50 ms ticks), each its own asyncio task under its
+    own deadline: answered, ``DeadlineExceeded`` or another error, with its latency."""
+
+    async def one(n: int) -> None:
+        t0 = time.time()
+        try:
+            await search_products.call_with_async(args=(QUERIES[n % 3],), timeout=timeout)
+            outcome = "ok"
+        except DeadlineExceeded:
+            outcome = "deadline"
+        except Exception as exc:  # reported, never hidden
+            outcome = f"error: {type(exc).__name__}: {exc}"[:200]
+        out.append({"t": t0, "latency": time.time() - t0, "outcome": outcome})
+
+    running: set[asyncio.Task[None]] = set()
+    n, t, owed = 0, start_at, 0.0
+    for seconds, _, rate in phases:
+        end = t + seconds
+        while (now := time.time()) < end:
+            owed += rate * 0.05
+            while owed >= 1:
+                n += 1
+                task = asyncio.create_task(one(n))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                owed -= 1
+            await asyncio.sleep(max(0.0, 0.05 - (time.time() - now)))
+        t = end
     if running:
         await asyncio.wait(running)
 
@@ -134,31 +174,32 @@ def dead_keys() -> dict[str, str]:
 def main(config_path: str, result_path: str) -> int:
     cfg = json.loads(pathlib.Path(config_path).read_text())
     start_at = float(cfg["start_at"])
-    load_end = start_at + sum(s for s, _ in cfg["phases"])
+    load_end = start_at + sum(p[0] for p in cfg["phases"])
     placement = app.placement(cfg.get("topology"))
     queues_of = {p: tuple(qs) for p, qs in placement.queues.items() if qs}
 
     sent: dict[int, float] = {}
     page_rows: list[dict[str, Any]] = []
+    search_rows: list[dict[str, Any]] = []
     polled: list[dict[str, Any]] = []
     stop = threading.Event()
     poller = threading.Thread(target=poll, args=(queues_of, stop, polled), daemon=True)
     poller.start()
-    page_thread = None
-    if cfg.get("page_rate"):
-        page_thread = threading.Thread(
-            target=lambda: asyncio.run(
-                pages(cfg["page_rate"], cfg["page_timeout"], load_end, page_rows)
-            ),
-            daemon=True,
-        )
-    time.sleep(max(0.0, start_at - time.time()))
-    if page_thread is not None:
-        page_thread.start()
+
+    async def web() -> None:
+        """The web front's async side: the search box and the account pages."""
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        jobs = [searches(cfg["phases"], start_at, cfg["search_timeout"], search_rows)]
+        if cfg.get("page_rate"):
+            jobs.append(pages(cfg["page_rate"], cfg["page_timeout"], load_end, page_rows))
+        await asyncio.gather(*jobs)
+
+    web_thread = threading.Thread(target=lambda: asyncio.run(web()), daemon=True)
+    time.sleep(max(0.0, start_at - time.time() - 0.2))
+    web_thread.start()
     send_signups(cfg["phases"], start_at, sent)
-    if page_thread is not None:
-        page_thread.join()
-    print(f"[story] load done: {len(sent)} signups", flush=True)
+    web_thread.join()
+    print(f"[story] load done: {len(sent)} signups, {len(search_rows)} searches", flush=True)
 
     # Drain: wait until every sent task ran or was dead-lettered (or nothing is left).
     expected = [f"{k}:{uid}" for uid in sent for k in ("index", "charge", "welcome")]
@@ -193,6 +234,7 @@ def main(config_path: str, result_path: str) -> int:
         "dead": dead,
         "unfinished": unfinished(),
         "pages": page_rows,
+        "searches": search_rows,
         "polled": polled,
         "queues_of": {p: list(qs) for p, qs in queues_of.items()},
         "pool_of_queue": {q: p for p, qs in queues_of.items() for q in qs},

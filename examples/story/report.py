@@ -36,6 +36,8 @@ class Summary:
     pages: int
     pages_ok: int
     pages_late: int
+    searches: int
+    searches_ok: int
     monolith_cost: float
     plan_cost: float
     saving: float
@@ -47,7 +49,8 @@ class Summary:
             f"{self.dead} dead-lettered by their own policy, {self.lost} lost, "
             f"{self.duplicates} duplicate run(s) ({self.runs} successful runs); "
             f"{self.pages} pages: {self.pages_ok} in time, {self.pages_late} "
-            f"DeadlineExceeded; monthly ${self.monolith_cost:,.2f} monolith -> "
+            f"DeadlineExceeded; {self.searches} search calls, {self.searches_ok} answered; "
+            f"monthly ${self.monolith_cost:,.2f} monolith -> "
             f"${self.plan_cost:,.2f} planned ({self.saving:.1f}% saved); "
             f"{self.took:.0f}s in all"
         )
@@ -106,21 +109,26 @@ def plot_timeline(path: pathlib.Path, split: dict, t0: float, lat: dict) -> None
 
     pools = sorted(split["queues_of"])
     fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
-    sent = sorted(t - t0 for t in split["sent"].values())
-    if sent:
+    searched = sorted(r["t"] - t0 for r in split.get("searches", []))
+    if searched:
         buckets: dict[int, int] = {}
-        for s in sent:
-            buckets[int(s)] = buckets.get(int(s), 0) + 1
-        xs = list(range(0, int(sent[-1]) + 1))
-        axes[0].plot(xs, [buckets.get(x, 0) for x in xs], label="signups sent /s", color="C0")
+        for x in searched:
+            buckets[int(x)] = buckets.get(int(x), 0) + 1
+        xs = list(range(0, int(searched[-1]) + 1))
+        axes[0].plot(xs, [buckets.get(x, 0) for x in xs], label="search calls /s", color="C0")
+    sent = sorted(t - t0 for t in split["sent"].values())
+    axes[0].plot(sent, [0] * len(sent), "|", markersize=12, color="C1", label="a signup")
+    deadline = split.get("page_timeout", 2.0)
     late = [p["t"] - t0 for p in split["pages"] if p["outcome"] == "deadline"]
     ok = [(p["t"] - t0, p["latency"]) for p in split["pages"] if p["outcome"] == "ok"]
     ax2 = axes[0].twinx()
-    ax2.scatter([x for x, _ in ok], [y for _, y in ok], s=6, color="C2", label="page latency (s)")
-    ax2.scatter(late, [2.0] * len(late), s=14, marker="x", color="C3", label="DeadlineExceeded")
+    ax2.scatter([x for x, _ in ok], [y for _, y in ok], s=8, color="C2", label="page latency (s)")
+    ax2.scatter(
+        late, [deadline] * len(late), s=14, marker="x", color="C3", label="DeadlineExceeded"
+    )
     ax2.set_ylabel("page latency, s")
-    axes[0].set_ylabel("signups/s")
-    axes[0].set_title("load, and the account page's fan-out (deadline 2 s)")
+    axes[0].set_ylabel("search calls/s")
+    axes[0].set_title(f"load, and the account page's fan-out (deadline {deadline:g} s)")
     h1, l1 = axes[0].get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     axes[0].legend(h1 + h2, l1 + l2, loc="upper right", fontsize=7)
@@ -194,6 +202,20 @@ def pool_rows(plan: dict) -> list[str]:
     return rows
 
 
+def demand_rows(plan: dict) -> list[str]:
+    """The planner's demand per service (before its margin), with memory per core: the
+    figure a high-memory shape (8 GiB per vCPU) or a standard one (4) is chosen on."""
+    rows = ["| service | runs/s | cores | in flight | memory | GiB per core |"]
+    rows.append("|---|---:|---:|---:|---:|---:|")
+    for d in plan["demand"]:
+        per_core = d["memory"] / 2**30 / d["cores"] if d["cores"] > 0 else float("inf")
+        rows.append(
+            f"| {d['service']} ({d['executor']}) | {d['rate']:,.1f} | {d['cores']:.2f} | "
+            f"{d['concurrency']:.1f} | {d['memory'] / 2**30:.2f} GiB | {per_core:.1f} |"
+        )
+    return rows
+
+
 def indexer_row(profile: dict) -> str:
     for t in profile["tasks"]:
         if t["task"].endswith("index_document"):
@@ -211,9 +233,13 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
     t0 = split["start_at"]
     led = ledger_figures(split)
     lat = task_latency(split)
+    split.setdefault("page_timeout", settings["page_timeout"])
     plot_timeline(out / "timeline.png", split, t0, lat)
     plot_cost(out / "cost.png", plan)
     pages = split["pages"]
+    found = split.get("searches", [])
+    found_ok = [r["latency"] for r in found if r["outcome"] == "ok"]
+    found_late = sum(1 for r in found if r["outcome"] == "deadline")
     ok = [p["latency"] for p in pages if p["outcome"] == "ok"]
     late = [p for p in pages if p["outcome"] == "deadline"]
     errors = [p for p in pages if p["outcome"] not in ("ok", "deadline")]
@@ -234,13 +260,18 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
         pages=len(pages),
         pages_ok=len(ok),
         pages_late=len(late),
+        searches=len(found),
+        searches_ok=len(found_ok),
         monolith_cost=plan["monolith_monthly_cost"],
         plan_cost=plan["monthly_cost"],
         saving=plan["saving"],
         took=settings["took"],
     )
     load = settings["load"]
-    phases = " → ".join(f"{r:g}/s for {d:g} s" for d, r in load["split"])
+    phases = " → ".join(
+        f"{r:g} signups/s and {q:g} searches/s for {d:g} s" for d, r, q in load["split"]
+    )
+    deadline = settings["page_timeout"]
     split_pools = [p for p in plan["pools"] if "indexer" in p["services"]]
     own = bool(split_pools) and split_pools[0]["services"] == ["indexer"]
     md = [
@@ -260,7 +291,9 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
         f"| dead-lettered by their own retry policy | {s.dead} |",
         f"| **lost** (sent, never run, not dead-lettered, or left in a queue) | **{s.lost}** |",
         f"| duplicate runs (beyond one per task; at-least-once allows them) | {s.duplicates} |",
-        f"| account pages (fan-out to two pools, deadline 2 s) | {s.pages} |",
+        f"| search calls (pool web, deadline 2 s): answered / DeadlineExceeded / other errors | {len(found_ok)} / {found_late} / {len(found) - len(found_ok) - found_late} |",  # noqa: E501
+        f"| search call latency p50 / p99 (answered) | {pct(found_ok, 0.5) * 1e3:.0f} / {pct(found_ok, 0.99) * 1e3:.0f} ms |",  # noqa: E501
+        f"| account pages (fan-out to two pools, deadline {deadline:g} s) | {s.pages} |",
         f"| pages answered in time / DeadlineExceeded / other errors | {len(ok)} / {len(late)} / {len(errors)} |",  # noqa: E501
         f"| page latency p50 / p90 / max (answered) | {pct(ok, 0.5) * 1e3:.0f} / {pct(ok, 0.9) * 1e3:.0f} / {max(ok, default=float('nan')) * 1e3:.0f} ms |",  # noqa: E501
         f"| monthly cost: monolith → plan (at {settings['traffic']:g}x traffic) | ${s.monolith_cost:,.2f} → ${s.plan_cost:,.2f} ({s.saving:.1f}% saved) |",  # noqa: E501
@@ -268,18 +301,28 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
         "## 1. The monolith, measured",
         "",
         f"`offload run story_shop:app` (no topology: every queue in one worker process) on a "
-        f"fresh SQLite file, signups at {load['monolith'][0][1]:g}/s for "
-        f"{load['monolith'][0][0]:g} s with account pages at 2/s; then `offload profile "
-        "--json` (saved as `profile.json`). The indexer (`index_document`, process "
-        f"executor): {indexer_row(mono['profile'])}.",
+        f"fresh SQLite file, for {load['monolith'][0][0]:g} s: signups at "
+        f"{load['monolith'][0][1]:g}/s, search calls at {load['monolith'][0][2]:g}/s and "
+        f"account pages at {load['page_rate']:g}/s; then `offload profile --json` (saved as "
+        "`profile.json`). The shop is set up as in production, through the demo's "
+        f"environment: `DEMO_INDEX_WAIT={settings['index_wait']:g}` (an index run holds "
+        f"its memory {settings['index_wait']:g} s waiting on storage), "
+        f"`DEMO_INDEX_MB={settings['index_mb']}` (the memory it holds), "
+        f"`DEMO_SEARCH_WAIT={settings['search_wait']:g}` (a search's query on the search "
+        "index). The indexer (`index_document`, process executor): "
+        f"{indexer_row(mono['profile'])}.",
         "",
         "## 2. The plan",
         "",
         f"`offload plan --profile profile.json --traffic {settings['traffic']:g}` on the "
         "built-in gcp catalog. The traffic multiplier models production: the profile's "
         "rates are this short run's (a rate is read over at least a minute), so "
-        f"{settings['traffic']:g}x stands for a busier shop. `--write` gave "
-        "`topology.planned.toml`; `offload check` accepted it:",
+        f"{settings['traffic']:g}x stands for a busier shop. The demand it derives "
+        "(cores = rate x CPU p90; memory = rate x wall p90 x peak RSS p90):",
+        "",
+        *demand_rows(plan),
+        "",
+        "`--write` gave `topology.planned.toml`; `offload check` accepted it:",
         "",
         *pool_rows(plan),
         "",
@@ -298,7 +341,19 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
         "```",
         "",
     ]
-    if not own:
+    if own:
+        mine = next(p for p in plan["pools"] if p["services"] == ["indexer"])
+        md += [
+            f"**The plan gives the indexer a pool of its own on `{mine['machine']}`.** Each "
+            "index run holds its memory for seconds while using a fraction of a second of "
+            "CPU, so the indexer's demand is far more memory per core than a standard "
+            "shape's 4 GiB per vCPU: a high-memory shape carries it with fewer vCPUs. The "
+            "monolith pays twice: on one shape for both, and with every slot of every "
+            "replica sized for an index run, including the many slots that only wait on "
+            "a search.",
+            "",
+        ]
+    else:
         md += [
             "**The plan did not give the indexer a pool of its own** at this traffic: as "
             "measured here the indexer spends about as much CPU touching its memory as it "
@@ -315,12 +370,13 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
         f"{settings['topology_source']}) on Redis under a fresh key prefix, deleted after "
         f"({split['keys_removed']} keys). Replicas set for this 2-core machine: web "
         f"{settings['web']}, indexer's pool {settings['highmem']}; target latency "
-        f"{settings['target_latency']:g} s, cooldown {settings['cooldown']:g} s. Signups: "
+        f"{settings['target_latency']:g} s, cooldown {settings['cooldown']:g} s. Load: "
         f"{phases}. SIGHUP at t={load['hup_at']:g} s"
         + (f" ({split['reload_error']})" if split.get("reload_error") else "")
-        + ". The account page (2/s) asks the search service (pool web) and the indexer "
-        f"at once under one 2 s deadline (Context + ErrGroup); its {page_runs} indexer "
-        "runs are not counted among the signup tasks.",
+        + f". The account page ({load['page_rate']:g}/s) asks the search service (pool "
+        f"web) and the indexer at once under one {deadline:g} s deadline (Context + "
+        f"ErrGroup: an index run takes {settings['index_wait']:g} s); its {page_runs} "
+        "indexer runs are not counted among the signup tasks.",
         "",
         "![timeline](timeline.png)",
         "",
@@ -335,6 +391,12 @@ def write_report(out: pathlib.Path, settings: dict, mono: dict, plan: dict, spli
             f"| {pool} | {w} | {m:.0f} | {pct(v, 0.5):.2f} / {pct(v, 0.99):.2f} / "
             f"{max(v, default=float('nan')):.2f} |"
         )
+    md += [
+        "",
+        "Task latency is each signup task's first start minus its send (from the ledger); "
+        f"the web pool's search calls, {len(found)} of them, took {pct(found_ok, 0.5) * 1e3:.0f}"
+        f" / {pct(found_ok, 0.99) * 1e3:.0f} ms (p50 / p99, answered, send to answer).",
+    ]
     md += ["", "What the supervisor did (its own log lines, seconds since the load began):", ""]
     md += ["```text", *[f"{t:6.1f}  {line}" for t, line in events], "```", ""]
     if led["reasons"]:

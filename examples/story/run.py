@@ -35,24 +35,52 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 EXAMPLES = HERE.parent
 APP = "story_shop:app"
+TRAFFIC = 400.0  # plan --traffic: see docs/story.md for why so many times the demo's
 sys.path[:0] = [str(HERE)]
 
 from report import write_report  # noqa: E402
 from watch import Sampler, Supervisor, offload  # noqa: E402
 
+#: [seconds, signups/s, searches/s] per phase. Each signup holds the indexer's memory for
+#: seconds and the indexing queue runs two at a time (max_concurrent=2), so signups stay
+#: under its 2 / (wait) per second on average; the web front's searches are most of the
+#: traffic, as on a real shop, and rise and fall with the signups.
 FULL = {
-    "monolith": [[20.0, 6.0]],
-    "split": [[20.0, 4.0], [30.0, 16.0], [20.0, 4.0]],
+    "monolith": [[40.0, 0.15, 30.0]],
+    "split": [[20.0, 0.1, 15.0], [30.0, 0.3, 45.0], [20.0, 0.1, 15.0]],
     "hup_at": 35.0,
+    "page_rate": 0.1,
 }
-QUICK = {"monolith": [[8.0, 4.0]], "split": [[5.0, 3.0], [10.0, 10.0], [5.0, 3.0]], "hup_at": 10.0}
+QUICK = {
+    "monolith": [[15.0, 0.2, 30.0]],
+    "split": [[5.0, 0.1, 10.0], [10.0, 0.3, 30.0], [5.0, 0.1, 10.0]],
+    "hup_at": 10.0,
+    "page_rate": 0.1,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=pathlib.Path, help="report directory (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="a short run (about a minute)")
-    ap.add_argument("--traffic", type=float, default=20.0, help="plan --traffic (default 20)")
+    ap.add_argument(
+        "--traffic", type=float, default=TRAFFIC, help=f"plan --traffic (default {TRAFFIC:g})"
+    )
+    ap.add_argument(
+        "--index-wait",
+        type=float,
+        default=6.0,
+        help="DEMO_INDEX_WAIT: seconds an index run holds its memory (default 6)",
+    )
+    ap.add_argument(
+        "--index-mb", type=int, default=256, help="DEMO_INDEX_MB: an index run's memory (256)"
+    )
+    ap.add_argument(
+        "--search-wait",
+        type=float,
+        default=0.05,
+        help="DEMO_SEARCH_WAIT: seconds a search waits on the search index (default 0.05)",
+    )
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis for the split")
     ap.add_argument("--web", default="1,3", help="replicas of the web pool (min,max)")
     ap.add_argument("--highmem", default="0,2", help="replicas of the indexer's pool")
@@ -69,15 +97,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         setattr(args, name, [lo, hi])
     if args.traffic <= 0:
         ap.error(f"--traffic {args.traffic}: must be more than 0")
+    if args.index_wait < 0 or args.search_wait < 0 or not 1 <= args.index_mb <= 400:
+        ap.error(
+            f"--index-wait {args.index_wait:g} --search-wait {args.search_wait:g} --index-mb "
+            f"{args.index_mb}: need waits >= 0 and 1-400 MiB (the indexer's memory_limit "
+            "is 512 MiB a task)"
+        )
     return args
 
 
-def base_env() -> dict[str, str]:
+def base_env(args: argparse.Namespace) -> dict[str, str]:
     """The environment of every process of the story: the demo importable, no topology
-    from the caller's environment, output unbuffered (the log lines are timed)."""
+    from the caller's environment, output unbuffered (the log lines are timed), and the
+    production-like shop: an index run holds ``--index-mb`` MiB for ``--index-wait`` s, a
+    search waits ``--search-wait`` s on the search index."""
     env = {k: v for k, v in os.environ.items() if k not in ("OFFLOAD_BROKER", "STORY_LEDGER")}
     path = [str(HERE), str(EXAMPLES), *filter(None, [env.get("PYTHONPATH")])]
     env.update(PYTHONPATH=os.pathsep.join(path), OFFLOAD_TOPOLOGY="", PYTHONUNBUFFERED="1")
+    env.update(DEMO_INDEX_WAIT=f"{args.index_wait:g}", DEMO_INDEX_MB=str(args.index_mb))
+    env.update(DEMO_SEARCH_WAIT=f"{args.search_wait:g}")
     return env
 
 
@@ -94,23 +132,29 @@ def drive(cfg: dict[str, Any], env: dict[str, str], work: pathlib.Path, tag: str
     return json.loads(out_path.read_text())
 
 
-def stage_monolith(plan: dict, work: pathlib.Path, out: pathlib.Path, say) -> dict:
+def driver_cfg(args: argparse.Namespace, load: dict, phases: str, topology: str | None) -> dict:
+    """What driver.py runs: the load's phases, the pages and the deadlines. A page waits
+    on one index run, so its deadline is the index wait plus 4 s; a search's is 2 s."""
+    return {
+        "phases": load[phases],
+        "page_rate": load["page_rate"],
+        "page_timeout": args.index_wait + 4.0,
+        "search_timeout": 2.0,
+        "topology": topology,
+    }
+
+
+def stage_monolith(args, plan: dict, work: pathlib.Path, out: pathlib.Path, say) -> dict:
     """1. The monolith on SQLite, measured."""
-    env = {**base_env(), "OFFLOAD_BROKER": f"sqlite:///{work / 'monolith.db'}"}
+    env = {**base_env(args), "OFFLOAD_BROKER": f"sqlite:///{work / 'monolith.db'}"}
     say("1. the monolith on SQLite: offload run " + APP)
     sup = Supervisor(
         [sys.executable, "-m", "offload", "run", APP], env, str(HERE), str(work / "monolith.log")
     )
     try:
         sup.wait_for(" worker pid ", 60)
-        cfg = {
-            "phases": plan["monolith"],
-            "start_at": time.time() + 0.5,
-            "page_rate": 2.0,
-            "page_timeout": 2.0,
-            "topology": None,
-            "drain_timeout": 60.0,
-        }
+        cfg = driver_cfg(args, plan, "monolith", None)
+        cfg.update(start_at=time.time() + 0.5, drain_timeout=60.0)
         result = drive(cfg, env, work, "monolith")
     finally:
         sup.stop()  # the worker flushes its measurements as it drains
@@ -122,7 +166,7 @@ def stage_monolith(plan: dict, work: pathlib.Path, out: pathlib.Path, say) -> di
 
 def stage_plan(args: argparse.Namespace, work: pathlib.Path, out: pathlib.Path, say) -> dict:
     """2. The plan: pools, shapes and prices; the written topology checked."""
-    env = {**base_env(), "OFFLOAD_BROKER": f"sqlite:///{work / 'monolith.db'}"}
+    env = {**base_env(args), "OFFLOAD_BROKER": f"sqlite:///{work / 'monolith.db'}"}
     planned = out / "topology.planned.toml"
     say(f"2. offload plan --traffic {args.traffic:g} (gcp catalog), --write {planned.name}")
     common = ["plan", APP, "--profile", str(out / "profile.json"), "--traffic", str(args.traffic)]
@@ -143,7 +187,7 @@ def story_topology(args: argparse.Namespace, plan: dict, out: pathlib.Path) -> t
     planned = tomllib.loads((out / "topology.planned.toml").read_text())
     pools = planned.get("pools", {})
     split = not any({"default", "indexer"} <= set(p.get("services", ())) for p in pools.values())
-    source = "planned" if split else "examples/topology.toml"
+    source = "topology.planned.toml, the plan's" if split else "examples/topology.toml"
     if not split:
         planned = tomllib.loads((EXAMPLES / "topology.toml").read_text())
     lines = ["# The story's topology: " + source + ", replicas set for one small machine", ""]
@@ -184,7 +228,7 @@ def stage_split(args, plan: dict, topology: str, work: pathlib.Path, say) -> dic
     """3-5. The split on Redis with the autoscaler, a rolling deploy mid-load, the page."""
     prefix = "story" + uuid.uuid4().hex[:10]
     broker = f"{args.redis}{'&' if '?' in args.redis else '?'}prefix={prefix}"
-    env = {**base_env(), "OFFLOAD_BROKER": broker}
+    env = {**base_env(args), "OFFLOAD_BROKER": broker}
     env["STORY_LEDGER"] = f"{args.redis.split('?')[0]}#{prefix}:ledger"
     say(f"3. the split on Redis (prefix {prefix}): offload run --topology --autoscale")
     argv = [sys.executable, "-m", "offload", "run", APP, "--topology", topology]
@@ -196,14 +240,8 @@ def stage_split(args, plan: dict, topology: str, work: pathlib.Path, say) -> dic
         sup.wait_for(" worker pid ", 60)
         sampler = Sampler(sup)
         start_at = time.time() + 1.0
-        cfg = {
-            "phases": plan["split"],
-            "start_at": start_at,
-            "page_rate": 2.0,
-            "page_timeout": 2.0,
-            "topology": topology,
-            "drain_timeout": 90.0,
-        }
+        cfg = driver_cfg(args, plan, "split", topology)
+        cfg.update(start_at=start_at, drain_timeout=90.0)
         hup: dict[str, float] = {}
 
         def deploy() -> None:
@@ -213,7 +251,10 @@ def stage_split(args, plan: dict, topology: str, work: pathlib.Path, say) -> dic
 
         timer = threading.Thread(target=deploy, daemon=True)
         timer.start()
-        say("5. signups rising and falling, the account page fanning out under a 2 s deadline")
+        say(
+            "5. signups and searches rising and falling, the account page fanning out under "
+            f"a {cfg['page_timeout']:g} s deadline"
+        )
         result = drive(cfg, env, work, "split")
         timer.join()
         try:
@@ -245,15 +286,19 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="offload-story-work-") as tmp:
         work = pathlib.Path(tmp)
-        mono = stage_monolith(plan_of_load, work, out, say)
+        mono = stage_monolith(args, plan_of_load, work, out, say)
         plan = stage_plan(args, work, out, say)
         topology, source = story_topology(args, plan, out)
-        offload("check", APP, "--topology", topology, env=base_env(), cwd=str(HERE))
+        offload("check", APP, "--topology", topology, env=base_env(args), cwd=str(HERE))
         split = stage_split(args, plan_of_load, topology, work, say)
         for name in ("monolith.log", "split.log"):  # the supervisor logs, kept with the report
             (out / name).write_text((work / name).read_text())
     settings = {
         "traffic": args.traffic,
+        "index_wait": args.index_wait,
+        "index_mb": args.index_mb,
+        "search_wait": args.search_wait,
+        "page_timeout": args.index_wait + 4.0,
         "web": args.web,
         "highmem": args.highmem,
         "target_latency": args.target_latency,
