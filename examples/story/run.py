@@ -1,7 +1,7 @@
 """The story: the demo shop's journey from a monolith to pools that scale themselves, run
 end to end on this machine and written up as a report with plots.
 
-    .venv/bin/python examples/story/run.py [--out DIR] [--quick] [--traffic 20]
+    .venv/bin/python examples/story/run.py [--out DIR] [--quick] [--traffic 400]
 
 1. The monolith on SQLite (a fresh file) under a short load: ``offload run`` with no
    topology, then ``offload profile --json`` (the indexer's measured CPU and memory).
@@ -35,7 +35,7 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 EXAMPLES = HERE.parent
 APP = "story_shop:app"
-TRAFFIC = 400.0  # plan --traffic: see docs/story.md for why so many times the demo's
+TRAFFIC = 400.0  # plan --traffic; docs/story.md says why so many times the measured rates
 sys.path[:0] = [str(HERE)]
 
 from report import write_report  # noqa: E402

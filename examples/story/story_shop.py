@@ -14,8 +14,8 @@ runs the wrapped function too. Without ``$STORY_LEDGER`` nothing is wrapped: the
 of the story's first step runs the demo exactly as it is.
 
 **The page.** :func:`account_page` is what a web handler of the shop would do for a
-signed-in user: search the catalog (the ``default`` service, pool ``web``) and re-index
-the user's document (the ``indexer`` service, pool ``highmem``) at once, every branch
+signed-in user: search the catalog (the ``default`` service, the web pool) and re-index
+the user's document (the ``indexer`` service, its own pool) at once, every branch
 under one deadline (``offload.chan`` Context and ErrGroup): the page gets every answer in
 time, or ``DeadlineExceeded`` at the deadline and no late work is started.
 """
@@ -109,8 +109,8 @@ if os.environ.get("STORY_LEDGER"):
 
 
 async def account_page(user_id: int, queries: list[str], timeout: float) -> dict[str, Any]:
-    """Fan out to two services under one deadline: a search per query (pool ``web``) and
-    a re-index of the user's document (pool ``highmem``). The first failure, or the
+    """Fan out to two services under one deadline: a search per query (the web pool) and
+    a re-index of the user's document (the indexer's pool). The first failure, or the
     deadline, cancels the other branches (ErrGroup); raises ``DeadlineExceeded`` then."""
     ctx, cancel = chan.with_timeout(chan.background(), timeout)
     try:
