@@ -168,6 +168,17 @@ async def check_fair_across_queues(factory: BrokerFactory) -> None:
         assert len(got) == 5 and {c.queue for c in got} == {lone}, (
             f"claim([empty, lone], 5) with 10 due in lone gave {len(got)}"
         )
+        # Fewer slots than queues: a claim finds the one queue with work, whatever the
+        # rotation asks first (a worker with 2 slots on 8 queues must never see "nothing
+        # to do" while one of them holds tasks).
+        many = [qname(f"fair-few-{i}") for i in range(8)]
+        await b.enqueue([new_task(many[5]) for _ in range(40)])
+        for limit in (1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2):
+            got = await b.claim(many, limit)
+            assert len(got) == limit and {c.queue for c in got} == {many[5]}, (
+                f"claim(8 queues, {limit}) with 40 due in one of them gave {len(got)}"
+            )
+            await b.ack([c.lease for c in got])
 
 
 async def check_backlog_batches(factory: BrokerFactory) -> None:

@@ -94,6 +94,9 @@ class RedisBroker(ScriptCalls, Inspection, Results):
         self._sync: Any = None
         self._sync_lock = threading.Lock()
         self._rr = itertools.count()
+        #: queues whose last claim or peek found work: asked first when slots are fewer
+        #: than queues (the rotation still orders them, and the others are peeked at)
+        self._hot: set[str] = set()
         self._blocking: BlockingConnection | None = None
         self._cleanups: set[asyncio.Future] = set()
         self._park = Parking(self._cluster)
@@ -210,6 +213,9 @@ class RedisBroker(ScriptCalls, Inspection, Results):
         n = len(queues)
         start = next(self._rr) % n
         order = [queues[(start + i) % n] for i in range(n)]
+        hot = self._hot
+        if limit < n and hot:  # fewer slots than queues: those that had work go first
+            order = [q for q in order if q in hot] + [q for q in order if q not in hot]
         shares = {q: limit // n + (1 if i < limit % n else 0) for i, q in enumerate(order)}
         out: list[Claimed] = []
         full: list[str] = []
@@ -230,6 +236,9 @@ class RedisBroker(ScriptCalls, Inspection, Results):
             out += got
             if len(got) >= s > 0:
                 full.append(q)
+                hot.add(q)
+            elif s > 0:
+                hot.discard(q)
         left = limit - len(out)
         if left > 0 and full:
             k = len(full)
@@ -237,6 +246,26 @@ class RedisBroker(ScriptCalls, Inspection, Results):
             calls = [c for c in calls if c[1][0] > 0]
             for (q, _), reply in zip(calls, await self._eval_many("claim", calls), strict=True):
                 out += claimed_from(q, reply)
+        # Fewer slots than queues: the queues the shares skipped are asked in turn, one
+        # task each from as many as slots are left, until the slots are filled or every
+        # queue was asked. Else a worker with two slots on eight queues would see
+        # "nothing to do" whenever the two it asked were empty, while the others waited.
+        # Fewer slots than queues: the queues the shares skipped are peeked at in one
+        # round trip (a peek with no worker id parks nothing) and the first of them with a
+        # claimable task, in the rotation's order, asked for one each. Else a worker with
+        # two slots on eight queues would see "nothing to do" whenever the two it asked
+        # were empty, while the others waited (and claim again and again to find them).
+        left = limit - len(out)
+        unasked = [q for q in order if not shares[q]]
+        if left > 0 and unasked:
+            delays = await self._eval_many("peek", [(q, ("", 0)) for q in unasked])
+            ready = [q for q, d in zip(unasked, delays, strict=True) if d == 0]
+            hot.update(ready)
+            ready = ready[:left]
+            if ready:
+                calls = [(q, (1,)) for q in ready]
+                for (q, _), reply in zip(calls, await self._eval_many("claim", calls), strict=True):
+                    out += claimed_from(q, reply)
         return out
 
     @staticmethod
