@@ -209,15 +209,20 @@ def main() -> int:
     ap.add_argument("--noop", type=int, default=20_000)
     ap.add_argument("--cpu", type=int, default=2_000)
     ap.add_argument("--systems", default="offload,celery,rq")
+    ap.add_argument("--rq-share", type=float, default=0.1,
+                    help="RQ forks a process per job (~50/s): it runs this share of N")
     ap.add_argument("--json", dest="json_out")
     opts = ap.parse_args()
     results: dict[str, dict] = {}
     for system in opts.systems.split(","):
         res: dict = {}
-        log(f"{system}: {opts.noop} no-op tasks")
-        res["noop_per_s"] = throughput(system, "noop", opts.noop)
-        log(f"{system}: {opts.cpu} tasks of {CPU_SECONDS * 1e3:.0f} ms CPU")
-        res["cpu_per_s"] = throughput(system, "cpu", opts.cpu)
+        share = opts.rq_share if system == "rq" else 1.0
+        n_noop, n_cpu = max(100, int(opts.noop * share)), max(100, int(opts.cpu * share))
+        res["n"] = [n_noop, n_cpu]
+        log(f"{system}: {n_noop} no-op tasks")
+        res["noop_per_s"] = throughput(system, "noop", n_noop)
+        log(f"{system}: {n_cpu} tasks of {CPU_SECONDS * 1e3:.0f} ms CPU")
+        res["cpu_per_s"] = throughput(system, "cpu", n_cpu)
         log(f"{system}: latency and memory")
         res.update(latency_and_memory(system))
         results[system] = res
