@@ -195,7 +195,8 @@ def test_profile_after_real_workers(profiled):
     p = app.profile()
     th, ch = p.task("threads.hold"), p.task("children.hold")
     assert (th.runs, ch.runs) == (12, 4)
-    assert th.rss_exact is False and th.rss_runs == 12  # the worker's growth: approximate
+    # the worker's growth, approximate; runs under a millisecond are sampled (1 in 16)
+    assert th.rss_exact is False and 1 <= th.rss_runs <= 12
     # the child's own peak above what it held before, exactly: about the 16 MiB; the
     # max is exact, a percentile within one bucket (19%) of it
     assert ch.rss_exact is True and ch.rss_runs == 4

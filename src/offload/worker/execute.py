@@ -303,8 +303,11 @@ class TaskRunner:
             wall = time.perf_counter() - run.started
             if run.task is not None:
                 rss = run.rss
-                if rss is None:  # approximate: the worker's high-water growth meanwhile
-                    # (read once a task, here: the next run's base is this reading)
+                self._rss_tick += 1
+                if rss is None and (wall >= 0.001 or not self._rss_tick & 15):
+                    # approximate: the worker's high-water growth meanwhile (its next
+                    # run's base is this reading). Runs under a millisecond are sampled,
+                    # one in 16: a system call is a tenth of a no-op task's cost
                     self._maxrss = now = _maxrss(_SELF).ru_maxrss
                     rss = (now - run.rss_base) * 1024
                 self._metrics.add(run.task.name, wall, cpu, failed=exc is not None, rss=rss)
