@@ -4,7 +4,8 @@ Each run of ``step(n)`` writes ``n`` into an idempotent ledger on the broker's o
 (``$SCALE_LEDGER``: ``redis://...#KEY``, a set and a hash, or ``postgresql://...#TABLE``):
 a task is lost when its ``n`` is missing, and which process ran it is kept with it.
 ``$SCALE_BROKEN``, when it names a file that exists, makes importing this module fail: a
-broken deploy for the reload test.
+broken deploy for the reload test. ``$SCALE_NEWER``, when it names a file that exists,
+adds the task function ``newer``: the code of a newer deploy, which older workers lack.
 """
 
 from __future__ import annotations
@@ -62,3 +63,13 @@ def step(n: int, seconds: float = 0.0) -> None:
     if seconds:
         time.sleep(seconds)
     record(n)
+
+
+NEWER_BASE = 1_000_000  # ``newer(n)`` records NEWER_BASE + n in the ledger
+
+if os.environ.get("SCALE_NEWER") and os.path.exists(os.environ["SCALE_NEWER"]):
+
+    @app.task(queue="work", name="newer")
+    def newer(n: int) -> None:
+        """Only the newer deploy has this function."""
+        record(NEWER_BASE + n)
