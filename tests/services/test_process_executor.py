@@ -201,6 +201,32 @@ def test_a_timeout_kills_the_child(memapp, tmp_path):
     assert not _alive(pid), "the timed-out child still runs"
 
 
+def test_a_deadline_that_passes_kills_the_child(memapp, tmp_path):
+    """A call's deadline is the task's: past it, the caller gets DeadlineExceeded and the
+    child running the task is killed (not left to finish work nobody waits for)."""
+    from offload import DeadlineExceeded
+
+    m = memapp
+    pidfile = tmp_path / "pid"
+    w = Worker(m.app, concurrency=1, queues=["once"])
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=lambda: loop.run_until_complete(w.run()))
+    t.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            m.report_pid_and_sleep.call_with(args=(str(pidfile), 30), timeout=1.5)
+        assert time.monotonic() - started < 3
+        pid = int(pidfile.read_text())
+        assert not _alive(pid), "the child still runs past the deadline"
+    finally:
+        w.stop(hurry=True)
+        t.join(30)
+        loop.close()
+    (d,) = m.app.dead_letters("once")  # retry limit 0: the run that timed out is its last
+    assert "DeadlineExceeded" in d.error and "deadline" in d.error
+
+
 def test_a_drain_out_of_grace_kills_the_child_and_releases_the_task(memapp, tmp_path):
     m = memapp
     pidfile = tmp_path / "pid"
@@ -246,14 +272,17 @@ def test_measured_peak_rss_of_a_200mib_task_is_within_10_percent():
 @pytest.mark.slow
 def test_a_storm_of_hogs_among_normal_tasks_costs_no_normal_task(memapp):
     m = memapp
+    """200 hogs mixed with 5,000 normal tasks: no worker death, no normal task lost or
+    failed, every hog dead-lettered with its reason."""
     m.app.queue("limited", retry=m.Retry(limit=0))
-    m.echo.send_many([((i,), {}) for i in range(2000)])
-    m.hog_no_escalation.send_many([((360,), {}) for _ in range(80)])
+    for start in range(0, 5000, 25):  # mixed: 25 normal tasks, then a hog
+        m.echo.send_many([((i,), {}) for i in range(start, start + 25)])
+        m.hog_no_escalation.send(360)
     stats = burst(m.app, concurrency=4)
-    assert stats.succeeded == 2000
+    assert stats.succeeded == 5000
     assert m.app.stats("plain").dead == 0 and m.app.stats("plain").ready == 0
     dead = m.app.dead_letters("limited", limit=1000)
-    assert len(dead) == 80 and all(d.error.startswith("MemoryLimitExceeded") for d in dead)
+    assert len(dead) == 200 and all(d.error.startswith("MemoryLimitExceeded") for d in dead)
 
 
 def _alive(pid: int) -> bool:
