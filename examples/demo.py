@@ -35,7 +35,6 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory(prefix="offload-demo-")
         os.environ["OFFLOAD_BROKER"] = f"sqlite:///{pathlib.Path(tmp.name) / 'demo.db'}"
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import demo_app
     from demo_app import app, front_page, front_search, front_signup
 
     from offload import Worker
