@@ -23,6 +23,7 @@ from .errors import RemoteError
 __all__ = [
     "REPLY_TO",
     "RESULT_TTL",
+    "EncodedOutcome",
     "Outcome",
     "decode_outcome",
     "encode_outcome",
@@ -147,6 +148,12 @@ def unrun_headers(payload: bytes | None) -> Mapping[str, str]:
         return {}
 
 
+class EncodedOutcome(bytes):
+    """An outcome already encoded by :func:`encode_outcome` where the handler ran (a
+    process-executor child): stored as it is, not decoded and encoded again, and a value
+    the child could not encode keeps the child's reason."""
+
+
 def reply_for(
     info: Any, verdict: Any, payload: bytes | None = None
 ) -> tuple[bytes, float, str | None] | None:
@@ -167,7 +174,11 @@ def reply_for(
         data = failure_outcome(verdict.error, verdict.traceback)
         return data, result_ttl(headers), headers.get(REPLY_TO)
     if verdict.kind == "ack":
-        data = encode_outcome(info._result, info.task)
+        value = info._result
+        if isinstance(value, EncodedOutcome):  # a process-executor child encoded it
+            data = bytes(value)
+        else:
+            data = encode_outcome(value, info.task)
     elif verdict.kind == "dead":
         data = failure_outcome(verdict.error, verdict.traceback)
     else:

@@ -131,3 +131,9 @@ def burn(seconds: float) -> float:
     while time.process_time() < end:
         pass
     return seconds
+
+
+@plain.task(queue="plain")
+def unsendable() -> object:
+    """Returns a value no caller can receive (offload never pickles)."""
+    return object()

@@ -187,6 +187,17 @@ def test_exceptions_keep_their_type_message_and_the_verdict_rules(memapp):
         h_fail.result(timeout=5)
 
 
+def test_a_value_the_child_cannot_send_back_fails_the_call_with_its_reason(memapp):
+    m = memapp
+    h = m.unsendable.send_with(result_ttl=60)
+    assert burst(m.app, concurrency=1).succeeded == 1  # the task itself succeeded
+    with pytest.raises(Exception) as err:
+        h.result(timeout=5)
+    assert type(err.value).__name__ == "RemoteError"
+    assert err.value.type == "offload.errors.PayloadError"
+    assert "cannot travel back" in err.value.message and "object" in err.value.message
+
+
 def test_a_timeout_kills_the_child(memapp, tmp_path):
     m = memapp
     pidfile = tmp_path / "pid"

@@ -37,6 +37,7 @@ from .. import calls as _calls
 from ..brokers.base import NewTask
 from ..core import envelope as _env
 from ..errors import BadArguments, Fail, MemoryLimitExceeded, ProcessDied, Retry
+from ..outcomes import EncodedOutcome
 from ..service import format_size
 from .child import MAX_FRAME, rss_of
 
@@ -303,8 +304,7 @@ class ProcessRunner:
         run.rss = peak if peak >= 0 else None
         if status == "ok":
             if rest[0] is not None:
-                out = _calls.decode_outcome(rest[0])
-                info._result = out.value if out.ok else _Unsendable(out.message)
+                info._result = EncodedOutcome(rest[0])
             self._done(run, None, "", cpu)
         else:
             kind, name, message, tb, after = rest[:5]
@@ -360,19 +360,6 @@ class ProcessRunner:
         log.warning("task %s (%s): %s; moved to queue %r", c.id, tf.name, exc, tf.on_oom)
         self._outbox.verdict(move, None, c.id)
         self._hook("retried", c, 0.0, f"MemoryLimitExceeded: {exc} (moved to {tf.on_oom!r})")
-
-
-class _Unsendable:
-    """A value the child could not encode for its caller: encoding it here fails the
-    same way, so the caller gets the PayloadError."""
-
-    __slots__ = ("why",)
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def __repr__(self) -> str:
-        return self.why
 
 
 def _rebuild(kind: str, name: str, message: str, after: float | None) -> BaseException:
