@@ -132,6 +132,11 @@ class Registry:
     def detach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop_brokers.pop(loop, None)
 
+    def loop_broker(self, loop: asyncio.AbstractEventLoop) -> Broker | None:
+        """The broker opened on ``loop`` (:meth:`attach`), if any: calls made on that loop
+        use it directly, without a thread hop to the facade."""
+        return self._loop_brokers.get(loop)
+
     def facade(self) -> Broker:
         with self.lock:
             if self._facade is None:

@@ -36,22 +36,25 @@ enums back; others get enum names.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
+import weakref
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..app import PUSH_TASK
-from ..brokers.base import Broker, QueueStats, TaskInspection, TaskRecord
+from ..brokers.base import Broker, NewTask, QueueStats, TaskInspection, TaskRecord
 from ..brokers.pages import next_page_after
-from ..core import envelope as _env
 from ..core.policy import QueuePolicy
 from ..errors import BrokerError, ConfigError, UnknownQueue
 from ..push import METHODS, make_request
+from .batching import Batcher
 from .cloudtasks_json import (
     PRECONDITION,
     STATUS,
@@ -74,6 +77,9 @@ __all__ = ["routes"]
 _QUEUES = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues")
 _QUEUE = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues/([^/:]+)(?::(\w+))?")
 _TASKS = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues/([^/:]+)/tasks")
+_JSON = "application/json"
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 _TASK = re.compile(r"projects/([^/]+)/locations/([^/]+)/queues/([^/:]+)/tasks/([^/:]+)(?::(\w+))?")
 
 
@@ -81,9 +87,9 @@ def routes(ctx: HttpContext) -> list[BaseRoute]:
     """One route under ``/v2/``: Cloud Tasks puts verbs after a colon (``Q:pause``), which
     a path template cannot split, so the handler matches the path itself."""
 
-    async def handle(request: Request) -> JSONResponse:
+    async def handle(request: Request) -> Response:
         try:
-            return JSONResponse(await _dispatch(ctx, request))
+            return Response(_encode(await _dispatch(ctx, request)), media_type=_JSON)
         except ApiError as exc:
             return _error(exc.code, str(exc), exc.status)
         except UnknownQueue as exc:
@@ -96,10 +102,10 @@ def routes(ctx: HttpContext) -> list[BaseRoute]:
     return [Route("/v2/{path:path}", handle, methods=["GET", "POST", "PATCH", "DELETE"])]
 
 
-def _error(code: int, message: str, status: str | None = None) -> JSONResponse:
+def _error(code: int, message: str, status: str | None = None) -> Response:
     status = status or STATUS.get(code, "UNKNOWN")
     body = {"error": {"code": code, "message": message, "status": status}}
-    return JSONResponse(body, status_code=code)
+    return Response(_encode(body), code, media_type=_JSON)
 
 
 async def _dispatch(ctx: HttpContext, request: Request) -> Any:
@@ -150,8 +156,8 @@ async def _body(request: Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
+        body = _decode(raw)
+    except msgspec.DecodeError as exc:
         raise ApiError(400, f"request body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
@@ -159,6 +165,12 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 async def _broker(ctx: HttpContext, op: Any, *, declare: bool = True) -> Any:
+    """Run ``op(broker)`` on the broker the server opened on this loop (its queues
+    declared at start, a queue made here declared by :func:`_store`), or else through the
+    App's facade, in a thread."""
+    b = ctx.app.registry.loop_broker(asyncio.get_running_loop())
+    if b is not None:
+        return await op(b)
     return await ctx.call(ctx.app.registry.call, op, declare=declare)
 
 
@@ -173,11 +185,11 @@ def _inspecting(b: Broker) -> TaskInspection:
 
 async def _policy(ctx: HttpContext, qid: str) -> QueuePolicy:
     """The App's policy of queue ``qid``; one only the broker stores is adopted."""
-    QueuePolicy(qid)  # a bad id is INVALID_ARGUMENT, not NOT_FOUND
     registry = ctx.app.registry
     p = registry.queues.get(qid)
     if p is not None:
         return p
+    QueuePolicy(qid)  # a bad id is INVALID_ARGUMENT, not NOT_FOUND
     stats: QueueStats = await _broker(ctx, lambda b: b.stats(qid), declare=False)
     e = stats.policy
     if e is None:
@@ -310,7 +322,7 @@ async def _create_task(ctx: HttpContext, qname: str, qid: str, body: dict, ints:
         raise ApiError(400, "CreateTaskRequest.task is required")
     await _policy(ctx, qid)
     name = task.get("name") or None
-    tid = _env.new_id()
+    tid = None
     if name is not None:
         parent = f"{qname}/tasks/"
         if not isinstance(name, str) or not name.startswith(parent):
@@ -339,16 +351,70 @@ async def _create_task(ctx: HttpContext, qname: str, qid: str, body: dict, ints:
         request["eta"] = when
     tf = ctx.app.get_task(PUSH_TASK)
     eta = None if when is None else datetime.fromtimestamp(when, UTC)
-    new = tf.build(args=(request,), queue=qid, name=tid if name else None, eta=eta)
-    new.id = _key(qid, tid)
-    exists = await _broker(ctx, lambda b: _inspecting(b).get_task(qid, new.id))
-    if exists is not None:
-        raise ApiError(409, f"task {name} already exists")
-    (created,) = await ctx.call(ctx.app.registry.enqueue, [new])
-    if not created:
+    new = tf.build(args=(request,), queue=qid, name=tid, eta=eta)
+    new.id = _key(qid, new.id if tid is None else tid)
+    now = await _creations(ctx).submit(new)
+    if now is None:
         raise ApiError(409, f"task {name} already exists (or finished within the dedup window)")
-    rec = await _get_task(ctx, qid, tid)
-    return task_json(qname, rec, view(body.get("responseView")), ints)
+    # the task as stored, without reading it back: a new task has no attempts, and its
+    # createTime (and scheduleTime, when none was given) is the broker's clock read in the
+    # call that stored it
+    rec = TaskRecord(
+        id=new.id,
+        queue=qid,
+        name=new.name,
+        payload=new.payload,
+        state="scheduled" if when is not None and when > now else "ready",
+        eta=now if when is None else when,
+        attempts=0,
+        first_attempt_at=None,
+        enqueued_at=now,
+    )
+    return task_json(qname, rec, view(body.get("responseView")), ints, request)
+
+
+def _creations(ctx: HttpContext) -> Batcher[NewTask, float | None]:
+    """This event loop's batcher of task creations (see :mod:`.batching`): concurrent
+    ``tasks.create`` requests share one hop to the broker and one ``enqueue``."""
+    per_loop = ctx.extras.setdefault("cloudtasks_batchers", weakref.WeakKeyDictionary())
+    loop = asyncio.get_running_loop()
+    batcher = per_loop.get(loop)
+    if batcher is None:
+
+        async def create(tasks: Sequence[NewTask]) -> list[float | None]:
+            return await _broker(ctx, lambda b: _create(b, tasks))
+
+        batcher = per_loop[loop] = Batcher(create)
+    return batcher
+
+
+async def _create(b: Broker, tasks: Sequence[NewTask]) -> list[float | None]:
+    """Store ``tasks`` in one enqueue; per task the broker's clock when it was created, or
+    None when its name is taken (ALREADY_EXISTS). A named task's id is derived from its
+    name, and an enqueue reports a task whose id exists as created (it is idempotent by
+    id), so a named task whose id exists, or which an earlier one of the batch carries, is
+    refused here first: of two creations of one name the first wins, as one by one."""
+
+    async def store() -> list[bool]:
+        fresh: list[int] = []
+        seen: set[str] = set()
+        for i, t in enumerate(tasks):
+            if t.name is not None:
+                if t.id in seen or await _inspecting(b).get_task(t.queue, t.id) is not None:
+                    continue
+                seen.add(t.id)
+            fresh.append(i)
+        created = [False] * len(tasks)
+        if fresh:
+            for i, ok in zip(fresh, await b.enqueue([tasks[i] for i in fresh]), strict=True):
+                created[i] = ok
+        return created
+
+    if b.capabilities.inline:  # driven without a loop by the App's facade: one by one
+        now, created = await b.now(), await store()
+    else:  # the clock is read beside the enqueue: two calls in flight at once
+        now, created = await asyncio.gather(b.now(), store())
+    return [now if ok else None for ok in created]
 
 
 async def _delete_task(ctx: HttpContext, qid: str, tid: str) -> dict:

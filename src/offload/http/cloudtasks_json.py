@@ -130,24 +130,30 @@ def apply_queue(p: QueuePolicy, body: dict, paths: set[str] | None) -> QueuePoli
     )
 
 
-def task_json(qname: str, rec: TaskRecord, full: bool, ints: bool) -> dict[str, Any]:
+def task_json(
+    qname: str, rec: TaskRecord, full: bool, ints: bool, req: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A Task resource from a broker record; its ``httpRequest`` when it is a push task
-    (the body only in the FULL view, as Google's)."""
+    (the body only in the FULL view, as Google's). ``req``: the push request the record's
+    payload carries, when the caller has it (no need to decode the payload)."""
     tid = rec.id.removeprefix(f"{rec.queue}/")
+    created = _rfc3339(rec.enqueued_at)
     out: dict[str, Any] = {
         "name": f"{qname}/tasks/{tid}",
-        "scheduleTime": _rfc3339(rec.eta),
-        "createTime": _rfc3339(rec.enqueued_at),
+        "scheduleTime": created if rec.eta == rec.enqueued_at else _rfc3339(rec.eta),
+        "createTime": created,
         "dispatchCount": rec.attempts,
         "responseCount": max(0, rec.attempts - (rec.state == "leased")),
         "view": (2 if full else 1) if ints else ("FULL" if full else "BASIC"),
     }
-    try:
-        env = _env.decode(rec.payload)
-    except Exception:  # a payload this version cannot read: shown without its request
-        env = None
-    if env is not None and env.task == PUSH_TASK and env.args and isinstance(env.args[0], dict):
-        req = env.args[0]
+    if req is None:
+        try:
+            env = _env.decode(rec.payload)
+        except Exception:  # a payload this version cannot read: shown without its request
+            env = None
+        if env is not None and env.task == PUSH_TASK and env.args:
+            req = env.args[0] if isinstance(env.args[0], dict) else None
+    if req is not None:
         method = req.get("method", "POST")
         http: dict[str, Any] = {
             "url": req.get("url", ""),
@@ -232,7 +238,8 @@ def timestamp(path: str, v: Any) -> float:
 
 
 def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat: the same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") in two thirds the time
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def camel(path: str) -> str:
