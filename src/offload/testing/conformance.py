@@ -72,6 +72,7 @@ from .conformance_results import (
     check_results_declared,
     check_results_wake_their_channel_only,
 )
+from .conformance_retry import check_retry_overrides
 from .conformance_runtime import (
     check_close_reopen,
     check_closed_broker_raises,
@@ -181,6 +182,7 @@ CHECKS: list[Check] = [
     check_list_tasks_pages,
     check_run_task,
     check_drop_queue,
+    check_retry_overrides,
 ]
 
 

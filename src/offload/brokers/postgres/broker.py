@@ -82,6 +82,7 @@ from .admin import Admin
 from .failures import connect_error, translate
 from .inspection import Inspection
 from .listen import Listener
+from .overrides import Overrides
 from .queries import (
     LATEST_VERSION,
     PostgresConfig,
@@ -107,7 +108,7 @@ def _lease_params(leases: Sequence[Lease]) -> dict[str, list[str]]:
     return {"ids": [x.id for x in leases], "tokens": [x.token for x in leases]}
 
 
-class PostgresBroker(Admin, Inspection, Results):
+class PostgresBroker(Admin, Inspection, Overrides, Results):
     """A broker on a PostgreSQL database (see the module docstring for the URL)."""
 
     capabilities = Capabilities(

@@ -48,6 +48,7 @@ from ..base import (
 )
 from .calls import ScriptCalls
 from .inspection import Inspection
+from .overrides import Overrides
 from .park import PARK_MARGIN, Parking
 from .results import Results
 from .scripts import (
@@ -76,7 +77,7 @@ _PARKED_BLOCK = 2.0
 _PURGE_BATCH = 5000
 
 
-class RedisBroker(ScriptCalls, Inspection, Results):
+class RedisBroker(ScriptCalls, Inspection, Overrides, Results):
     """A broker on one Redis server or a Redis Cluster. Open it before use; the
     synchronous :meth:`enqueue_blocking` needs no open (it has its own connections).
     A URL fault that needs no I/O to see raises :class:`~offload.errors.BrokerURLError`

@@ -55,6 +55,7 @@ from ..base import (
 from . import tx
 from .doorbell import Doorbell
 from .inspection import Inspection
+from .overrides import Overrides
 from .queries import queries
 from .results import Results
 from .store import Store
@@ -68,7 +69,7 @@ _POLL_WITHOUT_DOORBELL = 0.5
 _NAMES_GC_EVERY = 60.0
 
 
-class SQLiteBroker(Inspection, Results):
+class SQLiteBroker(Inspection, Overrides, Results):
     """The broker over one SQLite file (see the module docstring for the guarantees).
 
     Thread-safe: each thread uses its own connection. Coroutines other than ``wait``

@@ -2,7 +2,8 @@
 
 ``queries.sql`` holds every statement under a ``-- name: <name>`` line; ``schema.sql`` is
 schema version 1 and each ``migrate_<n>.sql`` takes version ``n - 1`` to ``n`` (2: the
-``tasks.expired`` and ``queues.declared_at`` columns; 3: the ``results`` table). A new
+``tasks.expired`` and ``queues.declared_at`` columns; 3: the ``results`` table; 4: the
+``queues.retry`` column, a queue's retry override). A new
 version adds its file and bumps :data:`SCHEMA_VERSION`; :func:`migrate` applies the missing
 steps in one transaction.
 """
@@ -17,7 +18,7 @@ import sqlite3
 __all__ = ["SCHEMA_VERSION", "Queries", "migrate", "queries"]
 
 #: the ``PRAGMA user_version`` this code writes and understands
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 

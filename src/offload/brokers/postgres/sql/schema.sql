@@ -1,4 +1,4 @@
--- offload PostgreSQL broker: the whole schema at the latest migration (version 3).
+-- offload PostgreSQL broker: the whole schema at the latest migration (version 4).
 --
 -- A snapshot for readers and for the test that checks the migrations produce it
 -- (tests/integration/test_postgres_broker.py). The broker never runs this file: it applies
@@ -79,6 +79,7 @@ CREATE TABLE {schema}.queues (
     tokens         double precision,             -- tokens left at tokens_at; NULL: full
     tokens_at      double precision,
     declared       boolean          NOT NULL DEFAULT true,  -- false: a row made by pausing alone
+    retry          jsonb,                        -- the retry override; NULL: none
     CONSTRAINT queues_pkey PRIMARY KEY (name),
     CONSTRAINT queues_rate_check CHECK (rate IS NULL OR (rate > 0 AND bucket >= 1)),
     CONSTRAINT queues_max_concurrent_check CHECK (max_concurrent IS NULL OR max_concurrent >= 1),
