@@ -313,13 +313,12 @@ def test_raw_json_shapes(server):
     assert r.status_code == 405
 
 
-def test_retry_config_lives_in_the_serving_process_and_rate_limits_in_the_broker(app):
+def test_queue_settings_are_stored_in_the_broker_and_survive_a_restart(app):
     """What survives a restart, as docs/http.md says: a queue made through the surface is
-    stored in the broker with its rate limits, so a new server (whose App never declared
-    it) finds it with them; its retryConfig is not stored there, so the new server shows
-    the default retry policy, which is also what a worker without a declaration of its own
-    would apply. A queue the App declares shows the App's retry policy after a restart,
-    whatever a patch set before."""
+    stored in the broker with its rate limits and its retryConfig (a retry override), so a
+    new server (whose App never declared it) finds it with them. A retryConfig patched on
+    a queue the App declares is stored too and wins over the App's declaration after a
+    restart; a queue made without a retryConfig shows the default retry policy."""
     import httpx
 
     h = {"Authorization": f"Bearer {TOKEN}"}
@@ -356,6 +355,7 @@ def test_retry_config_lives_in_the_serving_process_and_rate_limits_in_the_broker
         again.close()
     assert after["rateLimits"]["maxDispatchesPerSecond"] == 7
     assert after["rateLimits"]["maxConcurrentDispatches"] == 2
-    assert after["retryConfig"] == plain["retryConfig"], "the default retry policy"
-    assert after["retryConfig"]["maxAttempts"] == 4  # RetryPolicy's default limit 3, + 1
-    assert declared["retryConfig"]["maxAttempts"] == 5  # the App's Retry(limit=4)
+    assert after["retryConfig"] == before["retryConfig"], "the stored retry override"
+    assert after["retryConfig"]["maxAttempts"] == 9 and after["retryConfig"]["maxDoublings"] == 3
+    assert declared["retryConfig"]["maxAttempts"] == 11, "the override, not Retry(limit=4)"
+    assert plain["retryConfig"]["maxAttempts"] == 4  # RetryPolicy's default limit 3, + 1

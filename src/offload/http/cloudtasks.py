@@ -37,6 +37,7 @@ enums back; others get enum names.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import weakref
 from collections.abc import Sequence
@@ -50,8 +51,9 @@ from starlette.routing import BaseRoute, Route
 
 from ..app import PUSH_TASK
 from ..brokers.base import Broker, NewTask, QueueStats, TaskInspection, TaskRecord
+from ..brokers.overrides import RetryOverrides
 from ..brokers.pages import next_page_after
-from ..core.policy import QueuePolicy
+from ..core.policy import QueuePolicy, RetryPolicy
 from ..errors import BrokerError, ConfigError, UnknownQueue
 from ..push import METHODS, make_request
 from .batching import Batcher
@@ -206,9 +208,28 @@ async def _policy(ctx: HttpContext, qid: str) -> QueuePolicy:
     return p
 
 
-async def _queue(ctx: HttpContext, name: str, qid: str, ints: bool) -> dict[str, Any]:
+def _overrides(b: Broker) -> RetryOverrides | None:
+    return b if isinstance(b, RetryOverrides) else None
+
+
+async def _effective(ctx: HttpContext, qid: str) -> tuple[QueuePolicy, QueueStats]:
+    """Queue ``qid``'s policy as workers apply it (the App's, with the retry override the
+    broker stores, if any) and its stats, in one hop to the broker."""
     p = await _policy(ctx, qid)
-    return queue_json(name, p, await _broker(ctx, lambda b: b.stats(qid)), ints)
+
+    async def read(b: Broker) -> tuple[QueueStats, dict[str, RetryPolicy]]:
+        o = _overrides(b)
+        return await b.stats(qid), {} if o is None else await o.retry_overrides([qid])
+
+    stats, stored = await _broker(ctx, read)
+    if qid in stored:
+        p = dataclasses.replace(p, retry=stored[qid])
+    return p, stats
+
+
+async def _queue(ctx: HttpContext, name: str, qid: str, ints: bool) -> dict[str, Any]:
+    p, stats = await _effective(ctx, qid)
+    return queue_json(name, p, stats, ints)
 
 
 async def _list_queues(ctx: HttpContext, parent: str, q: Any, ints: bool) -> dict[str, Any]:
@@ -235,7 +256,7 @@ async def _create_queue(ctx: HttpContext, parent: str, body: dict, ints: bool) -
             raise
     else:
         raise ApiError(409, f"queue {name} already exists")
-    return await _store(ctx, name, apply_queue(QueuePolicy(qid), body, None), ints)
+    return await _store(ctx, name, *apply_queue(QueuePolicy(qid), body, None), ints)
 
 
 async def _patch_queue(ctx: HttpContext, name: str, qid: str, body: dict, q: Any, ints: bool):
@@ -244,18 +265,35 @@ async def _patch_queue(ctx: HttpContext, name: str, qid: str, body: dict, q: Any
     mask = q.get("updateMask") or q.get("update_mask")
     paths = None if not mask else {camel(p.strip()) for p in mask.split(",") if p.strip()}
     try:
-        p = await _policy(ctx, qid)
+        p, _ = await _effective(ctx, qid)  # a mask naming some retry fields keeps the others
     except ApiError as exc:
         if exc.code != 404:
             raise
         p = QueuePolicy(qid)  # as Google's: patching a queue that does not exist creates it
-    return await _store(ctx, name, apply_queue(p, body, paths), ints)
+    return await _store(ctx, name, *apply_queue(p, body, paths), ints)
 
 
-async def _store(ctx: HttpContext, name: str, p: QueuePolicy, ints: bool) -> dict:
+async def _store(ctx: HttpContext, name: str, p: QueuePolicy, retry: bool, ints: bool) -> dict:
+    """Declare ``p`` and, when the request set any ``retryConfig`` field (``retry``), store
+    its retry policy as the queue's override, which every worker applies (see
+    :mod:`offload.brokers.overrides`); otherwise a stored override stays as it was."""
+
+    async def write(b: Broker) -> None:
+        o = _overrides(b)
+        if retry and o is None:
+            raise ApiError(
+                501,
+                f"broker {b.url.split('://')[0]}:// cannot store a queue's retry policy "
+                "(RetryOverrides); leave retryConfig out, or use the sqlite, redis or "
+                "postgresql broker",
+            )
+        await b.declare([p])
+        if retry and o is not None:
+            await o.set_retry_override(p.name, p.retry)
+
+    await _broker(ctx, write)
     ctx.app.registry.declare(p)
-    await _broker(ctx, lambda b: b.declare([p]))
-    return queue_json(name, p, await _broker(ctx, lambda b: b.stats(p.name)), ints)
+    return await _queue(ctx, name, p.name, ints)
 
 
 async def _delete_queue(ctx: HttpContext, qid: str) -> dict:

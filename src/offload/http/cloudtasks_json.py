@@ -79,9 +79,10 @@ def queue_json(name: str, p: QueuePolicy, stats: QueueStats, ints: bool) -> dict
     }
 
 
-def apply_queue(p: QueuePolicy, body: dict, paths: set[str] | None) -> QueuePolicy:
+def apply_queue(p: QueuePolicy, body: dict, paths: set[str] | None) -> tuple[QueuePolicy, bool]:
     """``p`` with the fields of a Cloud Tasks queue body: those in ``paths`` (an update
-    mask, camelCase), or every field the body has."""
+    mask, camelCase), or every field the body has; and whether any ``retryConfig`` field
+    was among them (an explicit change of the retry policy, stored as an override)."""
     given = {}
     for group, fields in (("rateLimits", _RATE), ("retryConfig", _RETRY)):
         section = body.get(group) or {}
@@ -121,13 +122,14 @@ def apply_queue(p: QueuePolicy, body: dict, paths: set[str] | None) -> QueuePoli
             r["max_backoff"] = seconds(path, v)
         else:
             r["max_doublings"] = int(_number(path, v))
-    return dataclasses.replace(
+    p = dataclasses.replace(
         p,
         rate=rate,
         bucket_size=bucket if rate is not None else None,
         max_concurrent=conc,
         retry=RetryPolicy(**r),
     )
+    return p, any(path.startswith("retryConfig.") for path in paths)
 
 
 def task_json(

@@ -30,6 +30,7 @@ from .leases import heartbeat
 from .metrics import MetricsBuffer
 from .outbox import Outbox
 from .periodic import keep_schedules
+from .policies import StoredRetry
 from .processes import ChildPool, ProcessRunner
 from .state import Running, WorkerStats
 from .threads import ThreadPool
@@ -167,6 +168,9 @@ class Worker(TaskRunner, ProcessRunner):
         broker = self._broker = self._core.new_broker()
         await broker.open()
         await self._declare(broker)
+        retry = StoredRetry(self._policies)  # an operator's retry overrides win
+        with contextlib.suppress(BrokerError):
+            await retry.refresh(broker)
         self._core.attach(loop, broker)
         if broker.capabilities.handoff and isinstance(broker, HandoffReceiver):
             broker.on_handoff = self._handed
@@ -177,6 +181,7 @@ class Worker(TaskRunner, ProcessRunner):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._flush_loop())
                 tg.create_task(self._heartbeat_loop())
+                tg.create_task(retry.keep(broker, self._closed))
                 tg.create_task(
                     keep_schedules(self._core, self.queues, broker, self._stop_event, self._closed)
                 )
