@@ -54,7 +54,7 @@ from .outcomes import (
     unrun_headers,
     wants_result,
 )
-from .replies import Late, Mailbox, mailbox
+from .replies import BlockingCall, Late, Mailbox, mailbox
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -281,6 +281,18 @@ def _wait(w: _Wait, new: NewTask | None) -> Any:
     return w.value(data)
 
 
+def _call_direct(w: _Wait, new: NewTask, broker: BlockingCall, channel: str) -> Any:
+    """The blocking driver when the broker sends and waits on this thread itself (see
+    :class:`~offload.replies.BlockingCall`): one write and one read for the call."""
+    try:
+        data = broker.call_blocking(new, channel, w.left())
+    except TimeoutError:
+        raise w.late("sending the task") from None
+    if data is None:
+        raise w.late("wait")
+    return w.value(data)
+
+
 async def _wait_async(w: _Wait, new: NewTask | None) -> Any:
     """:func:`_wait` for async code: the event loop is never blocked."""
     box, step, waiter = w.box, "starting the results listener", None
@@ -334,15 +346,16 @@ def _new_call(
     context: Any,
     headers: Mapping[str, str] | None,
     options: dict[str, Any],
+    box: Mailbox,
+    channel: str,
 ) -> tuple[_Wait, NewTask]:
-    """A call's task, asking for its result on this process's channel until the call's
-    deadline plus a grace, and its waiter."""
+    """A call's task, asking for its result on ``channel`` until the call's deadline
+    plus a grace, and its waiter."""
     started = time.time()
     deadline = _deadline(tf.registry, timeout, context)
     ttl = min(MAX_RESULT_TTL, max(0.0, deadline - started) + CALL_RESULT_GRACE)
-    box = mailbox(tf.registry)
     hdrs = dict(headers or {})
-    hdrs[REPLY_TO] = box.channel
+    hdrs[REPLY_TO] = channel
     hdrs[RESULT_TTL] = repr(ttl)
     when = _dt.datetime.fromtimestamp(deadline, _dt.UTC)
     new = tf.build(args, kwargs, headers=hdrs, deadline=when, **options)
@@ -360,7 +373,15 @@ def call(
     **options: Any,
 ) -> Any:
     """Send ``tf(*args, **kwargs)`` and block until its result (see :meth:`TaskFunction.call`)."""
-    return _wait(*_new_call(tf, args, kwargs, timeout, context, headers, options))
+    box = mailbox(tf.registry)
+    direct = box.direct()
+    if direct is None:
+        return _wait(
+            *_new_call(tf, args, kwargs, timeout, context, headers, options, box, box.channel)
+        )
+    channel = box.thread_channel()
+    w, new = _new_call(tf, args, kwargs, timeout, context, headers, options, box, channel)
+    return _call_direct(w, new, direct, channel)
 
 
 async def call_async(
@@ -374,7 +395,9 @@ async def call_async(
     **options: Any,
 ) -> Any:
     """:func:`call` for async code: the event loop is never blocked."""
-    return await _wait_async(*_new_call(tf, args, kwargs, timeout, context, headers, options))
+    box = mailbox(tf.registry)
+    w, new = _new_call(tf, args, kwargs, timeout, context, headers, options, box, box.channel)
+    return await _wait_async(w, new)
 
 
 def _handle_wait(handle: TaskHandle, timeout: float | None) -> _Wait:

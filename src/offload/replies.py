@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from .brokers.base import Broker, NewTask, ResultStore
 from .errors import BrokerError, Unsupported
@@ -27,7 +28,7 @@ from .errors import BrokerError, Unsupported
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["Late", "Mailbox", "mailbox"]
+__all__ = ["BlockingCall", "Late", "Mailbox", "mailbox"]
 
 log = logging.getLogger("offload.calls")
 
@@ -36,6 +37,25 @@ _OUTAGE_PAUSE = 0.5  # seconds the listener waits after a broker error before tr
 _SENDERS = 16  # threads at most sending for blocking callers (a hung broker holds them)
 _CLOSE_WAIT = 5.0  # seconds close() waits for sends under way before the App closes the broker
 T = TypeVar("T")
+
+
+@runtime_checkable
+class BlockingCall(Protocol):
+    """A broker that runs a blocking call's whole round trip on the calling thread: the
+    send and the wait for the result together, on a connection of that thread, each
+    step within the time given (Redis on a single server). A caller with such a broker
+    uses a reply channel of its thread's (:meth:`Mailbox.thread_channel`) and no sender
+    or listener thread."""
+
+    @property
+    def can_call_blocking(self) -> bool:
+        """Whether :meth:`call_blocking` works with this broker's configuration."""
+
+    def call_blocking(self, task: NewTask, reply_to: str, timeout: float) -> bytes | None:
+        """Send ``task`` and wait for its result delivered to ``reply_to``, at most
+        ``timeout`` seconds: the result, or None when the task was stored but its result
+        did not come in time. TimeoutError when the send itself was not answered in
+        time; the send's own errors otherwise."""
 
 
 class Late(Exception):
@@ -166,6 +186,10 @@ class Mailbox:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._senders: _Senders | None = None
+        self._local = threading.local()  # this thread's reply channel
+        self._threads = itertools.count(1)
+        self._direct_of: Broker | None = None  # the facade last asked, and its answer:
+        self._direct: BlockingCall | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -254,6 +278,31 @@ class Mailbox:
                 await broker.close()
             except Exception:  # closing must not hide why we stopped
                 log.debug("closing the results listener's broker failed", exc_info=True)
+
+    # -- a blocking call on its own thread --------------------------------------------
+
+    def direct(self) -> BlockingCall | None:
+        """The App's blocking broker when a blocking call can send and wait on its own
+        thread: one that can (:class:`BlockingCall`), opened and its queues declared
+        already, so nothing but the call itself remains to wait for. None otherwise
+        (the first call of an App goes through the sender thread and the listener,
+        which keep its deadline while the broker opens)."""
+        registry = self._registry
+        facade = registry._facade
+        if facade is None or not registry._declared:
+            return None
+        if facade is not self._direct_of:  # a protocol check costs ~30 us: once per facade
+            ok = isinstance(facade, BlockingCall) and facade.can_call_blocking
+            self._direct = facade if ok else None  # type: ignore[assignment]
+            self._direct_of = facade
+        return self._direct
+
+    def thread_channel(self) -> str:
+        """This thread's own reply channel (the process's channel and a number)."""
+        channel: str | None = getattr(self._local, "channel", None)
+        if channel is None:
+            channel = self._local.channel = f"{self.channel}-{next(self._threads)}"
+        return channel
 
     # -- waiting --------------------------------------------------------------------------
 

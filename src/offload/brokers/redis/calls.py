@@ -11,6 +11,7 @@ three times with backoff.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,12 +22,19 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
 from ...errors import BrokerError, BrokerUnavailable, OffloadError
+from .direct import DirectCalls
 from .faults import Faults, databases
-from .scripts import CommandPacker, QueueKeys, Script, scripts
+from .scripts import CommandPacker, QueueKeys, Script, _bulk, scripts
 from .url import RedisURL
 from .wait import SOCKET_TIMEOUT, probe
 
 __all__ = ["ScriptCalls"]
+
+
+def _packed(s: Script, keys: tuple[str, ...], args: Sequence[Any]) -> bytes:
+    """``EVALSHA`` in the wire protocol, packed whole (for keys used once)."""
+    parts = ["EVALSHA", s.sha, str(len(keys)), *keys, *args]
+    return b"*%d\r\n%s" % (len(parts), b"".join(map(_bulk, parts)))
 
 
 class ScriptCalls:
@@ -49,6 +57,8 @@ class ScriptCalls:
         self._read_retry = _AsyncRetry(
             ExponentialBackoff(cap=0.25, base=0.01), 3, supported_errors=(BrokerUnavailable,)
         )
+        self._direct: DirectCalls | None = None
+        self._direct_lock = threading.Lock()
 
     def _client_kwargs(self) -> dict[str, Any]:
         return {"socket_connect_timeout": 5.0, "socket_timeout": SOCKET_TIMEOUT}
@@ -95,6 +105,18 @@ class ScriptCalls:
         for s in self._scripts.values():
             await self._r.script_load(s.source)
 
+    def _direct_calls(self) -> DirectCalls:
+        """The blocking calls' connections, one per calling thread (made on first use)."""
+        direct = self._direct
+        if direct is None:
+            with self._direct_lock:
+                direct = self._direct
+                if direct is None:
+                    kwargs = self._client_kwargs()
+                    connect = kwargs.pop("socket_connect_timeout")
+                    direct = self._direct = DirectCalls(self._url.redis_url, kwargs, connect)
+        return direct
+
     def _client(self) -> Any:
         if self._r is None:
             raise BrokerError(f"Redis broker {self.url!r} is not open: call open() first")
@@ -107,6 +129,10 @@ class ScriptCalls:
         return k
 
     async def _close_calls(self) -> None:
+        with self._direct_lock:
+            direct, self._direct = self._direct, None
+        if direct is not None:
+            direct.close()
         r, self._r = self._r, None
         fast, self._fast = self._fast, None
         if fast is not None:
@@ -129,14 +155,33 @@ class ScriptCalls:
         except Exception as exc:
             raise self._faults.error(name.replace("_", " "), exc) from exc
 
-    async def _evalsha(self, r: Any, s: Script, keys: tuple[str, ...], args: Sequence[Any]) -> Any:
+    async def _eval_once(
+        self, op: str, s: Script, keys: tuple[str, ...], args: Sequence[Any]
+    ) -> Any:
+        """Run a script that is not one of the per-queue ones, on keys of this call's own
+        (a result's): its command is packed afresh, not remembered per keys, and it is
+        loaded on ``NOSCRIPT``."""
+        r = self._client()
+        try:
+            try:
+                return await self._evalsha(r, s, keys, args, remember=False)
+            except NoScriptError:
+                await r.script_load(s.source)
+                return await self._evalsha(r, s, keys, args, remember=False)
+        except Exception as exc:
+            raise self._faults.error(op, exc) from exc
+
+    async def _evalsha(
+        self, r: Any, s: Script, keys: tuple[str, ...], args: Sequence[Any], remember: bool = True
+    ) -> Any:
         if self._cluster or self._fast_lock.locked():
             return await r.execute_command("EVALSHA", s.sha, len(keys), *keys, *args)
         # Calls one at a time (the common case) share one connection outside the pool,
         # packed by hand: redis-py's pool checkout costs more than the script runs.
         # Concurrent calls go through the pool above, in parallel.
         async with self._fast_lock:
-            packed = self._packer.evalsha(s, keys, args)  # before any I/O: may refuse a text
+            # before any I/O: may refuse a text; ``remember``: the head kept per keys
+            packed = self._packer.evalsha(s, keys, args) if remember else _packed(s, keys, args)
             conn = self._fast
             if conn is None:
                 pool = r.connection_pool

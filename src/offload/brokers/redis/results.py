@@ -3,28 +3,37 @@
 Keys (``P`` the URL's prefix)::
 
     {P}:r:<key>        string  the result, with the TTL as PX: Redis expires it itself
-    {P}:reply:<chan>   list    (key, value) pairs for one caller process, oldest first,
+    {P}:reply:<chan>   list    (key, value) pairs for one caller, oldest first,
                                expiring with the longest TTL pushed to it
 
-``put_result`` sets the result and pushes it to the caller's list in one MULTI/EXEC on a
-single server. A caller process blocks on its own list with ``BLMPOP`` (one connection
-for any number of concurrent calls), which takes up to a thousand results at once. On
-Redis Cluster the two keys live in different slots, so the two writes are two commands: a
-failure between them leaves the result readable by ``get_result`` but its caller not
-woken (it reaches its deadline).
+``put_result`` sets the result and pushes it to the caller's list in one script
+(``lua/put_result.lua``: atomic, one round trip) on a single server. A caller process
+blocks on its own list with ``BLMPOP`` (one connection for any number of concurrent
+calls), which takes up to a thousand results at once. A blocking call on a single server
+uses a list of its thread's instead: it sends the task and blocks on that list in one
+write on its thread's connection (``call_blocking``, :mod:`.direct`), with no hop to
+another thread. On Redis Cluster the two keys may live on different nodes, so the writes
+are separate commands: a failure between them leaves the result readable by
+``get_result`` but its caller not woken (it reaches its deadline).
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from pathlib import Path
 from typing import Any
 
-from ..base import check_result
+from ..base import NewTask, check_result
+from .direct import DirectCalls, SendLate
+from .scripts import Script
 
 __all__ = ["Results"]
 
 _LEN = struct.Struct(">I")
 _DRAIN = 1000  # results one pop takes at most
+_PUT_SOURCE = (Path(__file__).with_name("lua") / "put_result.lua").read_text()
+_PUT = Script("put_result", _PUT_SOURCE, hashlib.sha1(_PUT_SOURCE.encode()).hexdigest())
 
 
 def _pack(key: str, value: bytes) -> bytes:
@@ -44,11 +53,21 @@ class Results:
     prefix: str
     _cluster: bool
     _faults: Any
+    _scripts: dict[str, Any]
 
     def _client(self) -> Any:
         raise NotImplementedError  # supplied by ScriptCalls
 
+    def _direct_calls(self) -> DirectCalls:
+        raise NotImplementedError  # supplied by ScriptCalls
+
+    def _qkeys(self, queue: str) -> Any:
+        raise NotImplementedError  # supplied by ScriptCalls
+
     async def _command(self, op: str, *args: Any) -> Any:
+        raise NotImplementedError  # supplied by ScriptCalls
+
+    async def _eval_once(self, op: str, s: Script, keys: tuple[str, ...], args: Any) -> Any:
         raise NotImplementedError  # supplied by ScriptCalls
 
     def _result_key(self, key: str) -> str:
@@ -74,16 +93,8 @@ class Results:
             await self._command("delivering a result", "PEXPIRE", lkey, ttl_ms, "GT")
             await self._command("delivering a result", "PEXPIRE", lkey, ttl_ms, "NX")
             return
-        try:
-            pipe = self._client().pipeline(transaction=True)
-            pipe.execute_command("SET", rkey, value, "PX", ttl_ms)
-            pipe.execute_command("RPUSH", lkey, _pack(key, value))
-            # the list lives as long as the longest result in it (GT), or this one (NX)
-            pipe.execute_command("PEXPIRE", lkey, ttl_ms, "GT")
-            pipe.execute_command("PEXPIRE", lkey, ttl_ms, "NX")
-            await pipe.execute()
-        except Exception as exc:
-            raise self._faults.error("storing a result", exc) from exc
+        # one script: atomic, one round trip on the broker's own connection
+        await self._eval_once("storing a result", _PUT, (rkey, lkey), (value, ttl_ms, key))
 
     async def get_result(self, key: str) -> bytes | None:
         """GET the result; None once Redis expired it."""
@@ -109,3 +120,36 @@ class Results:
         if popped is None:
             return []
         return [_unpack(item) for item in popped[1]]
+
+    # -- a blocking call on the calling thread -------------------------------------------
+
+    @property
+    def can_call_blocking(self) -> bool:
+        """Whether :meth:`call_blocking` works here: on a single server (a cluster keeps
+        a queue's keys and a reply list on different nodes)."""
+        return not self._cluster
+
+    def call_blocking(self, task: NewTask, reply_to: str, timeout: float) -> bytes | None:
+        """Enqueue ``task`` (its ``reply-to`` header naming ``reply_to``, a channel of the
+        calling thread's) and wait for its result on the calling thread, at most
+        ``timeout`` seconds: the enqueue and a ``BLMPOP`` on the channel's list go out in
+        one write. Returns the result; None when the task was stored but its result did
+        not come in time. Raises TimeoutError when the enqueue was not answered in time
+        (it may still be stored: its deadline has passed by then, so workers drop it),
+        and what :meth:`enqueue` raises."""
+        check_result(task.id, 1.0, reply_to)
+        direct = self._direct_calls()
+        keys = self._qkeys(task.queue).keys
+        rkey = self._reply_key(reply_to)
+        want = task.id
+
+        def mine(item: bytes) -> bytes | None:
+            key, value = _unpack(item)
+            return value if key == want else None
+
+        try:
+            return direct.call(self._scripts["enqueue"], keys, task, rkey, mine, timeout)
+        except SendLate:
+            raise TimeoutError(f"task {task.id}: the enqueue was not answered in time") from None
+        except Exception as exc:
+            raise self._faults.error("enqueue", exc) from exc
