@@ -16,11 +16,18 @@ How the two models meet:
   retry parameters, which offload's retry policy is: ``maxAttempts`` is ``limit + 1`` (-1:
   unlimited), ``maxRetryDuration`` is ``age_limit`` (0: unlimited).
 * The queues listed are those the served App declares, plus those created through this
-  surface and those another process stored in the broker (adopted when first named). Rate
-  and concurrency are stored in the broker; the retry policy is the App's: the broker has
-  no place for it, so a create or patch changes it in this process only, workers apply
-  their own App's declaration, and after a restart a queue adopted from the broker shows
-  the default policy (docs/http.md, "Where a queue's settings live").
+  surface and those another process stored in the broker (adopted when first named).
+  Everything is stored in the broker (docs/http.md, "Where a queue's settings live"):
+  rate and concurrency as the queue's declared policy, where the last declaration wins
+  (an App declaring the queue when it starts puts back its own); a ``retryConfig`` that a
+  create sets or a patch names as the queue's retry override
+  (:mod:`offload.brokers.overrides`), which every worker serving the queue applies over
+  its own App's declaration until it is changed here again. A queue shows the override
+  when one is stored, else the served App's retry policy (the default for a queue it
+  does not declare).
+* Concurrent ``tasks.create`` requests share one broker call (:mod:`.batching`) on the
+  server loop's own broker; each answer is the task as stored, built without a read-back
+  (its ``createTime`` the broker's clock read beside the enqueue).
 * A named task keeps its name reserved for the queue's dedup window after it finished
   (``ALREADY_EXISTS`` meanwhile), as Google's does for a while. ``tasks.purge`` deletes
   ready and scheduled tasks; running ones finish and dead letters stay.
