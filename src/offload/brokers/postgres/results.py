@@ -4,7 +4,8 @@ A result is a row of ``<schema>.results`` keyed by the task id, with an expiry t
 server's clock; ``put.sql`` stores it and, in the same statement, NOTIFYs the caller's
 channel (``offload-r-<reply_to>``) with its key. A caller process holds one LISTEN
 connection of its own for its channel (apart from the workers' wake-up listener), reads
-the keys it is notified of, and fetches their values in one query. Expired rows are
+the keys it is notified of (the first one waited for, the rest polled: no wait for more),
+and fetches their values in one query on that same connection. Expired rows are
 invisible at once and deleted a thousand at a time by ``put_result`` every few seconds.
 The SQL is in ``sql/results/``; the table is part of the schema (migration 003).
 """
@@ -91,17 +92,23 @@ class Results:
                 if timeout > 0:
                     async for note in conn.notifies(timeout=timeout, stop_after=1):
                         keys.append(note.payload)
-                if keys or timeout <= 0:
-                    async for note in conn.notifies(timeout=0.0005, stop_after=_DRAIN):
+                if keys or timeout <= 0:  # what else has arrived: a poll, no wait
+                    async for note in conn.notifies(timeout=0.0, stop_after=_DRAIN):
                         keys.append(note.payload)
             except BaseException:
                 await self._close_results()  # a half-read connection is not reused
                 raise
         if not keys:
             return []
-        async with self._conn("taking results") as c:
-            cur = await c.execute(self._results_sql()["take"], {"keys": keys})
-            found = {k: bytes(v) for k, v in await cur.fetchall()}
+        # on the listening connection itself: idle between waits, and no pool checkout
+        # (a notification arriving meanwhile waits in its backlog for the next wait)
+        with self._errors("taking results"):
+            try:
+                cur = await conn.execute(self._results_sql()["take"], {"keys": keys})
+                found = {k: bytes(v) for k, v in await cur.fetchall()}
+            except BaseException:
+                await self._close_results()
+                raise
         return [(k, found[k]) for k in dict.fromkeys(keys) if k in found]
 
     async def _results_listener(self, reply_to: str) -> psycopg.AsyncConnection:
