@@ -19,13 +19,15 @@ How a delivery ends, decided here and nowhere else:
 * a target the SSRF guard refuses, or a queue without a secret, is dead-lettered at once
   (``offload.Fail``) with the reason.
 
-The SSRF guard resolves the target's host once, refuses it when any address it resolves to
-is loopback, private, link-local, multicast, reserved, unspecified, not globally routable or
+The SSRF guard resolves the target's host (an answer is reused for ``RESOLVE_TTL`` seconds,
+and judged again at every delivery), refuses it when any address it resolves to is
+loopback, private, link-local, multicast, reserved, unspecified, not globally routable or
 a cloud metadata address (unless ``$OFFLOAD_PUSH_ALLOW`` lists a network, as CIDRs, that
 holds it), and then connects to that checked address itself (the URL's host travels in the
 ``Host`` header and as the TLS server name), so a DNS answer that changes between the check
 and the connection cannot redirect the request. Decimal, octal, short and IPv4-mapped IPv6
 forms of an address are caught because the check is on the resolved address, not the text.
+Connections are kept alive and reused per checked address (:mod:`offload.push_pool`).
 
 An ``https://`` target's certificate is verified against the URL's host name (sent as the
 TLS server name) with the default roots (certifi's), plus the PEM file
@@ -46,13 +48,13 @@ import re
 import socket
 import ssl
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
+from . import push_pool
 from .app import PUSH_TASK
 from .errors import BadArguments, Fail, Retry, TaskError
 
@@ -79,6 +81,11 @@ _RESERVED = frozenset(
         "webhook-id",
         "webhook-timestamp",
         "webhook-signature",
+        "x-cloudtasks-queuename",
+        "x-cloudtasks-taskname",
+        "x-cloudtasks-taskretrycount",
+        "x-cloudtasks-taskexecutioncount",
+        "x-cloudtasks-tasketa",
     }
 )
 _RESPONSE_READ_LIMIT = 64 * 1024  # bytes of a response read (to keep the connection)
@@ -251,35 +258,64 @@ def refusal(
     return None
 
 
-async def _checked_address(host: str, port: int, allow: tuple) -> str:
+#: seconds a name's answer from the resolver is reused; every use judges it again
+RESOLVE_TTL = 5.0
+_RESOLVED: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+
+async def _checked_address(host: str, allow: tuple, now: float | None = None) -> str:
     """The address to connect to: every address ``host`` resolves to must pass the guard
-    (a name with one bad answer is refused), and the first is used."""
-    try:  # an address literal needs no resolver (and no thread hop to one)
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        pass
+    (a name with one bad answer is refused), and the first is used. A name's answer is
+    kept ``RESOLVE_TTL`` seconds (``now``: a ``time.monotonic()`` reading, for tests) to
+    save a thread hop to the resolver per delivery; it is judged again at every use, with
+    the allow-list of the moment, and the address judged is the one connected to: the
+    cache holds answers, never verdicts."""
+    if _literal(host):  # an address literal needs no resolver (and no thread hop to one)
+        addresses: tuple[str, ...] = (host,)
     else:
-        why = refusal(literal, allow)
-        if why is not None:
-            raise Fail(f"push target {host!r} refused by the SSRF guard: {why}{_ALLOW_HINT}")
-        return host
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise PushFailed(f"cannot resolve {host!r}: {exc.strerror or exc}") from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        now = time.monotonic() if now is None else now
+        cached = _RESOLVED.get(host)
+        if cached is not None and cached[0] > now:
+            addresses = cached[1]
+        else:
+            addresses = await _resolve(host)
+            if len(_RESOLVED) >= 1024:
+                _RESOLVED.clear()
+            _RESOLVED[host] = (now + RESOLVE_TTL, addresses)
     for a in addresses:
-        why = refusal(ipaddress.ip_address(a.split("%")[0]), allow)
+        why = _verdict(a, allow)
         if why is not None:
             raise Fail(f"push target {host!r} refused by the SSRF guard: {why}{_ALLOW_HINT}")
-    if not addresses:
-        raise PushFailed(f"{host!r} resolved to no address")
     return addresses[0]
 
 
-_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str | None, Any]]
-_CLIENTS = weakref.WeakKeyDictionary()
+async def _resolve(host: str) -> tuple[str, ...]:
+    """What the system resolver answers for ``host`` (at least one address)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise PushFailed(f"cannot resolve {host!r}: {exc.strerror or exc}") from None
+    addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+    if not addresses:
+        raise PushFailed(f"{host!r} resolved to no address")
+    return addresses
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _verdict(address: str, allow: tuple) -> str | None:
+    """:func:`refusal` of an address as text (a zone index dropped), remembered per
+    allow-list: the same few addresses are judged at every delivery."""
+    return refusal(ipaddress.ip_address(address.split("%")[0]), allow)
 
 
 @functools.lru_cache(maxsize=8)
@@ -300,29 +336,8 @@ def _tls(ca_bundle: str | None) -> ssl.SSLContext:
     return context
 
 
-def _client(ca_bundle: str | None = None) -> Any:
-    """One client per event loop (its connection pool is bound to the loop) and CA
-    bundle: never follows redirects, never reads proxies or certificate settings from the
-    environment (a proxy would connect somewhere the guard never checked)."""
-    loop = asyncio.get_running_loop()
-    clients = _CLIENTS.setdefault(loop, {})
-    client = clients.get(ca_bundle)
-    if client is None:
-        import httpx
-
-        client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            verify=_tls(ca_bundle),
-            timeout=httpx.Timeout(None),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-        )
-        clients[ca_bundle] = client
-    return client
-
-
 def _untrusted(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind an httpx error, if that is what it is."""
+    """The certificate verification failure behind an httpcore error, if that is one."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
@@ -357,34 +372,63 @@ def _signer(secret: str) -> Any:
     return Webhook(secret)
 
 
-def _headers(request: Mapping[str, Any], info: Any, netloc: str, secret: str) -> dict[str, str]:
-    headers = {
-        k: v for k, v in (request.get("headers") or {}).items() if k.lower() not in _RESERVED
-    }
-    lower = {k.lower() for k in headers}
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[str, str, int, bytes, bytes]:
+    """``url``'s scheme, host, port, ``Host`` header and request target (what is not
+    printable ASCII percent-encoded, as httpx does): the same few URLs every delivery."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme, parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    netloc = parts.netloc.rpartition("@")[2]
+    try:
+        authority = netloc.encode("ascii")
+    except UnicodeEncodeError:  # an internationalised name goes out in its ASCII form
+        name, colon, rest = netloc.rpartition(":") if parts.port else (netloc, "", "")
+        authority = name.encode("idna") + (colon + rest).encode()
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return scheme, host, port, authority, quote(target, safe=_PRINTABLE).encode()
+
+
+_PRINTABLE = "".join(map(chr, range(0x21, 0x7F)))
+
+
+def _headers(
+    request: Mapping[str, Any], info: Any, authority: bytes, secret: str
+) -> list[tuple[bytes, bytes]]:
+    """The request's headers in the order they are sent (``Host`` first): the task's own,
+    less those offload sets itself, then offload's, then the signature over the body."""
     body = request.get("body") or b""
+    out = [(b"Host", authority)]
+    lower = set()
+    for k, v in (request.get("headers") or {}).items():
+        low = k.lower()
+        if low not in _RESERVED:
+            lower.add(low)
+            out.append((k.encode(), v.encode()))
+    if body or request.get("method", "POST") in ("POST", "PUT", "PATCH"):
+        out.append((b"Content-Length", str(len(body)).encode()))
     if body and "content-type" not in lower:
-        headers["Content-Type"] = "application/octet-stream"
+        out.append((b"Content-Type", b"application/octet-stream"))
     if "user-agent" not in lower:
-        headers["User-Agent"] = "offload-push"
-    retries = max(0, info.attempt - 1)
+        out.append((b"User-Agent", b"offload-push"))
+    if "accept" not in lower:
+        out.append((b"Accept", b"*/*"))
+    retries = str(max(0, info.attempt - 1)).encode()
     eta = request.get("eta")
-    headers.update(
-        {
-            "Host": netloc,
-            "X-CloudTasks-QueueName": info.queue,
-            # a Cloud Tasks task's own id, without the queue its offload id carries
-            "X-CloudTasks-TaskName": info.name or info.id.removeprefix(f"{info.queue}/"),
-            "X-CloudTasks-TaskRetryCount": str(retries),
-            "X-CloudTasks-TaskExecutionCount": str(retries),
-            "X-CloudTasks-TaskETA": f"{eta if eta is not None else time.time():.6f}",
-        }
-    )
     now = datetime.now(UTC)
-    headers["webhook-id"] = info.id
-    headers["webhook-timestamp"] = str(int(now.timestamp()))
-    headers["webhook-signature"] = _signer(secret).sign(info.id, now, body)
-    return headers
+    # a Cloud Tasks task's own id, without the queue its offload id carries
+    name = info.name or info.id.removeprefix(f"{info.queue}/")
+    out += [
+        (b"X-CloudTasks-QueueName", info.queue.encode()),
+        (b"X-CloudTasks-TaskName", name.encode()),
+        (b"X-CloudTasks-TaskRetryCount", retries),
+        (b"X-CloudTasks-TaskExecutionCount", retries),
+        (b"X-CloudTasks-TaskETA", f"{eta if eta is not None else time.time():.6f}".encode()),
+        (b"webhook-id", info.id.encode()),
+        (b"webhook-timestamp", str(int(now.timestamp())).encode()),
+        (b"webhook-signature", _signer(secret).sign(info.id, now, body).encode()),
+    ]
+    return out
 
 
 async def deliver(request: dict[str, Any]) -> None:
@@ -395,8 +439,8 @@ async def deliver(request: dict[str, Any]) -> None:
 
     info = current_task()
     # The worker runs an async handler's first step in its own claim loop's task and the
-    # rest in a task of the handler's; httpx's connection pool (anyio cancel scopes) must
-    # be entered and left in one task, so step into the handler's task before using it.
+    # rest in a task of the handler's; httpcore's connections (anyio cancel scopes) must
+    # be entered and left in one task, so step into the handler's task before using one.
     await asyncio.sleep(0)
     config = PushConfig.from_env()
     secret = config.secret_for(info.queue)
@@ -408,43 +452,29 @@ async def deliver(request: dict[str, Any]) -> None:
     url = request["url"]
     method = request.get("method", "POST")
     deadline = float(request.get("deadline") or 600.0)
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    netloc = parts.netloc.rpartition("@")[2]
-    address = await _checked_address(host, port, config.allow)
-    literal = f"[{address}]" if ":" in address else address
-    target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
-    headers = _headers(request, info, netloc, secret)
-    extensions = {}
-    if parts.scheme == "https":
-        extensions["sni_hostname"] = host
-    client = _client(config.ca_bundle)
-    import httpx
+    tls = _tls(config.ca_bundle)  # a bundle that cannot be read dead-letters every push
+    scheme, host, port, authority, target = _split(url)
+    https = scheme == "https"
+    import httpcore
 
     try:
         async with asyncio.timeout(deadline):
-            req = client.build_request(
+            address = await _checked_address(host, config.allow)
+            to = (scheme, address, port, host if https else "", config.ca_bundle if https else None)
+            status, answer = await push_pool.pool().request(
+                to,
                 method,
                 target,
-                headers=headers,
-                content=request.get("body") or b"",
-                extensions=extensions,
+                _headers(request, info, authority, secret),
+                request.get("body") or b"",
+                tls if https else None,
+                _RESPONSE_READ_LIMIT,
             )
-            resp = await client.send(req, stream=True)
-            try:
-                read = 0
-                async for chunk in resp.aiter_raw():
-                    read += len(chunk)
-                    if read > _RESPONSE_READ_LIMIT:
-                        break
-            finally:
-                await resp.aclose()
     except TimeoutError:
         raise PushFailed(
             f"{method} {url}: no response within the dispatch deadline ({deadline:g}s)"
         ) from None
-    except httpx.HTTPError as exc:
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException) as exc:
         bad = _untrusted(exc)
         if bad is not None:
             raise PushFailed(
@@ -453,11 +483,11 @@ async def deliver(request: dict[str, Any]) -> None:
                 "to OFFLOAD_PUSH_CA_BUNDLE (a PEM file) where the workers run"
             ) from None
         raise PushFailed(f"{method} {url}: {type(exc).__name__}: {exc}") from None
-    status = resp.status_code
     if 200 <= status < 300:
         return
     if status in (429, 503):
-        after = _retry_after(resp.headers.get("retry-after"))
+        value = next((v for k, v in answer if k.lower() == b"retry-after"), None)
+        after = _retry_after(value.decode("latin-1") if value is not None else None)
         if after is not None:
             raise Retry(
                 after=after, reason=f"{method} {url}: HTTP {status}, Retry-After {after:g}s"

@@ -42,8 +42,8 @@ def resolve(monkeypatch):
     real = push_module._checked_address
     checked: list[str] = []
 
-    async def checked_address(host: str, port: int, allow: tuple) -> str:
-        address = await real("127.0.0.1" if host == NAME else host, port, allow)
+    async def checked_address(host: str, allow: tuple) -> str:
+        address = await real("127.0.0.1" if host == NAME else host, allow)
         checked.append(address)
         return address
 

@@ -72,6 +72,8 @@ def _layer(rel: pathlib.Path) -> str:
     top = rel.parts[0].removesuffix(".py")
     if top in ("app", "task", "hooks", "registry", "push", "service", "topology", "rpc", "catalog"):
         return "model"
+    if top == "push_pool":  # the connections push deliveries reuse
+        return "model"
     if top == "autoscale":  # pure scaling decisions, read by the topology and the faces
         return "model"
     if top in ("calls", "outcomes", "replies", "events", "periodic"):  # how services talk
