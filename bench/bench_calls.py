@@ -4,13 +4,16 @@ plain HTTP call (httpx to a uvicorn endpoint on loopback) as the floor; then pub
 subscribers against a plain ``send_many``.
 
     .venv/bin/python bench/bench_calls.py [--n 500] [--seconds 3] [--brokers redis,postgres,sqlite]
+    .venv/bin/python bench/bench_calls.py --quick     # n=200, 1.5 s, 200 events: a few minutes
 
 Round trip: send, run a no-op, result back, with one idle worker process (p50, p99 over
 ``--n`` sequential calls after a warm-up). Throughput: calls per second with 32 caller
 threads for ``--seconds`` against one worker process with 32 slots. Peers run from their
-own virtualenvs: Celery from ``bench/.venvs/celery`` (made by ``bench/run.py``), Nameko
-from ``$NAMEKO_PYTHON`` (skipped, and said so, when absent). Redis database 15 only;
-PostgreSQL schema ``bench_calls``. Prints a table and the ratios as its closing note.
+own virtualenvs, made from ``bench/requirements/`` on first use as ``bench/run.py`` makes
+them: Celery from ``bench/.venvs/celery``, Nameko from ``bench/.venvs/nameko`` (or
+``$NAMEKO_PYTHON``); a peer whose virtualenv cannot be made is skipped, and said so.
+Redis database 15 only; PostgreSQL schema ``bench_calls``. Prints a table and the ratios
+as its closing note.
 
 This file is also the App the offload worker processes run (``bench.bench_calls:app``).
 """
@@ -211,10 +214,21 @@ CELERY_APP = textwrap.dedent(
 )
 
 
+def peer_python(name: str) -> str:
+    """``bench/.venvs/<name>``'s python, made from its pins if missing (bench/run.py's)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from run import ensure_venv  # the bench runner; not imported by the worker processes
+    finally:
+        sys.path.pop(0)
+    return ensure_venv(name)
+
+
 def bench_celery(n: int, seconds: float, tmp: pathlib.Path) -> dict[str, float] | str:
-    py = ROOT / "bench" / ".venvs" / "celery" / "bin" / "python"
-    if not py.exists():
-        return "bench/.venvs/celery missing (python bench/run.py --peers celery makes it)"
+    try:
+        py = pathlib.Path(peer_python("celery"))
+    except Exception as exc:
+        return f"skipped: bench/.venvs/celery could not be made ({exc})"
     (tmp / "celery_calls.py").write_text(CELERY_APP)
     client = MEASURE + textwrap.dedent(
         f"""
@@ -258,9 +272,14 @@ NAMEKO_SERVICE = textwrap.dedent(
 
 
 def bench_nameko(n: int, seconds: float, tmp: pathlib.Path) -> dict[str, float] | str:
-    py = os.environ.get("NAMEKO_PYTHON")
-    if not py or not pathlib.Path(py).exists():
-        return "skipped: set NAMEKO_PYTHON to a python with nameko installed"
+    py = os.environ.get("NAMEKO_PYTHON", "")
+    if not py:
+        try:
+            py = peer_python("nameko")
+        except Exception as exc:
+            return f"skipped: bench/.venvs/nameko could not be made ({exc})"
+    if not pathlib.Path(py).exists():
+        return f"skipped: NAMEKO_PYTHON={py} does not exist"
     (tmp / "nameko_calls.py").write_text(NAMEKO_SERVICE)
     amqp = "amqp://guest:guest@127.0.0.1:5672/"
     client = MEASURE + textwrap.dedent(
@@ -345,7 +364,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--events", type=int, default=1000)
     ap.add_argument("--brokers", default="redis,postgres,sqlite")
+    ap.add_argument("--quick", action="store_true", help="n=200, 1.5 s, 200 events")
     opts = ap.parse_args()
+    if opts.quick:
+        opts.n, opts.seconds, opts.events = 200, 1.5, 200
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-calls-"))
     rows: dict[str, dict[str, float] | str] = {}
     events: dict[str, dict[str, float]] = {}

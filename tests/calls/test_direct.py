@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import shutil
 import socket
 import subprocess
@@ -147,6 +148,9 @@ def test_each_thread_waits_on_its_own_channel(redis_url):
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 theirs = set(pool.map(lambda _: reply_to.call_with(timeout=10), range(40)))
             assert len(theirs) == 4 and mine not in theirs
+            # the pool's threads have ended: their connections are closed with them
+            gc.collect()
+            assert len(app.registry.facade()._direct_calls()._conns) == 1  # this thread's
     finally:
         app.close()
 

@@ -17,6 +17,7 @@ the broker maps them (:mod:`.faults`).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -49,10 +50,15 @@ def _bulk(x: bytes | str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
+@functools.lru_cache(maxsize=1024)
+def _blmpop_tail(key: str) -> bytes:
+    return b"".join(map(_bulk, ("1", key, "LEFT", "COUNT", "1")))
+
+
 def _blmpop(key: str, timeout: float) -> bytes:
-    """``BLMPOP timeout 1 key LEFT COUNT 1``, packed: one result at a time."""
-    parts = ("BLMPOP", f"{timeout:.3f}", "1", key, "LEFT", "COUNT", "1")
-    return b"*7\r\n" + b"".join(map(_bulk, parts))
+    """``BLMPOP timeout 1 key LEFT COUNT 1``, packed: one result at a time. All but the
+    timeout is packed once per key (a thread's channel)."""
+    return b"*7\r\n$6\r\nBLMPOP\r\n%s%s" % (_bulk(f"{timeout:.3f}"), _blmpop_tail(key))
 
 
 def _closed(conn: Any) -> bool:
@@ -64,8 +70,9 @@ def _closed(conn: Any) -> bool:
 
 
 class DirectCalls:
-    """Per-thread connections for :meth:`call`; opened on first use, closed by
-    :meth:`close`, forgotten in a forked child (its parent's sockets are not its own)."""
+    """Per-thread connections for :meth:`call`: opened on first use, closed with their
+    thread or by :meth:`close`, forgotten in a forked child (its parent's sockets are not
+    its own)."""
 
     def __init__(self, url: str, kwargs: dict[str, Any], connect_timeout: float) -> None:
         self._url, self._kwargs = url, kwargs
@@ -73,7 +80,8 @@ class DirectCalls:
         self._lock = threading.Lock()
         self._client: Any = None
         self._local = threading.local()
-        self._conns: list[Any] = []
+        # weakly: a thread that ends drops its connection, which closes its socket
+        self._conns: weakref.WeakSet[Any] = weakref.WeakSet()
         self._packer = CommandPacker()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (s := ref()) and s._forget())
@@ -92,7 +100,7 @@ class DirectCalls:
                     )
                 pool = self._client.connection_pool
                 conn = pool.connection_class(**pool.connection_kwargs)
-                self._conns.append(conn)
+                self._conns.add(conn)
             local.conn = conn
         elif now - local.used > _PROBE_AFTER and conn.is_connected and _closed(conn):
             conn.disconnect()  # idle a while, and the server closed it: reconnect
@@ -179,12 +187,12 @@ class DirectCalls:
     def _forget(self) -> None:
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._conns = []
+        self._conns = weakref.WeakSet()
         self._client = None
 
     def close(self) -> None:
         with self._lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns = list(self._conns), weakref.WeakSet()
             client, self._client = self._client, None
         self._local = threading.local()
         for c in conns:
