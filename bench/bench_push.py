@@ -1,14 +1,20 @@
 """Push delivery against its floor, side by side in one run.
 
-The receiver is one uvicorn process on loopback answering 204 to everything. The floor is
-a plain httpx loop in this process posting the same body to it with the same concurrency
-as the worker (``--concurrency``, keep-alive connections). Then, per broker, ``--n`` push
-tasks are enqueued (not timed) and one worker in this process delivers them (timed from
-its start until the queue is empty): signed, SSRF-checked, with the Cloud Tasks headers,
-acked one by one (the receiver and the namespaces are bench/_receiver.py's). Prints
-deliveries/s and the ratio to the floor; the goal is 0.7x.
+The receiver is one uvicorn process on loopback answering 204 to everything. Two floors
+post the same body to it from this process, each with the concurrency a worker runs at by
+default (``DEFAULT_CONCURRENCY``, 32; ``--concurrency`` changes both sides) over keep-alive
+connections: the issue's floor, a plain ``httpx.AsyncClient`` loop (connection limits set
+to that concurrency, so it never waits for or churns connections), and a stricter one, the
+same loop through offload's own push connections (``offload.push_pool``) with no worker,
+broker or signing: what the delivery transport alone can do. Then, per broker, ``--n`` push
+tasks on a queue with default settings are enqueued (not timed) and one worker in this
+process delivers them with its default concurrency (timed from its start until the queue is
+empty): signed, SSRF-checked (``OFFLOAD_PUSH_ALLOW=127.0.0.0/8`` lets the loopback
+receiver through), with the Cloud Tasks headers, acked one by one (the receiver and the
+namespaces are bench/_receiver.py's). Prints deliveries/s and the ratios to both
+floors; the goal is 0.7x of the httpx floor.
 
-    .venv/bin/python bench/bench_push.py                        # Redis, 3,000 tasks
+    .venv/bin/python bench/bench_push.py                        # Redis, 5,000 tasks
     .venv/bin/python bench/bench_push.py --brokers sqlite,redis,postgres --n 5000
 
 Needs Redis on 127.0.0.1:6379 (database 14, keys under a fresh prefix, deleted after) and,
@@ -24,43 +30,86 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from _receiver import broker_url, cleanup, free_port, start_receiver
 
 from offload import App
+from offload.autoscale import DEFAULT_CONCURRENCY
 from offload.testing import run_until_idle
 
 BODY = b'{"order": 12345, "items": ["a", "b", "c"]}'
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-async def floor(url: str, n: int, concurrency: int) -> float:
-    """A plain httpx loop: ``n`` POSTs from ``concurrency`` coroutines; requests/s."""
+async def _loop(posts: list[Callable[[], Awaitable[int]]], n: int) -> float:
+    """``n`` calls from one coroutine per ``posts`` entry after a warm-up; calls/s."""
+    for post in posts:  # warm up: open the connections
+        assert await post() == 204
+    left = n
+
+    async def one(post: Callable[[], Awaitable[int]]) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            assert await post() == 204
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(post) for post in posts))
+    return n / (time.perf_counter() - t0)
+
+
+async def floor(url: str, n: int, concurrency: int, shared: bool) -> float:
+    """A plain httpx loop with keep-alive connections: requests/s. ``shared``: one
+    ``AsyncClient`` for every coroutine (its pool limits set to the concurrency), else one
+    client per coroutine, which spares httpx's pool a scan of every connection per request
+    start and end (the faster httpx loop on this receiver, and so the stricter floor)."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits) as client:
-        for _ in range(50):  # warm up the connections
-            await client.post(url, content=BODY)
-        left = n
+    clients = [httpx.AsyncClient(limits=limits) for _ in range(1 if shared else concurrency)]
 
-        async def one() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                r = await client.post(url, content=BODY, headers={"Content-Type": "x/y"})
-                assert r.status_code == 204
+    def poster(client: httpx.AsyncClient) -> Callable[[], Awaitable[int]]:
+        async def post() -> int:
+            r = await client.post(url, content=BODY, headers={"Content-Type": "x/y"})
+            return r.status_code
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        return n / (time.perf_counter() - t0)
+        return post
+
+    try:
+        return await _loop([poster(clients[i % len(clients)]) for i in range(concurrency)], n)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def transport(port: int, path: str, n: int, concurrency: int) -> float:
+    """The same loop through offload's push connections alone: requests/s."""
+    from offload.push_pool import Pool
+
+    pool = Pool()
+    to = ("http", "127.0.0.1", port, "", None)
+    headers = [
+        (b"Host", f"127.0.0.1:{port}".encode()),
+        (b"Content-Length", str(len(BODY)).encode()),
+        (b"Content-Type", b"x/y"),
+    ]
+
+    async def post() -> int:
+        status, _ = await pool.request(to, "POST", path.encode(), headers, BODY, None, 65536)
+        return status
+
+    try:
+        return await _loop([post] * concurrency, n)
+    finally:
+        await pool.aclose()
 
 
 def push(kind: str, target: str, n: int, concurrency: int, tmp: str) -> float:
     """``n`` push tasks delivered by one worker: deliveries/s (enqueue not timed)."""
     url = broker_url(kind, tmp, "bp")
     app = App("benchpush", broker=url)
-    app.queue("hooks", lease=60.0)
+    app.queue("hooks")  # default policy
     try:
         tf = app.get_task("offload.push")
         from offload.push import make_request
@@ -82,25 +131,33 @@ def push(kind: str, target: str, n: int, concurrency: int, tmp: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--brokers", default="redis")
-    ap.add_argument("--n", type=int, default=3000)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     args = ap.parse_args()
     os.environ["OFFLOAD_PUSH_SECRET"] = SECRET
     os.environ["OFFLOAD_PUSH_ALLOW"] = "127.0.0.0/8"
     port = free_port()
     proc = start_receiver(port)
-    target = f"http://127.0.0.1:{port}/hook/{uuid.uuid4().hex[:6]}"
+    path = f"/hook/{uuid.uuid4().hex[:6]}"
+    target = f"http://127.0.0.1:{port}{path}"
+    c = args.concurrency
     try:
-        base = asyncio.run(floor(target, args.n, args.concurrency))
+        shared = asyncio.run(floor(target, args.n, c, shared=True))
+        print(f"floor    httpx, one AsyncClient       {shared:9,.0f} requests/s  (concurrency {c})")
+        base = asyncio.run(floor(target, args.n, c, shared=False))
+        print(f"floor    httpx, a client per task     {base:9,.0f} requests/s")
+        bare = asyncio.run(transport(port, path, args.n, c))
         print(
-            f"floor   httpx loop        {base:9,.0f} requests/s  (concurrency {args.concurrency})"
+            f"floor    offload's connections alone  {bare:9,.0f} requests/s  (no worker or broker)"
         )
         with tempfile.TemporaryDirectory() as tmp:
             for kind in args.brokers.split(","):
-                rate = push(kind, target, args.n, args.concurrency, tmp)
+                rate = push(kind, target, args.n, c, tmp)
+                best = max(base, shared)
                 print(
-                    f"{kind:9s}push deliveries  {rate:9,.0f} /s          "
-                    f"ratio {rate / base:.2f}x of the floor (goal 0.7x)"
+                    f"{kind:9s}push deliveries              {rate:9,.0f} /s          "
+                    f"{rate / best:.2f}x the faster httpx floor (goal 0.7x)\n{'':58s}"
+                    f"{rate / shared:.2f}x one AsyncClient, {rate / bare:.2f}x offload's alone"
                 )
     finally:
         proc.terminate()
