@@ -8,6 +8,7 @@ the JSON API (``POST /api/v1/tasks``) and, when the Cloud Tasks surface is built
 
     .venv/bin/python bench/bench_http.py                      # Redis, 3 s per step
     .venv/bin/python bench/bench_http.py --brokers sqlite,redis,postgres --seconds 5
+    .venv/bin/python bench/bench_http.py --named            # every create names its task
 
 Needs Redis on 127.0.0.1:6379 (database 14, keys under a fresh prefix, deleted after) and,
 for postgres, PostgreSQL on 127.0.0.1:5432 (database ``test``, a fresh schema, dropped after).
@@ -148,13 +149,24 @@ async def http_clients(
             w.close()
 
 
+#: with --named, every create carries a name of its own (checked for duplicates by the
+#: server: the Cloud Tasks surface looks each one up before it enqueues)
+NAMED = {"on": False, "run": uuid.uuid4().hex[:8]}
+CT_PARENT = "projects/bench/locations/local/queues/bench"
+
+
 def api_body(i: int) -> bytes:
-    return json.dumps({"task": "benchhttp.noop", "args": [i]}).encode()
+    body = {"task": "benchhttp.noop", "args": [i]}
+    if NAMED["on"]:
+        body["name"] = f"api-{NAMED['run']}-{i}"
+    return json.dumps(body).encode()
 
 
 def cloudtasks_body(i: int) -> bytes:
     payload = base64.b64encode(json.dumps({"i": i}).encode()).decode()
     task = {"httpRequest": {"url": "http://127.0.0.1:9/x", "httpMethod": "POST", "body": payload}}
+    if NAMED["on"]:
+        task["name"] = f"{CT_PARENT}/tasks/ct-{NAMED['run']}-{i}"
     return json.dumps({"task": task}).encode()
 
 
@@ -182,7 +194,7 @@ def run_broker(
                 out[f"api_w{workers}"] = rate
                 out[f"cloudtasks_w{workers}"] = None
                 if has_cloudtasks():
-                    path = "/v2/projects/bench/locations/local/queues/bench/tasks"
+                    path = f"/v2/{CT_PARENT}/tasks"
                     rate, _ = asyncio.run(
                         http_clients(port, path, cloudtasks_body, clients, seconds)
                     )
@@ -206,7 +218,9 @@ def main() -> None:
     p.add_argument(
         "--server-workers", default="1,2", help="comma-separated `offload serve --workers` values"
     )
+    p.add_argument("--named", action="store_true", help="every HTTP create names its task")
     args = p.parse_args()
+    NAMED["on"] = args.named
     server_workers = [int(w) for w in args.server_workers.split(",")]
     rows = []
     for kind in [b.strip() for b in args.brokers.split(",") if b.strip()]:
@@ -224,7 +238,8 @@ def main() -> None:
             print(f"{kind:9} {w:>5} p {send:8.0f} {api:8.0f} {api / send:8.2f} {ct_cols}")
     print(
         f"\n({args.clients} HTTP clients against one thread calling send; server: "
-        "`offload serve --workers N` processes; goal on redis: >= 0.5x send)"
+        "`offload serve --workers N` processes; goal on redis: >= 0.5x send"
+        f"{'; HTTP creates named' if args.named else ''})"
     )
 
 

@@ -441,11 +441,20 @@ async def _create(b: Broker, tasks: Sequence[NewTask]) -> list[float | None]:
     refused here first: of two creations of one name the first wins, as one by one."""
 
     async def store() -> list[bool]:
+        named = [t for t in tasks if t.name is not None]
+        exists: dict[str, bool] = {}
+        if named:
+            ins = _inspecting(b)
+            if b.capabilities.inline:
+                found = [await ins.get_task(t.queue, t.id) for t in named]
+            else:  # the lookups in flight together
+                found = await asyncio.gather(*(ins.get_task(t.queue, t.id) for t in named))
+            exists = {t.id: rec is not None for t, rec in zip(named, found, strict=True)}
         fresh: list[int] = []
         seen: set[str] = set()
         for i, t in enumerate(tasks):
             if t.name is not None:
-                if t.id in seen or await _inspecting(b).get_task(t.queue, t.id) is not None:
+                if t.id in seen or exists[t.id]:
                     continue
                 seen.add(t.id)
             fresh.append(i)
