@@ -158,6 +158,7 @@ async def test_an_interrupted_request_closes_its_connection():
         await reader.readuntil(b"\r\n\r\n")  # the request, never answered
         if await reader.read() == b"":
             closed.set()
+        writer.close()
 
     server = await asyncio.start_server(hang, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
