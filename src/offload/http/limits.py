@@ -80,6 +80,8 @@ class FailureLimiter:
 
     def wait(self, host: str | None) -> float:
         """Seconds before ``host`` may try a token again; 0 when it may now."""
+        if not self._buckets:  # nobody sent a wrong token: no address to parse per request
+            return 0.0
         key = client_key(host)
         left = self._level(key, self._clock())
         return 0.0 if left >= 1.0 else (1.0 - left) * self.refill_seconds
