@@ -27,7 +27,7 @@ How the two models meet:
   does not declare).
 * Concurrent ``tasks.create`` requests share one broker call (:mod:`.batching`) on the
   server loop's own broker; each answer is the task as stored, built without a read-back
-  (its ``createTime`` the broker's clock read beside the enqueue).
+  (its ``createTime`` the broker's clock before the enqueue, :class:`.batching.BrokerClock`).
 * A named task keeps its name reserved for the queue's dedup window after it finished
   (``ALREADY_EXISTS`` meanwhile), as Google's does for a while. ``tasks.purge`` deletes
   ready and scheduled tasks; running ones finish and dead letters stay.
@@ -63,7 +63,7 @@ from ..brokers.pages import next_page_after
 from ..core.policy import QueuePolicy, RetryPolicy
 from ..errors import BrokerError, ConfigError, UnknownQueue
 from ..push import METHODS, make_request
-from .batching import Batcher
+from .batching import Batcher, BrokerClock
 from .cloudtasks_json import (
     PRECONDITION,
     STATUS,
@@ -402,8 +402,8 @@ async def _create_task(ctx: HttpContext, qname: str, qid: str, body: dict, ints:
     if now is None:
         raise ApiError(409, f"task {name} already exists (or finished within the dedup window)")
     # the task as stored, without reading it back: a new task has no attempts, and its
-    # createTime (and scheduleTime, when none was given) is the broker's clock read in the
-    # call that stored it
+    # createTime (and scheduleTime, when none was given) is the broker's clock just before
+    # the call that stored it
     rec = TaskRecord(
         id=new.id,
         queue=qid,
@@ -425,50 +425,44 @@ def _creations(ctx: HttpContext) -> Batcher[NewTask, float | None]:
     loop = asyncio.get_running_loop()
     batcher = per_loop.get(loop)
     if batcher is None:
+        clock = BrokerClock()
 
         async def create(tasks: Sequence[NewTask]) -> list[float | None]:
-            return await _broker(ctx, lambda b: _create(b, tasks))
+            return await _broker(ctx, lambda b: _create(b, tasks, clock))
 
         batcher = per_loop[loop] = Batcher(create)
     return batcher
 
 
-async def _create(b: Broker, tasks: Sequence[NewTask]) -> list[float | None]:
+async def _create(b: Broker, tasks: Sequence[NewTask], clock: BrokerClock) -> list[float | None]:
     """Store ``tasks`` in one enqueue; per task the broker's clock when it was created, or
     None when its name is taken (ALREADY_EXISTS). A named task's id is derived from its
     name, and an enqueue reports a task whose id exists as created (it is idempotent by
     id), so a named task whose id exists, or which an earlier one of the batch carries, is
     refused here first: of two creations of one name the first wins, as one by one."""
-
-    async def store() -> list[bool]:
-        named = [t for t in tasks if t.name is not None]
-        exists: dict[str, bool] = {}
-        if named:
-            ins = _inspecting(b)
-            if b.capabilities.inline:
-                found = [await ins.get_task(t.queue, t.id) for t in named]
-            else:  # the lookups in flight together
-                found = await asyncio.gather(*(ins.get_task(t.queue, t.id) for t in named))
-            exists = {t.id: rec is not None for t, rec in zip(named, found, strict=True)}
-        fresh: list[int] = []
-        seen: set[str] = set()
-        for i, t in enumerate(tasks):
-            if t.name is not None:
-                if t.id in seen or exists[t.id]:
-                    continue
-                seen.add(t.id)
-            fresh.append(i)
-        created = [False] * len(tasks)
-        if fresh:
-            for i, ok in zip(fresh, await b.enqueue([tasks[i] for i in fresh]), strict=True):
-                created[i] = ok
-        return created
-
-    if b.capabilities.inline:  # driven without a loop by the App's facade: one by one
-        now, created = await b.now(), await store()
-    else:  # the clock is read beside the enqueue: two calls in flight at once
-        now, created = await asyncio.gather(b.now(), store())
-    return [now if ok else None for ok in created]
+    named = [t for t in tasks if t.name is not None]
+    exists: dict[str, bool] = {}
+    if named:
+        ins = _inspecting(b)
+        if b.capabilities.inline:  # driven without a loop by the App's facade: one by one
+            found = [await ins.get_task(t.queue, t.id) for t in named]
+        else:  # the lookups in flight together
+            found = await asyncio.gather(*(ins.get_task(t.queue, t.id) for t in named))
+        exists = {t.id: rec is not None for t, rec in zip(named, found, strict=True)}
+    fresh: list[int] = []
+    seen: set[str] = set()
+    for i, t in enumerate(tasks):
+        if t.name is not None:
+            if t.id in seen or exists[t.id]:
+                continue
+            seen.add(t.id)
+        fresh.append(i)
+    now = await clock.now(b)
+    out: list[float | None] = [None] * len(tasks)
+    if fresh:
+        for i, ok in zip(fresh, await b.enqueue([tasks[i] for i in fresh]), strict=True):
+            out[i] = now if ok else None
+    return out
 
 
 async def _delete_task(ctx: HttpContext, qid: str, tid: str) -> dict:
