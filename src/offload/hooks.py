@@ -13,7 +13,16 @@ __all__ = ["Hooks"]
 
 
 class Hooks:
-    """Override what you need. Hooks run on the worker's event loop: keep them quick."""
+    """Override what you need. Hooks run on the worker's event loop: keep them quick.
+
+    A subclass whose methods may also be called from the worker's handler threads says so
+    with ``thread_safe = True``; the worker then lets its threads claim and run plain
+    ``def`` tasks without a turn of the loop per task (:mod:`offload.worker.lanes`), and
+    calls ``claimed``, ``started`` and ``succeeded`` for those from the thread that runs
+    them. Any other subclass keeps every hook on the loop, at the cost of that speed."""
+
+    #: whether these hooks may be called from handler threads too (see above)
+    thread_safe: bool = False
 
     def claimed(self, claim: Claimed) -> None:
         """A task was leased by this worker."""

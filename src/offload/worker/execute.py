@@ -59,11 +59,14 @@ class TaskRunner:
         run.lease_length = _lease_length(c, self._policies[c.queue].lease)
         run.lease_end = time.monotonic() + run.lease_length
         self._running[c.id] = run
-        self._hook("claimed", c)
+        self._begin(run)
+
+    def _begin(self: Worker, run: Running) -> None:
+        self._hook("claimed", run.claim)
         try:
             self._prepare(run)
         except Exception as exc:  # a bug of ours must cost this task, not the worker
-            log.exception("task %s: the worker could not start it", c.id)
+            log.exception("task %s: the worker could not start it", run.claim.id)
             self._done(run, exc, traceback.format_exc(), 0.0)
 
     def _prepare(self: Worker, run: Running) -> None:
@@ -128,6 +131,7 @@ class TaskRunner:
         a thread for each job that waited KICK_AFTER seconds for a busy one."""
         self._kick = None
         self._take_results()
+        self._take_lane_done()
         if self._threads.kick():
             self._kick = self._loop.call_later(TICK, self._tick)
 
@@ -207,6 +211,8 @@ class TaskRunner:
         if self._running.get(run.claim.id) is not run:
             return  # released by a hurried drain while it waited for a thread: not run
         run.thread = threading.get_ident()
+        if run.lane:
+            run.started = time.perf_counter()  # its wall time: not the wait in its batch
         token = _current.set(run.info)
         c0 = time.thread_time()
         try:
@@ -230,6 +236,9 @@ class TaskRunner:
             run.thread = None
             _current.reset(token)
         cpu = time.thread_time() - c0
+        if run.lane and result[0] is None:
+            self._lane_ended(run, cpu)  # counted and acked by the loop's tick
+            return
         # Back to the loop in batches: a wake-up of the loop costs this thread a wait for
         # the GIL. Wake it for a batch (enough to claim for) or when this thread runs out
         # of jobs; else the loop's TICK takes the results. Append before reading the flag;
@@ -301,16 +310,7 @@ class TaskRunner:
             return  # already released by a hurried drain, or judged after its timeout
         try:
             wall = time.perf_counter() - run.started
-            if run.task is not None:
-                rss = run.rss
-                self._rss_tick += 1
-                if rss is None and (wall >= 0.001 or not self._rss_tick & 15):
-                    # approximate: the worker's high-water growth meanwhile (its next
-                    # run's base is this reading). Runs under a millisecond are sampled,
-                    # one in 16: a system call is a tenth of a no-op task's cost
-                    self._maxrss = now = _maxrss(_SELF).ru_maxrss
-                    rss = (now - run.rss_base) * 1024
-                self._metrics.add(run.task.name, wall, cpu, failed=exc is not None, rss=rss)
+            self._measure(run, wall, cpu, exc is not None)
             c = run.claim
             age = c.now - c.first_attempt_at + wall
             attempt = run.info.attempt if run.info is not None else c.attempt
@@ -323,6 +323,18 @@ class TaskRunner:
                 safe_text(f"the worker could not judge how this task ended: {describe(bug)}"),
             )
         self._send(run, verdict)
+
+    def _measure(self: Worker, run: Running, wall: float, cpu: float, failed: bool) -> None:
+        if run.task is not None:
+            rss = run.rss
+            self._rss_tick += 1
+            if rss is None and (wall >= 0.001 or not self._rss_tick & 15):
+                # approximate: the worker's high-water growth meanwhile (its next run's
+                # base is this reading). Runs under a millisecond are sampled, one in
+                # 16: a system call is a tenth of a no-op task's cost
+                self._maxrss = now = _maxrss(_SELF).ru_maxrss
+                rss = (now - run.rss_base) * 1024
+            self._metrics.add(run.task.name, wall, cpu, failed=failed, rss=rss)
 
     def _send(self: Worker, run: Running, verdict: Verdict) -> None:
         """Free the slot and queue the verdict for the broker. Never raises."""

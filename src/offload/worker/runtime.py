@@ -26,6 +26,7 @@ from ..app import App
 from ..brokers.base import Broker, Claimed, HandoffReceiver
 from ..errors import BadArguments, BrokerError, ConfigError
 from .execute import TaskRunner
+from .lanes import LaneRunner
 from .leases import heartbeat
 from .metrics import MetricsBuffer
 from .outbox import Outbox
@@ -54,7 +55,7 @@ ACK_PAUSE = 0.002
 ACK_PAUSE_MAX = 0.01
 
 
-class Worker(TaskRunner, ProcessRunner):
+class Worker(TaskRunner, LaneRunner, ProcessRunner):
     """Runs the tasks of ``queues`` (default: all of the App's) with at most ``concurrency``
     in flight. Async handlers run on the worker's event loop, plain functions on threads,
     tasks of ``executor="process"`` services in child processes. Running one task is
@@ -120,6 +121,7 @@ class Worker(TaskRunner, ProcessRunner):
         self._results = collections.deque()
         self._results_wake = False
         self._kick: asyncio.TimerHandle | None = None  # wakes threads for queued jobs
+        self._lanes_init()
         self._policies = {q: core.policy(q) for q in self.queues}
         served = set(self.queues)
         preload = sorted(
@@ -174,6 +176,7 @@ class Worker(TaskRunner, ProcessRunner):
         self._core.attach(loop, broker)
         if broker.capabilities.handoff and isinstance(broker, HandoffReceiver):
             broker.on_handoff = self._handed
+        self._lanes_open()
         if self._signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop)
@@ -254,6 +257,12 @@ class Worker(TaskRunner, ProcessRunner):
         last_metrics = time.monotonic()
         backlog = False  # the last claim got all it asked for: more is likely queued
         while not self._stopping:
+            if self._lanes_on:  # the handler threads claim for themselves meanwhile
+                await self._lanes_wait()
+                if time.monotonic() - last_metrics > 2.0:
+                    last_metrics = time.monotonic()
+                    await self._metrics.flush(broker)
+                continue
             free = self.concurrency - len(self._running)
             if backlog and 0 < free < self._claim_at:
                 await self._gather()
@@ -278,6 +287,8 @@ class Worker(TaskRunner, ProcessRunner):
                     self.stats.claimed += len(claimed)
                     for c in claimed:
                         self._start(c)
+                    if backlog:
+                        self._lanes_start()
                     if time.monotonic() - last_metrics > 2.0:
                         last_metrics = time.monotonic()
                         await self._metrics.flush(broker)

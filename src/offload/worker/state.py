@@ -54,3 +54,5 @@ class Running:
     rss: int | None = None
     #: the worker's ru_maxrss (KiB) as last read when the run started (approximate figure)
     rss_base: int = 0
+    #: claimed and run by a lane (offload.worker.lanes): a good ending is acked by the tick
+    lane: bool = False

@@ -11,6 +11,9 @@ context switch and a turn at the GIL, and on a busy machine each of those is a w
 core: 32 threads woken for 32 short tasks run them slower than 4 threads taking 8 each. A
 job still queued after ``kick_after`` seconds (the loop calls :meth:`kick`) wakes a thread
 of its own, so a handler that blocks for long never holds back the tasks behind it.
+
+A thread that runs out of jobs calls ``refill`` (when set) before it sleeps: the worker's
+lanes (:mod:`offload.worker.lanes`) claim the next tasks right there, on this thread.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 __all__ = ["ThreadPool"]
 
 EAGER = 2  # busy threads below which a new job wakes a sleeping thread at once
-KICK_AFTER = 0.005  # seconds a job may wait for a busy thread before one is woken for it
+KICK_AFTER = 0.005  # seconds without a finished job after which waiting jobs get threads
+KICK_LATE = 0.025  # seconds a job may wait while the busy threads finish others
 
 
 class ThreadPool:
@@ -43,6 +47,10 @@ class ThreadPool:
         self._busy = 0  # threads running a job
         self._abandoned: set[int] = set()  # threads that retire once their job ends
         self._stopped = False
+        self.last_done = 0.0  # time.monotonic() when a thread last finished a job
+        #: called (without the lock) by a thread that ran out of jobs, before it sleeps;
+        #: it may queue more with :meth:`submit_many`. Never raises.
+        self.refill: Callable[[], object] | None = None
 
     def submit(self, fn: Callable[[], Any]) -> bool:
         """Queue ``fn``; False when it waits for a busy thread (call :meth:`kick` after
@@ -53,18 +61,36 @@ class ThreadPool:
                 return self._start_one()
             return False
 
-    def kick(self) -> bool:
-        """Wake (or start) a thread for every job queued ``KICK_AFTER`` seconds or more.
-        True while jobs or busy threads remain (call again later)."""
+    def submit_many(self, fns: list[Callable[[], Any]]) -> None:
+        """Queue ``fns`` from one of the pool's own threads (which takes the first of them
+        itself), waking others only up to ``eager`` busy threads."""
+        now = time.monotonic()
         with self._lock:
-            jobs = self._jobs
-            late = time.monotonic() - KICK_AFTER
-            n = 0
-            while n < len(jobs) and jobs[n][0] <= late:
-                n += 1
-            for _ in range(n - self._woken):
+            self._jobs.extend((now, fn) for fn in fns)
+            while len(self._jobs) > 1 and self._busy + self._woken < self._eager:
                 if not self._start_one():
                     break
+
+    def kick(self) -> bool:
+        """Wake (or start) threads for jobs that wait too long: one for every job queued
+        ``KICK_AFTER`` seconds or more when no busy thread finished a job meanwhile (they
+        are all stuck in long handlers), else one more thread per call while the oldest
+        job waited ``KICK_LATE`` seconds (the busy ones keep up too slowly). True while
+        jobs or busy threads remain (call again later)."""
+        with self._lock:
+            jobs = self._jobs
+            if jobs:
+                now = time.monotonic()
+                if now - self.last_done >= KICK_AFTER:
+                    late = now - KICK_AFTER
+                    n = 0
+                    while n < len(jobs) and jobs[n][0] <= late:
+                        n += 1
+                    for _ in range(n - self._woken):
+                        if not self._start_one():
+                            break
+                elif jobs[0][0] <= now - KICK_LATE and not self._woken:
+                    self._start_one()
             return bool(jobs) or self._busy > 0
 
     def pending(self) -> int:
@@ -103,10 +129,19 @@ class ThreadPool:
         try:
             while True:
                 # busy here: a new thread, or one that just ran a job
+                refilled = False
                 while not jobs:
                     if self._stopped:
                         self._busy -= 1
                         return
+                    if not refilled and self.refill is not None:
+                        refilled = True
+                        lock.release()
+                        try:
+                            self.refill()
+                        finally:
+                            lock.acquire()
+                        continue
                     self._busy -= 1
                     self._sleeping += 1
                     wake.wait()
@@ -114,6 +149,7 @@ class ThreadPool:
                     if self._woken:
                         self._woken -= 1
                     self._busy += 1
+                    refilled = False
                 fn = jobs.popleft()[1]
                 lock.release()
                 try:
@@ -122,6 +158,7 @@ class ThreadPool:
                     pass
                 finally:
                     lock.acquire()
+                self.last_done = time.monotonic()
                 if me in self._abandoned:
                     self._abandoned.discard(me)
                     self._size -= 1

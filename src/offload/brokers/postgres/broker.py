@@ -377,22 +377,16 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
                 await conn.execute(q.claim_lock, params)
                 cur = await conn.execute(q.claim, params)
             rows = await cur.fetchall()
-        return [
-            Claimed(
-                id=r[0],
-                queue=r[1],
-                name=r[2],
-                payload=r[3],
-                attempt=r[4],
-                first_attempt_at=r[5],
-                enqueued_at=r[6],
-                now=r[7],
-                token=r[8],
-                lease_until=r[9],
-                expired=r[10],
-            )
-            for r in rows
-        ]
+        return _claims(rows)
+
+    def claim_blocking(self, queues: Sequence[str], limit: int) -> list[Claimed]:
+        """:meth:`claim` from a worker's handler thread (``BlockingClaim``): the same
+        statements on the synchronous pool."""
+        if limit <= 0 or not queues:
+            return []
+        self._turn += 1
+        params = {"queues": list(dict.fromkeys(queues)), "limit": int(limit), "turn": self._turn}
+        return _claims(self._sync.claim(params))
 
     async def ack(self, leases: Sequence[Lease]) -> None:
         """Remove finished tasks whatever their state and token (a finished run wins)."""
@@ -460,3 +454,22 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
             with self._errors("listening for new tasks"):
                 await self._listener.start()
         return self._listener
+
+
+def _claims(rows: list) -> list[Claimed]:
+    return [
+        Claimed(
+            id=r[0],
+            queue=r[1],
+            name=r[2],
+            payload=r[3],
+            attempt=r[4],
+            first_attempt_at=r[5],
+            enqueued_at=r[6],
+            now=r[7],
+            token=r[8],
+            lease_until=r[9],
+            expired=r[10],
+        )
+        for r in rows
+    ]

@@ -113,6 +113,17 @@ class SyncSide:
                     raise
         raise AssertionError("unreachable: _errors re-raises what it does not map")
 
+    def claim(self, params: dict) -> list[tuple]:
+        """The worker's claim (the statements of ``PostgresBroker.claim``) from a handler
+        thread: lock, claim and commit in one round trip on a pooled connection."""
+        pool = self._pool or self._open()
+        q = self._q
+        with self._errors("claiming"), pool.connection() as conn:
+            with conn.pipeline(), conn.transaction():
+                conn.execute(q.claim_lock, params)
+                cur = conn.execute(q.claim, params)
+            return cur.fetchall()
+
     def _send(self, pool: ConnectionPool, tasks: Sequence[NewTask]) -> list[bool]:
         if self._take_held():
             try:

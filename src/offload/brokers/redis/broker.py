@@ -441,11 +441,38 @@ class RedisBroker(ScriptCalls, Inspection, Overrides, Results):
         durable as the server's persistence settings make it)."""
         if not tasks:
             return []
-        with self._sync_lock:
-            if self._sync is None:
-                self._sync = SyncScripts(self._url.redis_url, self._cluster, self._client_kwargs())
-            sync = self._sync
+        sync = self._sync_scripts()
         try:
             return sync.enqueue(self._scripts["enqueue"], lambda q: self._qkeys(q).keys, tasks)
         except Exception as exc:
             raise self._faults.error("enqueue", exc) from exc
+
+    def claim_blocking(self, queues: Sequence[str], limit: int) -> list[Claimed]:
+        """:meth:`claim` from a worker's handler thread (see ``BlockingClaim``): one
+        script call per queue with a share of ``limit``, on the thread's own connection.
+        Never parks; it unparks this worker where an earlier claim parked it."""
+        if limit <= 0 or not queues:
+            return []
+        sync, park = self._sync_scripts(), self._park
+        n = len(queues)
+        start = next(self._rr) % n
+        out: list[Claimed] = []
+        try:
+            for i in range(n):
+                q = queues[(start + i) % n]
+                share = limit // n + (1 if i < limit % n else 0)
+                if share:
+                    reply = sync.eval(
+                        self._scripts["claim"], self._qkeys(q).keys, park.claim_args(q, share)
+                    )
+                    park.queues.discard(q)
+                    out += claimed_from(q, reply)
+        except Exception as exc:
+            raise self._faults.error("claim", exc) from exc
+        return out
+
+    def _sync_scripts(self) -> SyncScripts:
+        with self._sync_lock:
+            if self._sync is None:
+                self._sync = SyncScripts(self._url.redis_url, self._cluster, self._client_kwargs())
+            return self._sync

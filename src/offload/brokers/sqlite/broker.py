@@ -191,6 +191,11 @@ class SQLiteBroker(Inspection, Overrides, Results):
         """Lease up to ``limit`` due tasks, oldest eta first, the limit spread over
         ``queues`` in turn; pause, the token bucket and max_concurrent are applied in the
         same transaction."""
+        return self.claim_blocking(queues, limit)
+
+    def claim_blocking(self, queues: Sequence[str], limit: int) -> list[Claimed]:
+        """:meth:`claim` from a worker's handler thread (``BlockingClaim``), on that
+        thread's own connection."""
         self._store.require_open()
         if limit <= 0 or not queues:
             return []

@@ -1,0 +1,250 @@
+"""Lanes: while a backlog of plain-function tasks waits, the handler threads claim, start
+and finish those tasks themselves, so the event loop is not on their path.
+
+Why: a plain ``def`` handler runs on a thread, and every task used to cross to the event
+loop and back (claimed and decoded on the loop, run on a thread, judged and acked on the
+loop). Each crossing is a wake-up and a turn at the GIL for two threads; with a handler
+that does one quick network call, those crossings cost more than the handler itself.
+
+How: when a claim on the loop comes back full (a backlog) and handed work to the threads,
+the worker turns its lanes on and its loop stops claiming. A handler thread that runs out
+of jobs claims the next batch itself with the broker's synchronous claim
+(:class:`~offload.brokers.base.BlockingClaim`), as many as slots are free, and queues them
+in the thread pool (which wakes a thread for any job that waited ``KICK_AFTER`` seconds, so
+a claimed task still starts within a bounded time). A task that ends well is freed on the
+thread; the loop only counts it and acks it, in batches, on its regular tick. Everything
+else goes the usual way: async and process tasks, tasks with a timeout, a deadline or a
+caller waiting for their result, unknown or undecodable ones are started by the loop, and a
+failure is judged there. A claim that comes back short (the backlog is gone), an error, or
+a stop turns the lanes off and hands claiming back to the loop, which waits for work as it
+always did.
+
+Hooks run on handler threads only when they say they may (``Hooks.thread_safe``); any
+other hooks object keeps the lanes off.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..brokers.base import BlockingClaim, Claimed
+from ..core import envelope as _env
+from ..errors import BadArguments, BrokerError
+from ..hooks import Hooks
+from ..task import TaskInfo
+from .execute import _lease_length
+from .state import Running
+
+if TYPE_CHECKING:
+    from .runtime import Worker
+
+__all__ = ["LaneRunner"]
+
+log = logging.getLogger("offload.worker")
+
+LANE_BATCH = 64  # most tasks one lane claim takes
+STUCK_AFTER = 0.025  # seconds without a finished job or a lane claim: the lanes are stuck
+
+
+class LaneRunner:
+    """The lanes' half of :class:`~offload.worker.runtime.Worker` (a mixin)."""
+
+    def _lanes_init(self: Worker) -> None:
+        self._lanes_on = False
+        self._lane_claim: Any = None  # the broker's claim_blocking, when lanes may run
+        self._lane_lock = threading.Lock()  # one lane claim at a time
+        self._lanes_off: Any = None  # asyncio.Event: the loop claims again
+        self._lane_claimed = 0.0  # time.monotonic() of the last lane claim
+        #: tasks that ended well on a lane: (run, cpu seconds, wall seconds)
+        self._lane_done: collections.deque[tuple[Running, float, float]] = collections.deque()
+        self._threads.refill = self._refill
+
+    def _lanes_open(self: Worker) -> None:
+        """At start, on the loop: lanes run only where the broker claims synchronously and
+        the hooks may be called from handler threads."""
+        import asyncio
+
+        self._lanes_off = asyncio.Event()
+        broker = self._broker
+        hooks_ok = type(self.hooks) is Hooks or getattr(self.hooks, "thread_safe", False)
+        if isinstance(broker, BlockingClaim) and hooks_ok:
+            self._lane_claim = broker.claim_blocking
+
+    def _lanes_start(self: Worker) -> None:
+        """On the loop, after a full claim that handed work to the threads."""
+        if self._lane_claim is not None and not self._stopping and self._threads.pending():
+            self._lane_claimed = time.monotonic()
+            self._lanes_on = True
+            self._lanes_off.clear()
+
+    def _lanes_stop(self: Worker) -> None:
+        """On any thread, holding the lane lock: claiming goes back to the loop."""
+        if self._lanes_on:
+            self._lanes_on = False
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._lanes_ended)
+                except RuntimeError:  # the loop closed meanwhile
+                    pass
+
+    def _lanes_ended(self: Worker) -> None:
+        self._take_lane_done()
+        if not self._lanes_on and self._lanes_off is not None:
+            self._lanes_off.set()
+
+    async def _lanes_wait(self: Worker) -> None:
+        """The claim loop's pause while the lanes claim: until they hand claiming back,
+        a stop, or ``STUCK_AFTER`` seconds (then it looks whether they are stuck)."""
+        import asyncio
+
+        assert self._stop_event is not None
+        waiters = [
+            asyncio.ensure_future(self._lanes_off.wait()),
+            asyncio.ensure_future(self._stop_event.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=STUCK_AFTER, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        now = time.monotonic()
+        if self._stopping or (
+            # every thread is held by a long handler while slots are free: nobody would
+            # claim for them, so the loop does (and starts threads as it always has)
+            self.concurrency > len(self._running)
+            and now - self._threads.last_done >= STUCK_AFTER
+            and now - self._lane_claimed >= STUCK_AFTER
+        ):
+            with self._lane_lock:
+                self._lanes_stop()
+
+    # -- on a handler thread ------------------------------------------------------------
+
+    def _refill(self: Worker) -> None:
+        """A handler thread ran out of jobs: claim the next batch here, if the lanes are
+        on. Never raises (a failure turns the lanes off; the loop takes it from there)."""
+        if not self._lanes_on:
+            return
+        with self._lane_lock:
+            if not self._lanes_on or self._threads.pending():
+                return
+            if self._stopping:
+                self._lanes_stop()
+                return
+            ask = min(self.concurrency - len(self._running), LANE_BATCH)
+            if ask <= 0:
+                self._lanes_stop()
+                return
+            self._lane_claimed = time.monotonic()
+            try:
+                claimed = self._lane_claim(self.queues, ask)
+            except BrokerError:
+                self._lanes_stop()  # the loop's next claim meets the outage and says so
+                return
+            except Exception:
+                log.exception("a lane's claim failed; claiming goes back to the event loop")
+                self._lanes_stop()
+                return
+            if len(claimed) < ask:
+                self._lanes_stop()
+            if claimed:
+                self.stats.claimed += len(claimed)
+                self._lane_start(claimed)
+
+    def _lane_start(self: Worker, claimed: list[Claimed]) -> None:
+        jobs, others = [], []
+        now, maxrss = time.perf_counter(), self._maxrss
+        mono = time.monotonic()
+        for c in claimed:
+            run = Running(c, None, None, now)
+            run.rss_base = maxrss
+            run.lease_length = ll = _lease_length(c, self._policies[c.queue].lease)
+            run.lease_end = mono + ll
+            self._running[c.id] = run
+            job = self._lane_prepare(run)
+            if job is None:
+                others.append(run)
+            else:
+                jobs.append(job)
+        if others:
+            try:
+                self._loop.call_soon_threadsafe(self._start_runs, others)
+            except RuntimeError:  # the loop is gone: their leases expire, they run again
+                pass
+        if jobs:
+            self._threads.submit_many(jobs)
+
+    def _lane_prepare(self: Worker, run: Running) -> Any:
+        """The job running ``run`` on a lane, or None when the loop must start it (any
+        task that is not a plain one: see the module's docstring)."""
+        c = run.claim
+        try:
+            env = _env.decode(c.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if env.headers or c.expired or (env.app and env.app != self._core.name):
+            return None
+        tf = self._core.tasks.get(env.task)
+        if (
+            tf is None
+            or tf.is_async
+            or (tf.service is not None and tf.service.executor == "process")
+        ):
+            return None
+        if tf.timeout is not None or self._policies[c.queue].timeout is not None:
+            return None
+        try:
+            args, kwargs = tf.convert_args(env.args, env.kwargs)
+        except BadArguments:
+            return None
+        info = TaskInfo(c.id, tf.name, c.queue, c.name, c.attempt, env.headers, None)
+        run.task, run.info, run.lane = tf, info, True
+        if type(self.hooks) is not Hooks:
+            self._hook("claimed", c)
+            self._hook("started", info)
+        return lambda: self._run_thread(run, tf, args, kwargs)
+
+    def _lane_ended(self: Worker, run: Running, cpu: float) -> None:
+        """A lane's task ended well, on its thread: free its slot now; the loop's tick
+        counts and acks it."""
+        if self._running.pop(run.claim.id, None) is run:
+            self._lane_done.append((run, cpu, time.perf_counter() - run.started))
+
+    # -- on the loop ----------------------------------------------------------------------
+
+    def _take_lane_done(self: Worker) -> None:
+        """Count and ack what the lanes finished (every tick while threads work)."""
+        done = self._lane_done
+        if not done:
+            return
+        hooks = type(self.hooks) is not Hooks
+        ack = self._outbox.ack
+        while done:
+            run, cpu, wall = done.popleft()
+            self._measure(run, wall, cpu, False)
+            self.stats.succeeded += 1
+            ack(run.claim.lease)
+            info = run.info
+            if info is not None:
+                if info._ctx is not None:
+                    try:
+                        info.cancel()  # release the context's deadline timer
+                    except Exception:
+                        pass
+                if hooks:
+                    self._hook("succeeded", info)
+        if self.concurrency - len(self._running) >= self._wake_at:
+            self._slot_free.set()
+
+    def _start_runs(self: Worker, runs: list[Running]) -> None:
+        """Start, on the loop, what a lane claimed but cannot run itself."""
+        for run in runs:
+            if self._running.get(run.claim.id) is run:
+                self._begin(run)
