@@ -5,7 +5,7 @@ server's clock; ``put.sql`` stores it and, in the same statement, NOTIFYs the ca
 channel (``offload-r-<reply_to>``) with its key. A caller process holds one LISTEN
 connection of its own for its channel (apart from the workers' wake-up listener), reads
 the keys it is notified of (the first one waited for, the rest polled: no wait for more),
-and fetches their values in one query on that same connection. Expired rows are
+and fetches their values in one query. Expired rows are
 invisible at once and deleted a thousand at a time by ``put_result`` every few seconds.
 The SQL is in ``sql/results/``; the table is part of the schema (migration 003).
 """
@@ -100,15 +100,11 @@ class Results:
                 raise
         if not keys:
             return []
-        # on the listening connection itself: idle between waits, and no pool checkout
-        # (a notification arriving meanwhile waits in its backlog for the next wait)
-        with self._errors("taking results"):
-            try:
-                cur = await conn.execute(self._results_sql()["take"], {"keys": keys})
-                found = {k: bytes(v) for k, v in await cur.fetchall()}
-            except BaseException:
-                await self._close_results()
-                raise
+        # Not on the listening connection: a notification read with a query's reply can
+        # stay queued in libpq, unseen by the next wait, until another one arrives.
+        async with self._conn("taking results") as c:
+            cur = await c.execute(self._results_sql()["take"], {"keys": keys})
+            found = {k: bytes(v) for k, v in await cur.fetchall()}
         return [(k, found[k]) for k in dict.fromkeys(keys) if k in found]
 
     async def _results_listener(self, reply_to: str) -> psycopg.AsyncConnection:
