@@ -358,6 +358,49 @@ def bench_http(n: int, seconds: float, tmp: pathlib.Path) -> dict[str, float]:
 # -- the run --------------------------------------------------------------------------------
 
 
+Row = dict[str, float] | str
+CELERY, NAMEKO, HTTP = (
+    "Celery redis (.delay().get())",
+    "Nameko RPC rabbitmq",
+    "HTTP httpx->uvicorn (floor)",
+)
+
+
+def one_round(opts: argparse.Namespace, tmp: pathlib.Path, events: bool) -> dict[str, Row]:
+    """Every system once, in the same order: offload on each broker, then the peers."""
+    rows: dict[str, Row] = {}
+    for broker in opts.brokers.split(","):
+        url = URLS[broker].format(tmp=tmp)
+        print(f"offload on {broker} ...", file=sys.stderr, flush=True)
+        rows[f"offload {broker}"] = bench_offload(broker, url, opts.n, opts.seconds)
+        if events:
+            rows[f"events {broker}"] = bench_events(url, opts.events)
+    print("Celery on Redis ...", file=sys.stderr, flush=True)
+    rows[CELERY] = bench_celery(opts.n, opts.seconds, tmp)
+    print("Nameko on RabbitMQ ...", file=sys.stderr, flush=True)
+    rows[NAMEKO] = bench_nameko(opts.n, opts.seconds, tmp)
+    print("plain HTTP ...", file=sys.stderr, flush=True)
+    rows[HTTP] = bench_http(opts.n, opts.seconds, tmp)
+    return rows
+
+
+def ratios(rows: dict[str, Row], broker: str) -> dict[str, float]:
+    """The goal's ratios for offload on ``broker`` from one round's figures, by label
+    (``{}`` where the number goes)."""
+    r, http, celery, nameko = (rows.get(k) for k in (f"offload {broker}", HTTP, CELERY, NAMEKO))
+    out: dict[str, float] = {}
+    if not isinstance(r, dict):
+        return out
+    if isinstance(http, dict):
+        out["p50 {}x HTTP's"] = r["p50_ms"] / http["p50_ms"]
+    if isinstance(celery, dict):
+        out["Celery's p50 is {}x offload's"] = celery["p50_ms"] / r["p50_ms"]
+        out["{}x Celery's calls/s"] = r["calls_per_s"] / celery["calls_per_s"]
+    if isinstance(nameko, dict):
+        out["Nameko's p50 is {}x offload's"] = nameko["p50_ms"] / r["p50_ms"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500)
@@ -365,49 +408,49 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1000)
     ap.add_argument("--brokers", default="redis,postgres,sqlite")
     ap.add_argument("--quick", action="store_true", help="n=200, 1.5 s, 200 events")
+    ap.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure every system this many times, one after the other; each figure and "
+        "each ratio is the median of the rounds' (on a shared machine, load that comes and "
+        "goes then weighs on every system alike)",
+    )  # fmt: skip
     opts = ap.parse_args()
     if opts.quick:
         opts.n, opts.seconds, opts.events = 200, 1.5, 200
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-calls-"))
-    rows: dict[str, dict[str, float] | str] = {}
-    events: dict[str, dict[str, float]] = {}
-    for broker in opts.brokers.split(","):
-        url = URLS[broker].format(tmp=tmp)
-        print(f"offload on {broker} ...", file=sys.stderr, flush=True)
-        rows[f"offload {broker}"] = bench_offload(broker, url, opts.n, opts.seconds)
-        events[broker] = bench_events(url, opts.events)
-    print("Celery on Redis ...", file=sys.stderr, flush=True)
-    rows["Celery redis (.delay().get())"] = bench_celery(opts.n, opts.seconds, tmp)
-    print("Nameko on RabbitMQ ...", file=sys.stderr, flush=True)
-    rows["Nameko RPC rabbitmq"] = bench_nameko(opts.n, opts.seconds, tmp)
-    print("plain HTTP ...", file=sys.stderr, flush=True)
-    rows["HTTP httpx->uvicorn (floor)"] = bench_http(opts.n, opts.seconds, tmp)
+    rounds = [one_round(opts, tmp, events=i == 0) for i in range(max(1, opts.rounds))]
+    names = [k for k in rounds[0] if not k.startswith("events ")]
 
-    print(f"\ncall round trip (no-op), n={opts.n} sequential; throughput with 32 callers")
+    def median(name: str, key: str) -> float | None:
+        got = [r[name][key] for r in rounds if isinstance(r.get(name), dict)]  # type: ignore[index]
+        return statistics.median(got) if got else None
+
+    print(f"\ncall round trip (no-op), n={opts.n} sequential; throughput with 32 callers;"
+          f" median of {len(rounds)} round(s)")  # fmt: skip
     print(f"{'system':34} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9}")
-    for name, r in rows.items():
-        if isinstance(r, str):
-            print(f"{name:34} {r}")
+    for name in names:
+        p50, p99, cps = (median(name, k) for k in ("p50_ms", "p99_ms", "calls_per_s"))
+        if p50 is None or p99 is None or cps is None:
+            print(f"{name:34} {rounds[0][name]}")
         else:
-            print(f"{name:34} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['calls_per_s']:9.0f}")
+            print(f"{name:34} {p50:8.2f} {p99:8.2f} {cps:9.0f}")
     print(f"\npublish to 3 subscribers, n={opts.events}, one by one (no worker)")
     print(f"{'broker':10} {'events/s':>9} {'send_many(3)/s':>15} {'ratio':>6}")
-    for broker, e in events.items():
+    for broker in opts.brokers.split(","):
+        e = rounds[0][f"events {broker}"]
+        assert isinstance(e, dict)
         ratio = e["events_per_s"] / e["send_many_3_per_s"]
         print(f"{broker:10} {e['events_per_s']:9.0f} {e['send_many_3_per_s']:15.0f} {ratio:6.2f}")
 
-    print("\nratios (goal: p50 below Celery's by 3x or more; Redis within 1.5x of HTTP):")
-    celery, http = rows["Celery redis (.delay().get())"], rows["HTTP httpx->uvicorn (floor)"]
-    nameko = rows["Nameko RPC rabbitmq"]
+    print("\nratios, each from one round's figures, median over the rounds (goal: Celery's p50")
+    print("3x offload's or more; offload's on Redis within 1.5x of HTTP's):")
     for broker in opts.brokers.split(","):
-        r = rows[f"offload {broker}"]
-        assert isinstance(r, dict) and isinstance(http, dict)
-        parts = [f"p50 {r['p50_ms'] / http['p50_ms']:.2f}x HTTP's"]
-        if isinstance(celery, dict):
-            parts.append(f"Celery's p50 is {celery['p50_ms'] / r['p50_ms']:.1f}x offload's")
-            parts.append(f"{r['calls_per_s'] / celery['calls_per_s']:.1f}x Celery's calls/s")
-        if isinstance(nameko, dict):
-            parts.append(f"Nameko's p50 is {nameko['p50_ms'] / r['p50_ms']:.1f}x offload's")
+        each = [ratios(r, broker) for r in rounds]
+        parts = []
+        for key in each[0]:
+            values = [x[key] for x in each if key in x]
+            spread = f" (rounds: {min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+            parts.append(key.format(f"{statistics.median(values):.2f}") + spread)
         print(f"  offload {broker}: " + "; ".join(parts))
     return 0
 
