@@ -375,7 +375,11 @@ class BlockingClaim(Protocol):
     return fewer than could be claimed across several queues (the worker's loop then
     claims with its full logic)."""
 
-    def claim_blocking(self, queues: Sequence[str], limit: int) -> list[Claimed]: ...
+    def claim_blocking(
+        self, queues: Sequence[str], limit: int, acks: Sequence[Lease] = ()
+    ) -> list[Claimed]:
+        """Ack ``acks`` (as :meth:`Broker.ack`), then claim up to ``limit``, in one
+        round trip where the broker can."""
 
 
 @runtime_checkable

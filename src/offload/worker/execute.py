@@ -121,6 +121,7 @@ class TaskRunner:
                 return
             self._run_eager(run, coro)
         else:
+            self._fed_threads = True
             self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
             if self._kick is None:
                 self._kick = self._loop.call_later(TICK, self._tick)

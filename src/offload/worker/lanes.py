@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..brokers.base import BlockingClaim, Claimed
+from ..brokers.base import BlockingClaim, Claimed, Lease
 from ..core import envelope as _env
 from ..errors import BadArguments, BrokerError
 from ..hooks import Hooks
@@ -49,6 +49,7 @@ __all__ = ["LaneRunner"]
 log = logging.getLogger("offload.worker")
 
 LANE_BATCH = 64  # most tasks one lane claim takes
+ACK_LATE = 0.01  # seconds a lane's finished task may wait for the lane's next claim to ack it
 STUCK_AFTER = 0.025  # seconds without a finished job or a lane claim: the lanes are stuck
 
 
@@ -61,6 +62,7 @@ class LaneRunner:
         self._lane_lock = threading.Lock()  # one lane claim at a time
         self._lanes_off: Any = None  # asyncio.Event: the loop claims again
         self._lane_claimed = 0.0  # time.monotonic() of the last lane claim
+        self._fed_threads = False  # the loop's last claim gave a handler thread a job
         #: tasks that ended well on a lane: (run, cpu seconds, wall seconds)
         self._lane_done: collections.deque[tuple[Running, float, float]] = collections.deque()
         self._threads.refill = self._refill
@@ -78,23 +80,28 @@ class LaneRunner:
 
     def _lanes_start(self: Worker) -> None:
         """On the loop, after a full claim that handed work to the threads."""
-        if self._lane_claim is not None and not self._stopping and self._threads.pending():
+        if self._lane_claim is not None and not self._stopping:
             self._lane_claimed = time.monotonic()
             self._lanes_on = True
             self._lanes_off.clear()
+            if not self._threads.pending():  # the threads may have run out already
+                self._threads.submit(_nothing)  # one wakes, finds no job, and claims
 
-    def _lanes_stop(self: Worker) -> None:
-        """On any thread, holding the lane lock: claiming goes back to the loop."""
-        if self._lanes_on:
+    def _lanes_stop(self: Worker, acks: list[Lease] | None = None) -> None:
+        """On any thread, holding the lane lock: claiming (and ``acks``) go back to the
+        loop."""
+        if self._lanes_on or acks:
             self._lanes_on = False
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._lanes_ended)
-                except RuntimeError:  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(self._lanes_ended, acks)
+                except RuntimeError:  # the loop closed: those tasks run again (at-least-once)
                     pass
 
-    def _lanes_ended(self: Worker) -> None:
+    def _lanes_ended(self: Worker, acks: list[Lease] | None = None) -> None:
+        for lease in acks or ():
+            self._outbox.ack(lease)
         self._take_lane_done()
         if not self._lanes_on and self._lanes_off is not None:
             self._lanes_off.set()
@@ -128,35 +135,57 @@ class LaneRunner:
     # -- on a handler thread ------------------------------------------------------------
 
     def _refill(self: Worker) -> None:
-        """A handler thread ran out of jobs: claim the next batch here, if the lanes are
-        on. Never raises (a failure turns the lanes off; the loop takes it from there)."""
+        """A handler thread ran out of jobs: ack what the lanes finished and claim the
+        next batch, in one round trip, if the lanes are on. Never raises (a failure turns
+        the lanes off and leaves their acks to the loop, which takes it from there)."""
         if not self._lanes_on:
             return
         with self._lane_lock:
             if not self._lanes_on or self._threads.pending():
                 return
-            if self._stopping:
-                self._lanes_stop()
-                return
+            acks = self._count_lane_done()
             ask = min(self.concurrency - len(self._running), LANE_BATCH)
-            if ask <= 0:
-                self._lanes_stop()
+            if self._stopping or ask <= 0:
+                self._lanes_stop(acks)
                 return
             self._lane_claimed = time.monotonic()
             try:
-                claimed = self._lane_claim(self.queues, ask)
+                claimed = self._lane_claim(self.queues, ask, acks)
             except BrokerError:
-                self._lanes_stop()  # the loop's next claim meets the outage and says so
+                self._lanes_stop(acks)  # the loop's next claim meets the outage, says so
                 return
             except Exception:
                 log.exception("a lane's claim failed; claiming goes back to the event loop")
-                self._lanes_stop()
+                self._lanes_stop(acks)
                 return
             if len(claimed) < ask:
                 self._lanes_stop()
+            self.stats.lane_claims += 1
             if claimed:
                 self.stats.claimed += len(claimed)
                 self._lane_start(claimed)
+
+    def _count_lane_done(self: Worker) -> list[Lease]:
+        """Count what the lanes finished (holding the lane lock, on any thread) and return
+        the leases to ack."""
+        done = self._lane_done
+        acks: list[Lease] = []
+        hooks = type(self.hooks) is not Hooks
+        while done:
+            run, cpu, wall = done.popleft()
+            self._measure(run, wall, cpu, False)
+            acks.append(run.claim.lease)
+            info = run.info
+            if info is not None:
+                if info._ctx is not None:
+                    try:
+                        info.cancel()  # release the context's deadline timer
+                    except Exception:
+                        pass
+                if hooks:
+                    self._hook("succeeded", info)
+        self.stats.succeeded += len(acks)
+        return acks
 
     def _lane_start(self: Worker, claimed: list[Claimed]) -> None:
         jobs, others = [], []
@@ -220,26 +249,28 @@ class LaneRunner:
     # -- on the loop ----------------------------------------------------------------------
 
     def _take_lane_done(self: Worker) -> None:
-        """Count and ack what the lanes finished (every tick while threads work)."""
+        """On the loop (every tick while threads work, and at the end): count and ack what
+        the lanes finished while they are off. While on, they do it themselves with their
+        next claim, unless that is late (threads busy with a long batch): then the loop
+        acks what waited ``ACK_LATE`` seconds, so a lease does not run out meanwhile."""
         done = self._lane_done
         if not done:
             return
-        hooks = type(self.hooks) is not Hooks
-        ack = self._outbox.ack
-        while done:
-            run, cpu, wall = done.popleft()
-            self._measure(run, wall, cpu, False)
-            self.stats.succeeded += 1
-            ack(run.claim.lease)
-            info = run.info
-            if info is not None:
-                if info._ctx is not None:
-                    try:
-                        info.cancel()  # release the context's deadline timer
-                    except Exception:
-                        pass
-                if hooks:
-                    self._hook("succeeded", info)
+        lock = self._lane_lock
+        if self._lanes_on:
+            try:
+                run, _, wall = done[0]
+            except IndexError:  # a lane took them meanwhile
+                return
+            if time.perf_counter() - run.started - wall < ACK_LATE or not lock.acquire(False):
+                return
+        else:
+            lock.acquire()
+        try:
+            for lease in self._count_lane_done():
+                self._outbox.ack(lease)
+        finally:
+            lock.release()
         if self.concurrency - len(self._running) >= self._wake_at:
             self._slot_free.set()
 
@@ -248,3 +279,7 @@ class LaneRunner:
         for run in runs:
             if self._running.get(run.claim.id) is run:
                 self._begin(run)
+
+
+def _nothing() -> None:
+    pass

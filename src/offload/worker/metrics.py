@@ -11,6 +11,7 @@ which every broker sums like its other counts: percentiles come back from the br
 from __future__ import annotations
 
 import logging
+import threading
 from math import floor
 from math import log as ln
 
@@ -50,10 +51,11 @@ class MetricsBuffer:
     """Per task function counts, wall/CPU totals, maxima and histograms since the last
     flush."""
 
-    __slots__ = ("_by_task",)
+    __slots__ = ("_by_task", "_lock")
 
     def __init__(self) -> None:
         self._by_task: dict[str, _Sums] = {}
+        self._lock = threading.Lock()  # the loop and the lanes' threads both add
 
     def add(self, name: str, wall: float, cpu: float, failed: bool, rss: int | None = None) -> None:
         """One run of task function ``name``: ``wall`` and ``cpu`` seconds, whether it
@@ -61,43 +63,46 @@ class MetricsBuffer:
         peak; for a thread or async task the worker's high-water growth during the run),
         None when it was not measured. Runs once per task: no allocation beyond the
         counters."""
-        s = self._by_task.get(name)
-        if s is None:
-            s = self._by_task[name] = _Sums(name)
-        m = s.m
-        m.count += 1
-        m.failures += failed
-        m.wall_total += wall
-        m.cpu_total += cpu
-        if wall > m.wall_max:
-            m.wall_max = wall
-        if cpu > m.cpu_max:
-            m.cpu_max = cpu
-        h = s.wall
-        i = floor(ln(wall) * SCALE) if 0.0 < wall < _BIG else bucket(wall)
-        h[i] = h.get(i, 0) + 1
-        h = s.cpu
-        i = floor(ln(cpu) * SCALE) if 0.0 < cpu < _BIG else bucket(cpu)
-        h[i] = h.get(i, 0) + 1
-        if rss is not None:
-            if rss > m.mem_peak_max:
-                m.mem_peak_max = int(rss)
-            h = s.rss
-            i = floor(ln(rss) * SCALE) if 0 < rss < _BIG else bucket(rss)
+        with self._lock:
+            s = self._by_task.get(name)
+            if s is None:
+                s = self._by_task[name] = _Sums(name)
+            m = s.m
+            m.count += 1
+            m.failures += failed
+            m.wall_total += wall
+            m.cpu_total += cpu
+            if wall > m.wall_max:
+                m.wall_max = wall
+            if cpu > m.cpu_max:
+                m.cpu_max = cpu
+            h = s.wall
+            i = floor(ln(wall) * SCALE) if 0.0 < wall < _BIG else bucket(wall)
             h[i] = h.get(i, 0) + 1
+            h = s.cpu
+            i = floor(ln(cpu) * SCALE) if 0.0 < cpu < _BIG else bucket(cpu)
+            h[i] = h.get(i, 0) + 1
+            if rss is not None:
+                if rss > m.mem_peak_max:
+                    m.mem_peak_max = int(rss)
+                h = s.rss
+                i = floor(ln(rss) * SCALE) if 0 < rss < _BIG else bucket(rss)
+                h[i] = h.get(i, 0) + 1
 
     def count(self, name: str, measure: str) -> None:
         """Add one to a named count of ``name`` (e.g. ``expired``: dropped unrun)."""
-        s = self._by_task.get(name)
-        if s is None:
-            s = self._by_task[name] = _Sums(name)
-        extra = s.m.extra
-        extra[measure] = extra.get(measure, 0.0) + 1.0
+        with self._lock:
+            s = self._by_task.get(name)
+            if s is None:
+                s = self._by_task[name] = _Sums(name)
+            extra = s.m.extra
+            extra[measure] = extra.get(measure, 0.0) + 1.0
 
     def take(self) -> list[TaskMetrics]:
         """What was summed since the last take, ready for ``broker.record``; empties the
         buffer."""
-        sums, self._by_task = self._by_task, {}
+        with self._lock:
+            sums, self._by_task = self._by_task, {}
         return [s.finish() for s in sums.values()]
 
     async def flush(self, broker: Broker) -> None:

@@ -196,6 +196,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
                     # inside a driver call could be swallowed there and hang the group.
                     self._closed.set()
                     self._outbox.wanted.set()
+            self._take_lane_done()
             if not await self._flush():
                 log.warning(
                     "could not reach the broker at shutdown: %d acks and verdicts not "
@@ -285,9 +286,10 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
                 backlog = len(claimed) >= ask
                 if claimed:
                     self.stats.claimed += len(claimed)
+                    self._fed_threads = False
                     for c in claimed:
                         self._start(c)
-                    if backlog:
+                    if backlog and self._fed_threads:
                         self._lanes_start()
                     if time.monotonic() - last_metrics > 2.0:
                         last_metrics = time.monotonic()
@@ -424,6 +426,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
             await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
+        self._take_lane_done()
         await self._flush()
         if self._running:
             runs = list(self._running.values())

@@ -26,6 +26,9 @@ class WorkerStats:
     foreign: int = 0
     #: thread handlers that did not stop after their timeout and were left behind
     abandoned: int = 0
+    #: claims made by handler threads themselves (lanes: a backlog of plain-function
+    #: tasks, see offload.worker.lanes); their tasks count in ``claimed`` too
+    lane_claims: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 

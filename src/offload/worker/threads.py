@@ -26,7 +26,11 @@ from typing import Any
 
 __all__ = ["ThreadPool"]
 
-EAGER = 2  # busy threads below which a new job wakes a sleeping thread at once
+import os
+
+EAGER = int(
+    os.environ.get("AB_EAGER", "2")
+)  # busy threads below which a new job wakes a sleeping thread at once
 KICK_AFTER = 0.005  # seconds without a finished job after which waiting jobs get threads
 KICK_LATE = 0.025  # seconds a job may wait while the busy threads finish others
 
@@ -48,6 +52,7 @@ class ThreadPool:
         self._abandoned: set[int] = set()  # threads that retire once their job ends
         self._stopped = False
         self.last_done = 0.0  # time.monotonic() when a thread last finished a job
+        self._job_started: dict[int, float] = {}  # thread -> when its running job started
         #: called (without the lock) by a thread that ran out of jobs, before it sleeps;
         #: it may queue more with :meth:`submit_many`. Never raises.
         self.refill: Callable[[], object] | None = None
@@ -125,16 +130,18 @@ class ThreadPool:
     def _loop(self) -> None:
         jobs, lock, wake = self._jobs, self._lock, self._wake
         me = threading.get_ident()
+        running = self._job_started
         lock.acquire()
         try:
+            surplus = False
             while True:
                 # busy here: a new thread, or one that just ran a job
                 refilled = False
-                while not jobs:
+                while not jobs or surplus:
                     if self._stopped:
                         self._busy -= 1
                         return
-                    if not refilled and self.refill is not None:
+                    if not refilled and not surplus and self.refill is not None:
                         refilled = True
                         lock.release()
                         try:
@@ -142,6 +149,7 @@ class ThreadPool:
                         finally:
                             lock.acquire()
                         continue
+                    surplus = False
                     self._busy -= 1
                     self._sleeping += 1
                     wake.wait()
@@ -151,6 +159,7 @@ class ThreadPool:
                     self._busy += 1
                     refilled = False
                 fn = jobs.popleft()[1]
+                running[me] = time.monotonic()
                 lock.release()
                 try:
                     fn()  # fn handles its own exceptions and reports back to the loop
@@ -158,7 +167,13 @@ class ThreadPool:
                     pass
                 finally:
                     lock.acquire()
-                self.last_done = time.monotonic()
+                self.last_done = now = time.monotonic()
+                del running[me]
+                if jobs and self._busy > self._eager:
+                    # more threads take jobs than wanted (woken while all were stuck):
+                    # this one sleeps unless fewer than `eager` others make progress
+                    fresh = sum(now - t < KICK_AFTER for t in running.values())
+                    surplus = fresh >= self._eager
                 if me in self._abandoned:
                     self._abandoned.discard(me)
                     self._size -= 1

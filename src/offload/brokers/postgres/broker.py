@@ -379,14 +379,21 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
             rows = await cur.fetchall()
         return _claims(rows)
 
-    def claim_blocking(self, queues: Sequence[str], limit: int) -> list[Claimed]:
-        """:meth:`claim` from a worker's handler thread (``BlockingClaim``): the same
-        statements on the synchronous pool."""
-        if limit <= 0 or not queues:
+    def claim_blocking(
+        self, queues: Sequence[str], limit: int, acks: Sequence[Lease] = ()
+    ) -> list[Claimed]:
+        """:meth:`ack` then :meth:`claim` from a worker's handler thread
+        (``BlockingClaim``): the same statements, in one transaction and round trip, on
+        the synchronous pool."""
+        if (limit <= 0 or not queues) and not acks:
             return []
         self._turn += 1
-        params = {"queues": list(dict.fromkeys(queues)), "limit": int(limit), "turn": self._turn}
-        return _claims(self._sync.claim(params))
+        params = {
+            "queues": list(dict.fromkeys(queues)),
+            "limit": max(0, int(limit)),
+            "turn": self._turn,
+        }
+        return _claims(self._sync.claim(params, [x.id for x in acks]))
 
     async def ack(self, leases: Sequence[Lease]) -> None:
         """Remove finished tasks whatever their state and token (a finished run wins)."""

@@ -45,6 +45,7 @@ from .queries import (
 __all__ = ["SyncSide"]
 
 _IDLE = TransactionStatus.IDLE
+_ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
 _READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
 
 
@@ -113,16 +114,22 @@ class SyncSide:
                     raise
         raise AssertionError("unreachable: _errors re-raises what it does not map")
 
-    def claim(self, params: dict) -> list[tuple]:
-        """The worker's claim (the statements of ``PostgresBroker.claim``) from a handler
-        thread: lock, claim and commit in one round trip on a pooled connection."""
+    def claim(self, params: dict, acks: list[str]) -> list[tuple]:
+        """The worker's ack and claim (the statements of ``PostgresBroker.ack`` and
+        ``claim``) from a handler thread: in one transaction and one round trip on a
+        pooled connection, committed without waiting for the WAL flush, as those are."""
         pool = self._pool or self._open()
         q = self._q
         with self._errors("claiming"), pool.connection() as conn:
+            claims = bool(params["limit"] and params["queues"])
             with conn.pipeline(), conn.transaction():
-                conn.execute(q.claim_lock, params)
-                cur = conn.execute(q.claim, params)
-            return cur.fetchall()
+                # claim_lock sets the asynchronous commit; acks alone set it themselves
+                conn.execute(q.claim_lock, params) if claims else conn.execute(_ASYNC_COMMIT)
+                if acks:
+                    conn.execute(q.ack, {"ids": acks})
+                if claims:
+                    cur = conn.execute(q.claim, params)
+            return cur.fetchall() if claims else []
 
     def _send(self, pool: ConnectionPool, tasks: Sequence[NewTask]) -> list[bool]:
         if self._take_held():

@@ -447,28 +447,37 @@ class RedisBroker(ScriptCalls, Inspection, Overrides, Results):
         except Exception as exc:
             raise self._faults.error("enqueue", exc) from exc
 
-    def claim_blocking(self, queues: Sequence[str], limit: int) -> list[Claimed]:
-        """:meth:`claim` from a worker's handler thread (see ``BlockingClaim``): one
-        script call per queue with a share of ``limit``, on the thread's own connection.
-        Never parks; it unparks this worker where an earlier claim parked it."""
-        if limit <= 0 or not queues:
-            return []
-        sync, park = self._sync_scripts(), self._park
+    def claim_blocking(
+        self, queues: Sequence[str], limit: int, acks: Sequence[Lease] = ()
+    ) -> list[Claimed]:
+        """:meth:`ack` then :meth:`claim` from a worker's handler thread (see
+        ``BlockingClaim``): one pipeline of script calls (the acks per queue, then a share
+        of ``limit`` per queue) on the thread's own connection. Never parks; it unparks
+        this worker where an earlier claim parked it."""
+        sync, park, scripts = self._sync_scripts(), self._park, self._scripts
+        calls = [
+            (scripts["ack"], self._qkeys(q).keys, pairs)
+            for q, pairs in self._lease_groups(acks).items()
+        ]
+        n_acks, claims = len(calls), []
         n = len(queues)
-        start = next(self._rr) % n
-        out: list[Claimed] = []
+        start = next(self._rr) % n if n else 0
+        for i in range(n if limit > 0 else 0):
+            q = queues[(start + i) % n]
+            share = limit // n + (1 if i < limit % n else 0)
+            if share:
+                claims.append(q)
+                calls.append((scripts["claim"], self._qkeys(q).keys, park.claim_args(q, share)))
+        if not calls:
+            return []
         try:
-            for i in range(n):
-                q = queues[(start + i) % n]
-                share = limit // n + (1 if i < limit % n else 0)
-                if share:
-                    reply = sync.eval(
-                        self._scripts["claim"], self._qkeys(q).keys, park.claim_args(q, share)
-                    )
-                    park.queues.discard(q)
-                    out += claimed_from(q, reply)
+            replies = sync.eval_many(calls)
         except Exception as exc:
-            raise self._faults.error("claim", exc) from exc
+            raise self._faults.error("claim" if claims else "ack", exc) from exc
+        out: list[Claimed] = []
+        for q, reply in zip(claims, replies[n_acks:], strict=True):
+            park.queues.discard(q)
+            out += claimed_from(q, reply)
         return out
 
     def _sync_scripts(self) -> SyncScripts:

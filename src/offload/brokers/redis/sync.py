@@ -107,6 +107,33 @@ class SyncScripts:
             conn.disconnect()  # a reply may be pending: never reuse this connection as is
             raise
 
+    def eval_many(self, calls: Sequence[tuple[Script, tuple[str, ...], Sequence[Any]]]) -> list:
+        """Several EVALSHAs in one round trip, replies in order; a script the server lost
+        (NOSCRIPT: it did not run) is loaded and run again. Raises redis-py's errors."""
+        if self._cluster or len(calls) == 1:
+            return [self.eval(*c) for c in calls]
+        pack = self._packer.evalsha
+        conn = self._conn()
+        try:
+            conn.send_packed_command([pack(s, k, a) for s, k, a in calls])
+            out: list = []
+            for _ in calls:
+                try:
+                    out.append(conn.read_response())
+                except NoScriptError as exc:
+                    out.append(exc)
+            for i, reply in enumerate(out):
+                if isinstance(reply, NoScriptError):
+                    s, k, a = calls[i]
+                    conn.send_command("SCRIPT", "LOAD", s.source)
+                    conn.read_response()
+                    conn.send_packed_command([pack(s, k, a)])
+                    out[i] = conn.read_response()
+            return out
+        except BaseException:
+            conn.disconnect()  # replies may be pending: never reuse this connection as is
+            raise
+
     def enqueue(
         self, script: Script, keys_of: Callable[[str], tuple[str, ...]], tasks: Sequence[NewTask]
     ) -> list[bool]:

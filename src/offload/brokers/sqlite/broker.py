@@ -193,15 +193,31 @@ class SQLiteBroker(Inspection, Overrides, Results):
         same transaction."""
         return self.claim_blocking(queues, limit)
 
-    def claim_blocking(self, queues: Sequence[str], limit: int) -> list[Claimed]:
-        """:meth:`claim` from a worker's handler thread (``BlockingClaim``), on that
-        thread's own connection."""
+    def claim_blocking(
+        self, queues: Sequence[str], limit: int, acks: Sequence[Lease] = ()
+    ) -> list[Claimed]:
+        """:meth:`ack` then :meth:`claim` in one transaction, from a worker's handler
+        thread (``BlockingClaim``), on that thread's own connection."""
         self._store.require_open()
+        if acks:
+            if limit <= 0 or not queues:
+                if self._store.write("ack", self._ack, acks):
+                    self._ring()
+                return []
+            start = self._rr = (self._rr + 1) % len(queues)
+            order = [*queues[start:], *queues[:start]]
+            unblocked, got = self._store.write("claim", self._ack_claim, acks, order, limit)
+            if unblocked:
+                self._ring()
+            return got
         if limit <= 0 or not queues:
             return []
         start = self._rr = (self._rr + 1) % len(queues)
         order = [*queues[start:], *queues[:start]]
         return self._store.write("claim", tx.claim, order, limit)
+
+    def _ack_claim(self, conn, now: float, acks, order, limit):
+        return self._ack(conn, now, acks), tx.claim(conn, now, order, limit)
 
     async def ack(self, leases: Sequence[Lease]) -> None:
         """Delete finished tasks in one transaction. A finished run wins: the task goes

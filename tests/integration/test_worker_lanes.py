@@ -1,0 +1,207 @@
+"""Lanes (offload.worker.lanes), on every broker: while a backlog of plain-function tasks
+waits, the handler threads claim, run and ack them. Every task still runs once, in every
+mix with tasks the loop must start, under hooks, and through a drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from offload import App, Retry, Worker
+from offload.hooks import Hooks
+from offload.testing.apps import run_until_idle
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def make_app(url: str, **queue_kw) -> App:
+    app = App("lanes", broker=url)
+    app.queue("q", **queue_kw)
+    return app
+
+
+def test_a_backlog_of_plain_tasks_runs_once_each_on_the_lanes(broker_url):
+    app = make_app(broker_url)
+    done: list[int] = []
+    threads: set[str] = set()
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        done.append(i)
+        threads.add(threading.current_thread().name)
+
+    n = 3000
+    s.send_many([((i,), {}) for i in range(n)])
+    stats = run_until_idle(app, concurrency=8)
+    assert sorted(done) == list(range(n))
+    assert stats.succeeded == n and stats.claimed == n
+    assert stats.lane_claims > 0  # the threads claimed (else this test proves nothing)
+    assert all(t.startswith("offload-task") for t in threads)
+    st = app.stats("q")
+    assert (st.ready, st.leased, st.dead) == (0, 0, 0)
+    app.close()
+
+
+def test_tasks_the_loop_must_start_are_handed_to_it(broker_url):
+    """One backlog mixing what lanes run with what they must not: async handlers, a task
+    with a timeout, one that fails (retried, then dead), one whose caller waits for its
+    result. Each ends as it would without lanes."""
+    app = make_app(broker_url, retry=Retry(limit=1, min_backoff=0.01, max_backoff=0.01))
+    seen: dict[str, list] = {"s": [], "a": [], "slow": [], "bad": []}
+    lock = threading.Lock()
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> int:
+        with lock:
+            seen["s"].append(i)
+        return i * 2
+
+    @app.task(queue="q", name="a")
+    async def a(i: int) -> None:
+        await asyncio.sleep(0)
+        seen["a"].append(i)
+
+    @app.task(queue="q", name="slow", timeout=5)
+    def slow(i: int) -> None:
+        with lock:
+            seen["slow"].append(i)
+
+    @app.task(queue="q", name="bad")
+    def bad(i: int) -> None:
+        with lock:
+            seen["bad"].append(i)
+        raise ValueError(f"bad {i}")
+
+    calls = []
+    for i in range(400):
+        s.send(i)
+        if i % 4 == 0:
+            a.send(i)
+            slow.send(i)
+        if i % 50 == 0:
+            bad.send(i)
+        if i % 100 == 0:
+            calls.append(s.send_with(args=(1000 + i,), result_ttl=60))
+    stats = run_until_idle(app, concurrency=8)
+    assert sorted(seen["s"]) == sorted([*range(400), *(1000 + i for i in range(0, 400, 100))])
+    assert sorted(seen["a"]) == list(range(0, 400, 4))
+    assert sorted(seen["slow"]) == list(range(0, 400, 4))
+    assert sorted(seen["bad"]) == sorted([*range(0, 400, 50)] * 2)  # one retry each
+    assert [h.result(timeout=10) for h in calls] == [2 * (1000 + i) for i in range(0, 400, 100)]
+    assert stats.dead == 8 and stats.retried == 8
+    assert {d.error.split(":")[0] for d in app.dead_letters("q")} == {"ValueError"}
+    assert stats.lane_claims > 0
+    app.close()
+
+
+class _Counting(Hooks):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts = {"claimed": 0, "started": 0, "succeeded": 0}
+        self.threads: set[str] = set()
+
+    def _count(self, what: str) -> None:
+        with self.lock:
+            self.counts[what] += 1
+            self.threads.add(threading.current_thread().name)
+
+    def claimed(self, claim) -> None:
+        self._count("claimed")
+
+    def started(self, info) -> None:
+        self._count("started")
+
+    def succeeded(self, info) -> None:
+        self._count("succeeded")
+
+
+class _ThreadSafeCounting(_Counting):
+    thread_safe = True
+
+
+@pytest.mark.parametrize("hooks_cls", [_Counting, _ThreadSafeCounting])
+def test_hooks_see_every_task_and_run_on_threads_only_when_they_say_they_may(broker_url, hooks_cls):
+    app = make_app(broker_url)
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        pass
+
+    n = 1000
+    s.send_many([((i,), {}) for i in range(n)])
+    hooks = hooks_cls()
+
+    async def main():
+        w = Worker(app, queues=["q"], concurrency=8, burst=True, hooks=hooks)
+        return await asyncio.wait_for(w.run(), 60)
+
+    stats = asyncio.run(main())
+    assert stats.succeeded == n
+    assert hooks.counts == {"claimed": n, "started": n, "succeeded": n}
+    if hooks_cls is _Counting:
+        assert stats.lane_claims == 0
+        assert hooks.threads == {threading.main_thread().name}  # all on the loop
+    else:
+        assert stats.lane_claims > 0
+        assert any(t.startswith("offload-task") for t in hooks.threads)
+    app.close()
+
+
+def test_a_stop_during_the_lanes_loses_nothing(broker_url):
+    app = make_app(broker_url)
+    done: list[int] = []
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        time.sleep(0.001)
+        done.append(i)
+
+    n = 3000
+    s.send_many([((i,), {}) for i in range(n)])
+
+    async def main():
+        w = Worker(app, queues=["q"], concurrency=8, grace=10)
+        task = asyncio.ensure_future(w.run())
+        await asyncio.sleep(0.5)
+        w.stop()
+        return await asyncio.wait_for(task, 30)
+
+    stats = asyncio.run(main())
+    st = app.stats("q")
+    first = len(done)
+    assert 0 < first < n and stats.lane_claims > 0
+    assert len(set(done)) == first == stats.succeeded  # every acked one ran once
+    assert st.leased == 0 and st.ready == n - first  # the rest are left, none lost
+    rest = run_until_idle(app, concurrency=8)
+    assert rest.succeeded == n - first and sorted(done) == list(range(n))
+    app.close()
+
+
+def test_a_handler_holding_every_thread_leaves_claiming_to_the_loop(broker_url):
+    """Lanes claim only when a thread runs out of jobs. When every thread is held by a
+    long handler, the loop must see free slots and claim for them itself."""
+    app = make_app(broker_url)
+    release = threading.Event()
+    done: list[int] = []
+
+    @app.task(queue="q", name="hold")
+    def hold() -> None:
+        release.wait(20)
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        done.append(i)
+        if len(done) == 200:
+            release.set()
+
+    for _ in range(2):
+        hold.send()
+    s.send_many([((i,), {}) for i in range(200)])
+    t0 = time.monotonic()
+    stats = run_until_idle(app, concurrency=4)
+    assert sorted(done) == list(range(200)) and stats.succeeded == 202
+    assert time.monotonic() - t0 < 15
+    app.close()
