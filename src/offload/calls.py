@@ -8,7 +8,10 @@ result's TTL in the task's headers; the worker that finishes the task stores its
 under the task id with that TTL and delivers it to the channel; the listener hands it to
 the waiting caller. So a thousand concurrent calls cost one blocked connection, callers
 are woken by the broker and never poll, and a caller gives up at its own deadline to the
-millisecond (its wait is a local one; the broker is not asked).
+millisecond (its wait is a local one; the broker is not asked). A blocking call whose
+broker can do the whole round trip on the calling thread (Redis on a single server, see
+:class:`~offload.replies.BlockingCall`) does that instead, with a reply channel of its
+thread's: one write and one read, no hop to a sender or listener thread.
 
 Deadlines. A call's deadline is the ``timeout`` given, else the remaining time of the
 ``context`` given, else that of the task the call is made from, else the App's
