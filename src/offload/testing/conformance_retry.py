@@ -34,6 +34,9 @@ async def check_retry_overrides(factory: BrokerFactory) -> None:
         stats = await b.stats(bare)
         assert stats.paused, "storing an override resumed a paused queue"
         assert stats.policy is None, "storing an override declared the queue"
+        await b.set_retry_override(never, r1)
+        assert (await b.stats(never)).policy is None, "an override declared a new queue"
+        await b.set_retry_override(never, None)
     async with opened(factory) as b:
         assert isinstance(b, RetryOverrides)
         got = await b.retry_overrides([q, bare, never])
