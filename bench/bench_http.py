@@ -4,7 +4,9 @@ Per broker: ``send`` one by one from one thread (the baseline), then task creati
 HTTP by 16 concurrent clients against a live ``offload serve`` in its own process, through
 the JSON API (``POST /api/v1/tasks``) and, when the Cloud Tasks surface is built, its
 ``tasks.create``. Prints tasks/s and the ratio to ``send``; the goal on Redis is at least
-0.5x. Every task is really enqueued (the queue's count is checked afterwards).
+0.5x. Beside each rate, the server's CPU time per request (from /proc, Linux): a cost the
+machine's other load changes far less than a rate. Every task is really enqueued (the
+queue's count is checked afterwards).
 
     .venv/bin/python bench/bench_http.py                      # Redis, 3 s per step
     .venv/bin/python bench/bench_http.py --brokers sqlite,redis,postgres --seconds 5
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -178,6 +181,49 @@ def has_cloudtasks() -> bool:
     return True
 
 
+def server_cpu(pid: int) -> float | None:
+    """CPU seconds the server process and its children (``--workers``) used so far, from
+    /proc (None elsewhere): per request, a cost the machine's other load changes little,
+    unlike a rate."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                total += sum(server_cpu(int(c)) or 0.0 for c in f.read().split())
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: tasks created over HTTP in this broker's run so far (checked against the queue)
+CREATED = {"n": 0}
+
+
+def measured(server: subprocess.Popen, port: int, path: str, body_of, clients: int, seconds: float):
+    """(tasks/s, server CPU microseconds per request or None)."""
+    before = server_cpu(server.pid)
+    rate, requests = asyncio.run(http_clients(port, path, body_of, clients, seconds))
+    after = server_cpu(server.pid)
+    CREATED["n"] += requests
+    if before is None or after is None:
+        return rate, None
+    return rate, (after - before) / requests * 1e6
+
+
+def check_created(url: str) -> None:
+    """Every 200/201 the clients saw is a task in the queue."""
+    a = App("benchhttp", broker=url)
+    a.queue("bench", lease=60.0)
+    try:
+        s = a.stats("bench")
+        if s.ready + s.scheduled != CREATED["n"]:
+            raise SystemExit(f"{s.ready + s.scheduled} tasks queued, {CREATED['n']} created")
+    finally:
+        a.close()
+
+
 def run_broker(
     kind: str, seconds: float, clients: int, server_workers: list[int]
 ) -> dict[str, float | None]:
@@ -185,26 +231,26 @@ def run_broker(
     url = broker_url(kind, tmp, "bh")
     try:
         out: dict[str, float | None] = {"send": bench_send(url, seconds)}
+        CREATED["n"] = 0
         for workers in server_workers:
             port = free_port()
             server = start_server(url, port, workers)
             try:
                 path = "/api/v1/tasks"
-                rate, _ = asyncio.run(http_clients(port, path, api_body, clients, seconds))
-                out[f"api_w{workers}"] = rate
-                out[f"cloudtasks_w{workers}"] = None
+                rate, cpu = measured(server, port, path, api_body, clients, seconds)
+                out[f"api_w{workers}"], out[f"api_us_w{workers}"] = rate, cpu
+                out[f"cloudtasks_w{workers}"] = out[f"cloudtasks_us_w{workers}"] = None
                 if has_cloudtasks():
                     path = f"/v2/{CT_PARENT}/tasks"
-                    rate, _ = asyncio.run(
-                        http_clients(port, path, cloudtasks_body, clients, seconds)
-                    )
-                    out[f"cloudtasks_w{workers}"] = rate
+                    rate, cpu = measured(server, port, path, cloudtasks_body, clients, seconds)
+                    out[f"cloudtasks_w{workers}"], out[f"cloudtasks_us_w{workers}"] = rate, cpu
             finally:
                 server.send_signal(signal.SIGTERM)
                 try:
                     server.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     server.kill()
+        check_created(url)
         return out
     finally:
         cleanup(kind, url)
@@ -228,17 +274,24 @@ def main() -> None:
         rows.append((kind, r))
         print(json.dumps({"broker": kind, **r}), flush=True)
     print()
-    cols = ("send/s", "API/s", "ratio", "CT/s", "ratio")
+    cols = ("send/s", "API/s", "ratio", "us/req", "CT/s", "ratio", "us/req")
     print(f"{'broker':9} {'server':>7} " + " ".join(f"{c:>8}" for c in cols))
+
+    def us(x: float | None) -> str:
+        return f"{x:8.0f}" if x is not None else f"{'-':>8}"
+
     for kind, r in rows:
         send = r["send"] or 0.0
         for w in server_workers:
             api, ct = r[f"api_w{w}"] or 0.0, r[f"cloudtasks_w{w}"]
+            api_cols = f"{api:8.0f} {api / send:8.2f} {us(r[f'api_us_w{w}'])}"
             ct_cols = f"{ct:8.0f} {ct / send:8.2f}" if ct else f"{'-':>8} {'-':>8}"
-            print(f"{kind:9} {w:>5} p {send:8.0f} {api:8.0f} {api / send:8.2f} {ct_cols}")
+            ct_cols += f" {us(r[f'cloudtasks_us_w{w}'])}"
+            print(f"{kind:9} {w:>5} p {send:8.0f} {api_cols} {ct_cols}")
     print(
         f"\n({args.clients} HTTP clients against one thread calling send; server: "
-        "`offload serve --workers N` processes; goal on redis: >= 0.5x send"
+        "`offload serve --workers N` processes; us/req: the server's CPU per request; "
+        "goal on redis: >= 0.5x send"
         f"{'; HTTP creates named' if args.named else ''})"
     )
 
