@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from .core.policy import DEFAULT_CONCURRENCY
+
 if TYPE_CHECKING:
     from .topology import Pool
 
@@ -52,7 +54,6 @@ __all__ = [
 ]
 
 DEFAULT_TARGET_LATENCY = 2.0
-DEFAULT_CONCURRENCY = 32  # a worker's tasks in flight when neither -c nor the pool says
 DEFAULT_COOLDOWN = 60.0
 DEFAULT_STEP_UP = 4
 

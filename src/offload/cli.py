@@ -4,13 +4,17 @@ Every refusal is one line on stderr, ``Error: <what was wrong>; <what to do>``: 
 2 for a bad option or argument (click's usage errors, without the usage banner), 1 for
 anything else. Input is checked in full before anything is sent, so a refused ``send``
 enqueues nothing. Output goes through :mod:`offload.cli_render`.
+
+The commands a worker never runs (``send`` and the queue commands of :mod:`offload.cli_admin`,
+``plan``, ``k8s``, ``profile``, ``periodic``) are imported when invoked or listed, so their
+modules stay out of every worker process: each one costs resident memory there for as long as
+the worker lives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import math
 import os
@@ -20,11 +24,10 @@ from typing import Any
 
 import click
 
-from . import cli_calls, cli_http, cli_ops, cli_pools, cli_profile
+from . import cli_http, cli_pools
 from . import cli_render as out
 from .app import App
-from .errors import OffloadError, UnknownQueue, UnknownTask
-from .task import TaskFunction
+from .errors import OffloadError, UnknownQueue
 from .worker import Worker
 
 __all__ = ["load_app", "main"]
@@ -82,27 +85,6 @@ def load_app(spec: str) -> App:
 _MISSING: Any = object()
 
 
-def _refuse_constant(name: str) -> Any:
-    # Python's json reads NaN and Infinity, which JSON itself does not have
-    raise ValueError(f"{name} is not JSON (write null, or a number)")
-
-
-def _json_arg(value: str | None, what: str, kind: type) -> Any:
-    """``value`` parsed as strict JSON of type ``kind`` (list or dict); empty when not given."""
-    if value is None:
-        return kind()
-    try:
-        parsed = json.loads(value, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        raise _bad(what, f"invalid JSON {value!r}: {exc.msg} at column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:
-        raise _bad(what, f"invalid JSON {value!r}: {exc}") from None
-    if not isinstance(parsed, kind):
-        want = "array, e.g. '[\"a\", 1]'" if kind is list else "object, e.g. '{\"key\": 1}'"
-        raise _bad(what, f"{value!r} must be a JSON {want}")
-    return parsed
-
-
 class _Seconds(click.ParamType):
     """A finite number of seconds >= 0: ``nan`` passes a range check (every comparison with
     it is false) and ``inf`` would mean "never", so both are refused here."""
@@ -129,8 +111,37 @@ def _one_line(message: str) -> str:
     return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+# command name -> the module defining it (as a function of that name), imported on first use
+# (see the module docstring)
+_LAZY: dict[str, str] = {
+    "send": "offload.cli_admin",
+    "queues": "offload.cli_admin",
+    "dead": "offload.cli_admin",
+    "requeue": "offload.cli_admin",
+    "pause": "offload.cli_admin",
+    "resume": "offload.cli_admin",
+    "purge": "offload.cli_admin",
+    "delete": "offload.cli_admin",
+    "metrics": "offload.cli_admin",
+    "plan": "offload.cli_ops",
+    "k8s": "offload.cli_ops",
+    "profile": "offload.cli_profile",
+    "periodic": "offload.cli_calls",
+}
+
+
 class _Group(click.Group):
-    """Turns every refusal into one line on stderr: exit status 2 for usage, 1 otherwise."""
+    """Turns every refusal into one line on stderr: exit status 2 for usage, 1 otherwise.
+    Imports the commands of :data:`_LAZY` when one is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            command = getattr(importlib.import_module(_LAZY[cmd_name]), cmd_name)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -293,203 +304,10 @@ def run(
     _run_worker(app, None, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst=False)
 
 
-@main.command()
-@app_arg
-@click.argument("task")
-@click.option("--args", "args_json", help="Positional arguments as a JSON array: '[\"a\", 1]'.")
-@click.option("--kwargs", "kwargs_json", help="Keyword arguments as a JSON object.")
-@click.option("--name", help="Unique task name (de-duplicates).")
-@click.option("--delay", type=SECONDS, help="Seconds before it may run.")
-@click.option("--queue", help="Send to this queue instead of the task's own.")
-def send(
-    app_spec: str,
-    task: str,
-    args_json: str | None,
-    kwargs_json: str | None,
-    name: str | None,
-    delay: float | None,
-    queue: str | None,
-) -> None:
-    """Enqueue one call of TASK (its registered name, e.g. myapp.tasks.send_email)."""
-    app = load_app(app_spec)
-    args = _json_arg(args_json, "--args", list)
-    kwargs = _json_arg(kwargs_json, "--kwargs", dict)
-    tf = _find_task(app, task)
-    h = tf.send_with(args, kwargs, name=name, delay=delay, queue=queue)
-    named = f" (name {h.name})" if h.name else ""
-    out.say(f"enqueued {h.task} as {h.id} on queue {h.queue}{named}")
-
-
-def _find_task(app: App, task: str) -> TaskFunction:
-    """The task registered as ``task``, or the only one whose last dotted part it is."""
-    if task in app.tasks:
-        return app.get_task(task)
-    matches = sorted(n for n in app.tasks if n.rsplit(".", 1)[-1] == task)
-    if len(matches) == 1:
-        return app.get_task(matches[0])
-    if matches:
-        raise UnknownTask(
-            f"task {task!r} is ambiguous in app {app.name!r}: {', '.join(matches)}; "
-            "give its full name"
-        )
-    return app.get_task(task)  # raises UnknownTask listing the names
-
-
-@main.command()
-@app_arg
-@json_flag
-@click.option("--pools", "by_pool", is_flag=True, help="One row per pool: autoscaling signals.")
-@cli_pools.topology_option
-def queues(app_spec: str, as_json: bool, by_pool: bool, topology: str | None) -> None:
-    """Show every queue: how many tasks are in each state, how long the oldest ready one
-    has waited, and the policy the broker enforces (flagging where this app's declaration
-    differs: its workers would change it). With --pools, per pool what an autoscaler reads."""
-    app = load_app(app_spec)
-    if by_pool:
-        cli_pools.show_pools(app, topology, as_json)
-        return
-    if topology is not None:
-        raise click.UsageError("--topology only applies with --pools")
-    rows = []
-    now = app.registry.call(lambda b: b.now(), declare=False)
-    for name, p in sorted(app.queues.items()):
-        s = app.inspect(name)  # reads the broker as it is: declares nothing
-        enforced = s.policy
-        drift = app.policy_drift(name, enforced)
-        rows.append(
-            {
-                "queue": name,
-                "ready": s.ready,
-                "scheduled": s.scheduled,
-                "leased": s.leased,
-                "in_flight": s.leased,
-                "oldest_ready_age": None
-                if s.oldest_ready_at is None
-                else max(0.0, now - s.oldest_ready_at),
-                "dead": s.dead,
-                "paused": s.paused,
-                "rate": enforced.rate if enforced else p.rate,
-                "bucket": enforced.bucket if enforced else p.bucket,
-                "max_concurrent": enforced.max_concurrent if enforced else p.max_concurrent,
-                "lease": enforced.lease if enforced else p.lease,
-                "retry_limit": p.retry.limit,
-                "declared_in_broker": enforced is not None,
-                "differs": {f: {"declared": a, "enforced": b} for f, (a, b) in drift.items()},
-            }
-        )
-    if as_json:
-        click.echo(out.to_json(rows))
-        return
-    out.queues_table(f"{app.name} on {out.redact(app.broker_url)}", rows)
-
-
-@main.command()
-@app_arg
-@click.argument("queue")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
-@json_flag
-def dead(app_spec: str, queue: str, limit: int, as_json: bool) -> None:
-    """List a queue's dead letters with their last error."""
-    app = load_app(app_spec)
-    items = app.dead_letters(queue, limit)
-    if as_json:
-        fields = ("id", "name", "task", "attempts", "error", "traceback", "failed_at")
-        rows = [{f: getattr(d, f) for f in (*fields, "args", "kwargs")} for d in items]
-        click.echo(out.to_json(rows))
-        return
-    out.dead_letters(queue, items)
-
-
-@main.command()
-@app_arg
-@click.argument("queue")
-@click.argument("task_id", required=False)
-def requeue(app_spec: str, queue: str, task_id: str | None) -> None:
-    """Make dead tasks ready again (one by id, or all of the queue's)."""
-    n = load_app(app_spec).requeue_dead(queue, task_id)
-    if task_id is not None and n == 0:
-        raise click.ClickException(f"no dead task {task_id!r} in queue {queue!r}")
-    out.say(f"requeued {n} task(s) on {queue}")
-
-
-@main.command()
-@app_arg
-@click.argument("queue")
-def pause(app_spec: str, queue: str) -> None:
-    """Stop workers from claiming the queue's tasks."""
-    load_app(app_spec).pause(queue)
-    out.say(f"paused {queue}")
-
-
-@main.command()
-@app_arg
-@click.argument("queue")
-def resume(app_spec: str, queue: str) -> None:
-    """Let workers claim the queue's tasks again."""
-    load_app(app_spec).resume(queue)
-    out.say(f"resumed {queue}")
-
-
-@main.command()
-@app_arg
-@click.argument("queue")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def purge(app_spec: str, queue: str, yes: bool) -> None:
-    """Delete every ready and scheduled task of the queue."""
-    app = load_app(app_spec)
-    app.policy(queue)
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"delete every waiting task of {queue}?", abort=True)
-    out.say(f"purged {app.purge(queue)} task(s) from {queue}")
-
-
-@main.command()
-@app_arg
-@click.argument("queue")
-@click.option("--id", "task_id", help="The task's id.")
-@click.option("--name", help="The task's unique name.")
-def delete(app_spec: str, queue: str, task_id: str | None, name: str | None) -> None:
-    """Delete one task by id or name."""
-    if (task_id is None) == (name is None):
-        raise click.UsageError("give exactly one of --id or --name")
-    if not load_app(app_spec).delete_task(queue, id=task_id, name=name):
-        which = task_id if task_id is not None else name
-        raise click.ClickException(f"no task {which!r} in queue {queue!r}")
-    out.say("deleted")
-
-
-@main.command()
-@app_arg
-@json_flag
-def metrics(app_spec: str, as_json: bool) -> None:
-    """Per task function: runs, failures, wall and CPU time measured by the workers."""
-    ms = load_app(app_spec).metrics()
-    rows = [
-        {
-            "task": m.task,
-            "count": m.count,
-            "failures": m.failures,
-            "wall_avg": m.wall_total / m.count if m.count else 0.0,
-            "wall_max": m.wall_max,
-            "cpu_avg": m.cpu_total / m.count if m.count else 0.0,
-            "cpu_max": m.cpu_max,
-            "expired": int(m.extra.get("expired", 0)),
-        }
-        for m in sorted(ms, key=lambda m: m.task)
-    ]
-    if as_json:
-        click.echo(out.to_json(rows))
-        return
-    out.metrics_table(rows)
-
-
 cli_http.register(main)  # serve, run --http, worker --metrics-port
 
 main.add_command(cli_pools.machines)
 main.add_command(cli_pools.check)
-main.add_command(cli_calls.periodic)
-main.add_command(cli_profile.profile)
-cli_ops.register(main)  # plan, k8s
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -3,8 +3,9 @@
 
 The I/O lives here: reading the profile, the catalog and the topology, writing the
 topology and the report. The model is :mod:`offload.planner`, the manifests
-:mod:`offload.k8s`, both pure. Imported by ``cli.py`` at start-up, so nothing heavy is
-imported at module level (a worker never plans).
+:mod:`offload.k8s`, both pure. ``cli.py`` imports this module when ``plan`` or ``k8s`` is
+invoked or the commands are listed (``offload --help``), so nothing heavy is imported at
+module level here either.
 """
 
 from __future__ import annotations

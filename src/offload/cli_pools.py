@@ -8,8 +8,8 @@ pool replica (its minimum, at least one; with ``--autoscale`` between its ``repl
 bounds), logs prefixed with ``[pool.N]``, crashed workers started again, a rolling
 restart on SIGHUP, all drained on SIGTERM.
 
-Imported by ``cli.py`` at start-up: the topology, the catalog and rich load only when a
-command here needs them, never in a plain worker.
+Imported by ``cli.py`` at start-up: the topology, the catalog, the autoscaler and rich load
+only when a command here needs them, never in a plain worker.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import cli_render as out
-from .autoscale import DEFAULT_CONCURRENCY, ScalePolicy
+from .core.policy import DEFAULT_CONCURRENCY
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -209,6 +209,7 @@ def run_pools(
     ``replicas`` minimum (at least one), or with ``autoscale`` between its minimum and
     maximum as the queues need. Returns the exit status (0 when every worker drained
     cleanly)."""
+    from .autoscale import ScalePolicy
     from .supervisor import Supervisor
 
     path = os.path.abspath(topology)
@@ -236,7 +237,7 @@ def pool_rows(app: App, topology: str | None) -> list[dict[str, Any]]:
     """Per pool, what an autoscaler reads (``offload queues --pools``): its queues' ready
     tasks, tasks in flight, the oldest wait, its per-worker concurrency and bounds, and
     ``workers_needed``, the count that would hold all of it at once within the bounds."""
-    from .autoscale import pool_signals, workers_needed
+    from .autoscale import ScalePolicy, pool_signals, workers_needed
     from .supervisor import read_signals
 
     placement = app.placement(topology)

@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from tests.conftest import _drop_pg_schema, _drop_redis_prefix, make_url
+
 # What an idle worker needs none of. The stdlib ones came with importlib.resources (reading
 # the SQLite broker's SQL), hashlib/tempfile (the doorbell's rare long-path case) and random
 # (jitter under lock contention): about 1.8 MB of resident memory together.
@@ -74,10 +76,59 @@ def _modules_after(code: str, tmp_path) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_idle_sqlite_worker_imports_nothing_it_does_not_use(tmp_path):
+# What none of an idle worker's work needs, on any broker: the commands a worker never runs
+# (plan, k8s, profile, periodic, the autoscaler of `offload run`), the HTTP face (only with
+# --metrics-port), the planner's model and croniter (no periodic task is declared). Each one
+# costs resident memory in every worker process (docs/benchmarks.md, "idle worker RSS").
+NOT_IN_A_PLAIN_WORKER = {
+    "offload.autoscale",
+    "offload.catalog",
+    "offload.cli_calls",
+    "offload.cli_ops",
+    "offload.cli_profile",
+    "offload.http",
+    "offload.k8s",
+    "offload.planner",
+    "offload.push",
+    "offload.supervisor",
+    "offload.topology",
+    "croniter",
+    "jinja2",
+    "prometheus_client",
+    "starlette",
+    "uvicorn",
+}
+# Per broker: the modules that show it really opened, and the other brokers' drivers.
+OPENED = {
+    "sqlite": {"offload.brokers.sqlite.queries", "sqlite3"},
+    "redis": {"offload.brokers.redis.broker", "redis.asyncio"},
+    "postgres": {"offload.brokers.postgres.broker", "psycopg_pool"},
+}
+OTHER_DRIVERS = {
+    "sqlite": {
+        "redis",
+        "psycopg",
+        "psycopg_pool",
+        "offload.brokers.redis",
+        "offload.brokers.postgres",
+    },
+    "redis": {
+        "sqlite3",
+        "psycopg",
+        "psycopg_pool",
+        "offload.brokers.sqlite",
+        "offload.brokers.postgres",
+    },
+    "postgres": {"sqlite3", "redis", "offload.brokers.sqlite", "offload.brokers.redis"},
+}
+
+
+def _idle_worker_modules(url: str, tmp_path) -> set[str]:
+    """The module table of ``offload worker`` with its default settings, at exit after a
+    --burst run that opened the broker, ran the claim loop and found no work."""
     (tmp_path / "footapp.py").write_text(APP)
-    db, dump = tmp_path / "idle.db", tmp_path / "modules.txt"
-    env = _env(tmp_path) | {"OFFLOAD_BROKER": f"sqlite:///{db}", "FOOTPRINT_OUT": str(dump)}
+    dump = tmp_path / "modules.txt"
+    env = _env(tmp_path) | {"OFFLOAD_BROKER": url, "FOOTPRINT_OUT": str(dump)}
     out = subprocess.run(
         [sys.executable, "-m", "offload", "worker", "footapp:app", "--burst"],
         capture_output=True,
@@ -88,11 +139,55 @@ def test_idle_sqlite_worker_imports_nothing_it_does_not_use(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "stopped after" in out.stderr  # the worker ran its loop, then found no work
-    modules = set(dump.read_text().split())
+    return set(dump.read_text().split())
+
+
+def test_idle_sqlite_worker_imports_nothing_it_does_not_use(tmp_path):
+    db = tmp_path / "idle.db"
+    modules = _idle_worker_modules(f"sqlite:///{db}", tmp_path)
     # the broker really opened: its schema and queries were read and the file exists
     assert {"offload.worker.runtime", "offload.brokers.sqlite.queries", "sqlite3"} <= modules
     assert db.exists()
     assert sorted(modules & (NOT_IN_AN_IDLE_WORKER | NEVER_IN_A_WORKER)) == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
+def test_idle_worker_loads_no_other_command_face_or_driver(kind, tmp_path):
+    url = make_url(kind, tmp_path)
+    try:
+        modules = _idle_worker_modules(url, tmp_path)
+    finally:
+        if kind == "redis":
+            _drop_redis_prefix(url)
+        elif kind == "postgres":
+            _drop_pg_schema(url)
+    assert {"offload.worker.runtime", *OPENED[kind]} <= modules
+    unused = NOT_IN_A_PLAIN_WORKER | NEVER_IN_A_WORKER | OTHER_DRIVERS[kind]
+    assert sorted(modules & unused) == []
+
+
+def test_commands_a_worker_never_runs_load_when_used(tmp_path):
+    """The lazily imported commands are listed by ``--help`` and run as before."""
+    env = _env(tmp_path)
+    listed = subprocess.run(
+        [sys.executable, "-m", "offload", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    for name in ("plan", "k8s", "profile", "periodic", "worker"):
+        assert f"  {name} " in listed.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "offload", "plan", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage:" in helped.stdout and "plan" in helped.stdout
 
 
 # What a broker loads when it is chosen, never at import: the client libraries and

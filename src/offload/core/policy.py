@@ -22,6 +22,10 @@ MAX_RATE = 1e9  # tasks per second
 MAX_LEASE = 7 * 24 * 3600.0  # App Engine's longest task lease: one week
 MAX_SECONDS = 10 * 365 * 24 * 3600.0  # dedup_window, age_limit, backoffs, timeouts
 
+# A worker's tasks in flight when neither -c nor its pool says. Here, not in the autoscaler
+# that also reads it, so a worker started with its defaults does not import the autoscaler.
+DEFAULT_CONCURRENCY = 32
+
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
 _UNITS = {
     "s": 1.0,
