@@ -54,7 +54,8 @@ class Harness:
         if not self.sink.exists():
             return []
         out = []
-        for line in self.sink.read_text().splitlines():
+        # the last line may be one a worker is writing right now: only whole lines count
+        for line in self.sink.read_text().split("\n")[:-1]:
             ev, key, pid, t, attempt = line.split()
             out.append((ev, key, int(pid), float(t), int(attempt)))
         return out
