@@ -189,8 +189,12 @@ class BrokerCollector:
 
 
 class WorkerMetrics(Hooks):
-    """One worker's own counts and a duration histogram, from the worker's hooks (they run
-    on the worker's loop, so they only add to counters)."""
+    """One worker's own counts and a duration histogram, from the worker's hooks. They
+    only add to prometheus-client's metrics (which take their own locks) and set or pop
+    one dict entry per task (atomic), so handler threads may call them too
+    (``thread_safe``: the worker keeps its lanes on with ``--metrics-port``)."""
+
+    thread_safe = True
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
