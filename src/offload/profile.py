@@ -12,7 +12,8 @@ percentile is interpolated inside the bucket its rank falls in, so it is within 
 bucket's width of the exact one, whatever the distribution, for the price of a few dozen
 numbers per task function. They are stored in ``TaskMetrics.extra`` as
 ``h.<measure>.<bucket>`` (``h.wall.-27``, ``h.rss.z``), measures ``wall`` and ``cpu`` in
-seconds and ``rss`` in bytes.
+seconds and ``rss`` in bytes. The write side (a value's bucket, its key) is
+:mod:`offload.core.histogram`, which every worker holds; this module only reads.
 
 Rates: the broker keeps runs per minute for two hours (``TaskMetrics.recent``). A task's
 ``rate`` is its runs in the last 60 minutes (the current one included) divided by the time
@@ -33,11 +34,24 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from .brokers.base import TaskMetrics
+from .core.histogram import (
+    BUCKETS_PER_DOUBLING,
+    HIGHEST,
+    LOWEST,
+    SCALE,
+    ZERO,
+    bucket,
+    bucket_bounds,
+    hist_key,
+)
 from .errors import ConfigError
 
 __all__ = [
     "BUCKETS_PER_DOUBLING",
+    "HIGHEST",
+    "LOWEST",
     "MEASURES",
+    "SCALE",
     "WINDOW_MINUTES",
     "Profile",
     "ServiceProfile",
@@ -51,37 +65,10 @@ __all__ = [
     "rate",
 ]
 
-BUCKETS_PER_DOUBLING = 4
 #: the measures kept as histograms: wall and CPU seconds, peak RSS bytes
 MEASURES = ("wall", "cpu", "rss")
 #: minutes a rate is read over
 WINDOW_MINUTES = 60
-SCALE = BUCKETS_PER_DOUBLING / math.log(2)  # bucket = floor(log(value) * SCALE)
-#: bucket indices are clamped to this range (2**-50 to 2**75: a femtosecond to 32 ZiB), so
-#: an absurd value cannot add a key per call
-LOWEST, HIGHEST = -200, 300
-_ZERO = "z"
-
-
-def bucket(value: float) -> int | None:
-    """The histogram bucket of ``value``; None for the zero bucket (0, negative or NaN)."""
-    if not value > 0.0:
-        return None
-    if value == math.inf:
-        return HIGHEST
-    return max(LOWEST, min(HIGHEST, math.floor(math.log(value) * SCALE)))
-
-
-def bucket_bounds(i: int | None) -> tuple[float, float]:
-    """The values bucket ``i`` holds: ``[low, high)``; ``(0, 0)`` for the zero bucket."""
-    if i is None:
-        return (0.0, 0.0)
-    return (2.0 ** (i / BUCKETS_PER_DOUBLING), 2.0 ** ((i + 1) / BUCKETS_PER_DOUBLING))
-
-
-def hist_key(measure: str, i: int | None) -> str:
-    """The ``extra`` key bucket ``i`` of ``measure`` is stored under."""
-    return f"h.{measure}.{_ZERO if i is None else i}"
 
 
 def histogram(extra: Mapping[str, float], measure: str) -> dict[int | None, float]:
@@ -93,7 +80,7 @@ def histogram(extra: Mapping[str, float], measure: str) -> dict[int | None, floa
         if not key.startswith(prefix) or not count > 0:
             continue
         tail = key[len(prefix) :]
-        if tail == _ZERO:
+        if tail == ZERO:
             out[None] = out.get(None, 0.0) + count
         elif tail.lstrip("-").isdigit():
             out[int(tail)] = out.get(int(tail), 0.0) + count
