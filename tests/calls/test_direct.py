@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from offload import App, DeadlineExceeded
+from offload import App, BrokerUnavailable, DeadlineExceeded
 from offload.replies import mailbox
 from tests.conftest import _drop_redis_prefix, make_url
 
@@ -199,15 +199,24 @@ def own_redis(tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
-        yield port
+        yield OwnRedis(port, proc)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
+class OwnRedis:
+    def __init__(self, port: int, proc: subprocess.Popen) -> None:
+        self.port, self.proc = port, proc
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 def test_a_server_that_lost_its_scripts_answers_the_next_call(own_redis):
-    app = _app(f"redis://127.0.0.1:{own_redis}/0?prefix=direct").open()
-    raw = redis.Redis(port=own_redis)
+    app = _app(f"redis://127.0.0.1:{own_redis.port}/0?prefix=direct").open()
+    raw = redis.Redis(port=own_redis.port)
     try:
         echo = app.get_task("direct.echo")
         with ThreadWorker(app, queues=["q"]):
@@ -217,4 +226,22 @@ def test_a_server_that_lost_its_scripts_answers_the_next_call(own_redis):
                 assert echo.call_with(args=(value,), timeout=10) == value
     finally:
         raw.close()
+        app.close()
+
+
+def test_a_server_that_went_away_fails_at_once_and_says_so(own_redis):
+    """The thread's connection was open when the server stopped: the call hears of it at
+    once (BrokerUnavailable, nothing sent), not at its deadline."""
+    app = _app(f"redis://127.0.0.1:{own_redis.port}/0?prefix=direct").open()
+    try:
+        echo = app.get_task("direct.echo")
+        with ThreadWorker(app, queues=["q"]):
+            assert echo.call_with(args=(1,), timeout=10) == 1
+            own_redis.stop()
+            for _ in range(2):  # the dropped connection, then a refused one
+                started = time.monotonic()
+                with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{own_redis.port}"):
+                    echo.call_with(args=(2,), timeout=5)
+                assert time.monotonic() - started < 1.0
+    finally:
         app.close()
