@@ -654,7 +654,8 @@ def splice_body(all_res: dict[str, Any], args: argparse.Namespace, cmd: str) -> 
         text = text[: start + len(head)] + new + text[end:]
     note = (f"- Real-body tables: `{cmd}` on "
             f"{getattr(args, 'date', None) or time.strftime('%Y-%m-%d %H:%M %Z')}, load "
-            f"average at start {args.load_start} (the no-op tables are the full run's)")
+            f"average at start {args.load_start} (the no-op tables and the profiles are "
+            "the full run's)")
     lines = [x for x in text.split("\n") if not x.startswith("- Real-body tables: ")]
     at = next((i for i, x in enumerate(lines) if x.startswith("- N = ")), 6)
     lines.insert(at + 1, note)

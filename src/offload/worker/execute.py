@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import inspect
 import logging
 import resource
@@ -128,8 +127,7 @@ class TaskRunner:
 
     def _tick(self: Worker) -> None:
         """Every TICK seconds while handler threads work: judge what they finished (they
-        wake the loop themselves only for a batch, or when they run out of jobs), and wake
-        a thread for each job that waited KICK_AFTER seconds for a busy one."""
+        wake the loop only for a batch, or when out of jobs), and kick the thread pool."""
         self._kick = None
         self._take_results()
         self._take_lane_done()
@@ -237,9 +235,12 @@ class TaskRunner:
             run.thread = None
             _current.reset(token)
         cpu = time.thread_time() - c0
-        if run.lane and result[0] is None:
-            self._lane_ended(run, cpu)  # counted and acked by the loop's tick
-            return
+        if result[0] is None:
+            if run.lane:
+                self._lane_ended(run, cpu)  # counted and acked by the lane or the tick
+                return
+            if self._put_blocking is not None and _calls.RESULT_TTL in run.info.headers:
+                run.result_stored = self._store_here(run)
         # Back to the loop in batches: a wake-up of the loop costs this thread a wait for
         # the GIL. Wake it for a batch (enough to claim for) or when this thread runs out
         # of jobs; else the loop's TICK takes the results. Append before reading the flag;
@@ -277,6 +278,8 @@ class TaskRunner:
         run.timeout_error = error
         ident = run.thread
         if ident is not None:  # a thread: raise TaskTimeout inside it, as Dramatiq does
+            import ctypes  # here: only a timed-out thread needs it (0.3 MB idle)
+
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(ident), ctypes.py_object(TaskTimeout)
             )
@@ -350,7 +353,9 @@ class TaskRunner:
                 run.task.name if run.task else "?",
                 time.monotonic() - run.lease_end,
             )
-        if run.info is None or _calls.RESULT_TTL in run.info.headers:
+        if (run.info is None or _calls.RESULT_TTL in run.info.headers) and not (
+            run.result_stored and verdict.kind == "ack"
+        ):
             reply = _calls.reply_for(run.info, verdict, c.payload)  # no info: unrun, dead
             if reply is not None:  # stored before the ack: verdicts go out first
                 store: Any = self._broker

@@ -33,12 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import calls as _calls
 from ..brokers.base import BlockingClaim, Claimed, Lease
 from ..core import envelope as _env
+from ..core.verdict import Verdict
 from ..errors import BadArguments, BrokerError
 from ..hooks import Hooks
 from ..task import TaskInfo
 from .execute import _lease_length
+from .processes import ORIGIN_ID
 from .state import Running
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ class LaneRunner:
         self._lanes_off: Any = None  # asyncio.Event: the loop claims again
         self._lane_claimed = 0.0  # time.monotonic() of the last lane claim
         self._fed_threads = False  # the loop's last claim gave a handler thread a job
+        self._put_blocking: Any = None
         #: tasks that ended well on a lane: (run, cpu seconds, wall seconds)
         self._lane_done: collections.deque[tuple[Running, float, float]] = collections.deque()
         self._threads.refill = self._refill
@@ -77,6 +81,8 @@ class LaneRunner:
         hooks_ok = type(self.hooks) is Hooks or getattr(self.hooks, "thread_safe", False)
         if isinstance(broker, BlockingClaim) and hooks_ok:
             self._lane_claim = broker.claim_blocking
+        # a call's result stored from the handler's thread (_store_here)
+        self._put_blocking = getattr(broker, "put_result_blocking", None)
 
     def _lanes_start(self: Worker) -> None:
         """On the loop, after a full claim that handed work to the threads."""
@@ -245,6 +251,19 @@ class LaneRunner:
         counts and acks it."""
         if self._running.pop(run.claim.id, None) is run:
             self._lane_done.append((run, cpu, time.perf_counter() - run.started))
+
+    def _store_here(self: Worker, run: Running) -> bool:
+        """Store a call's result from the thread that ran it, so its caller is woken
+        before the loop even hears of it; False (the loop stores it, as for any other
+        task) where the broker cannot or it failed."""
+        try:
+            reply = _calls.reply_for(run.info, Verdict("ack"), run.claim.payload)
+            if reply is None:
+                return False
+            rid = run.info.headers.get(ORIGIN_ID, run.claim.id)  # type: ignore[union-attr]
+            return bool(self._put_blocking(rid, *reply))
+        except Exception:
+            return False
 
     # -- on the loop ----------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from math import floor
 from math import log as ln
 
 from ..brokers.base import Broker, TaskMetrics
+from ..core.histogram import HIGHEST, LOWEST, SCALE, bucket, hist_key
 from ..errors import BrokerError
-from ..profile import HIGHEST, LOWEST, SCALE, bucket, hist_key
 
 __all__ = ["MetricsBuffer"]
 

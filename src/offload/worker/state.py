@@ -59,3 +59,5 @@ class Running:
     rss_base: int = 0
     #: claimed and run by a lane (offload.worker.lanes): a good ending is acked by the tick
     lane: bool = False
+    #: its caller's result was stored from the handler's thread (see TaskRunner._run_thread)
+    result_stored: bool = False

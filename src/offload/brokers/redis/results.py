@@ -96,6 +96,26 @@ class Results:
         # one script: atomic, one round trip on the broker's own connection
         await self._eval_once("storing a result", _PUT, (rkey, lkey), (value, ttl_ms, key))
 
+    def put_result_blocking(
+        self, key: str, value: bytes, ttl: float, reply_to: str | None = None
+    ) -> bool:
+        """:meth:`put_result` from the handler thread that ran the task (the same script,
+        on the thread's own connection), so its caller is woken without a turn of the
+        worker's loop. False where only :meth:`put_result` stores (Redis Cluster, or no
+        reply channel): the worker then stores it from its loop."""
+        if self._cluster or reply_to is None:
+            return False
+        ttl_ms = max(1, int(check_result(key, ttl, reply_to) * 1000))
+        keys = (self._result_key(key), self._reply_key(reply_to))
+        try:
+            self._sync_scripts().eval(_PUT, keys, (value, ttl_ms, key))
+        except Exception as exc:
+            raise self._faults.error("storing a result", exc) from exc
+        return True
+
+    def _sync_scripts(self) -> Any:
+        raise NotImplementedError  # supplied by RedisBroker
+
     async def get_result(self, key: str) -> bytes | None:
         """GET the result; None once Redis expired it."""
         check_result(key, 1.0)
