@@ -333,5 +333,3 @@ def created(tasks: Sequence[NewTask], rows: list) -> list[bool]:
         return [bool(rows) or tasks[0].name is None]
     done = {r[0] for r in rows}
     return [t.id in done for t in tasks]
-
-
