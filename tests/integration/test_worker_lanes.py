@@ -159,7 +159,7 @@ def test_a_stop_during_the_lanes_loses_nothing(broker_url):
         time.sleep(0.001)
         done.append(i)
 
-    n = 3000
+    n = 20_000  # more than 8 threads sleeping 1 ms each can run in the 0.5 s before the stop
     s.send_many([((i,), {}) for i in range(n)])
 
     async def main():
