@@ -205,3 +205,100 @@ def test_a_handler_holding_every_thread_leaves_claiming_to_the_loop(broker_url):
     assert sorted(done) == list(range(200)) and stats.succeeded == 202
     assert time.monotonic() - t0 < 15
     app.close()
+
+
+def test_a_backlog_over_two_queues_runs_once_each_on_the_lanes(broker_url):
+    app = App("lanes", broker=broker_url)
+    app.queue("a")
+    app.queue("b")
+    done: list[tuple[str, int]] = []
+
+    @app.task(queue="a", name="ta")
+    def ta(i: int) -> None:
+        done.append(("a", i))
+
+    @app.task(queue="b", name="tb")
+    def tb(i: int) -> None:
+        done.append(("b", i))
+
+    n = 1500
+    ta.send_many([((i,), {}) for i in range(n)])
+    tb.send_many([((i,), {}) for i in range(n)])
+    stats = run_until_idle(app, queues=["a", "b"], concurrency=8)
+    assert sorted(done) == sorted([("a", i) for i in range(n)] + [("b", i) for i in range(n)])
+    assert stats.succeeded == 2 * n and stats.lane_claims > 0
+    app.close()
+
+
+def _raw_redis(url: str):
+    import redis
+
+    return redis.Redis.from_url(url.split("?", 1)[0])
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"])
+def test_lanes_go_on_when_redis_forgets_its_scripts(broker_url):
+    """A lane's pipelined ack and claim meet NOSCRIPT (SCRIPT FLUSH, a restarted server):
+    the scripts are loaded again and nothing is lost or run twice."""
+    app = make_app(broker_url)
+    done: list[int] = []
+    raw = _raw_redis(broker_url)
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        done.append(i)
+        if i % 500 == 250:
+            raw.script_flush()
+
+    n = 3000
+    s.send_many([((i,), {}) for i in range(n)])
+    stats = run_until_idle(app, concurrency=8)
+    assert sorted(done) == list(range(n))
+    assert stats.lane_claims > 0 and stats.succeeded == n
+    app.close()
+
+
+@pytest.mark.parametrize("broker_kind", ["redis"])
+def test_a_calls_result_reaches_its_caller_while_the_loop_is_busy(broker_url):
+    """A plain task's result is stored by the thread that ran it: its caller gets it while
+    the worker's event loop is held by another (badly behaved, blocking) handler."""
+    app = make_app(broker_url)
+    go = threading.Event()
+
+    @app.task(queue="q", name="quick")
+    def quick() -> int:
+        go.wait(10)
+        return 42
+
+    @app.task(queue="q", name="hog")
+    async def hog() -> None:
+        go.set()
+        time.sleep(1.5)  # holds the event loop
+
+    got: list[tuple[int, float]] = []
+
+    def caller() -> None:
+        value = quick.call_with(timeout=10)
+        got.append((value, time.monotonic()))
+
+    t = threading.Thread(target=caller)
+    t.start()
+    deadline = time.monotonic() + 5
+    while app.stats("q").ready < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hog.send()
+
+    async def main():
+        w = Worker(app, queues=["q"], concurrency=4, burst=True)
+        return await asyncio.wait_for(w.run(), 30)
+
+    runner = threading.Thread(target=lambda: asyncio.run(main()))
+    runner.start()
+    assert go.wait(10)
+    released = time.monotonic()
+    t.join(10)
+    runner.join(30)
+    [(value, at)] = got
+    assert value == 42
+    assert at - released < 1.0  # not held back until the loop is free again (1.5 s)
+    app.close()

@@ -25,6 +25,7 @@ other hooks object keeps the lanes off.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -74,8 +75,6 @@ class LaneRunner:
     def _lanes_open(self: Worker) -> None:
         """At start, on the loop: lanes run only where the broker claims synchronously and
         the hooks may be called from handler threads."""
-        import asyncio
-
         self._lanes_off = asyncio.Event()
         broker = self._broker
         hooks_ok = type(self.hooks) is Hooks or getattr(self.hooks, "thread_safe", False)
@@ -115,8 +114,6 @@ class LaneRunner:
     async def _lanes_wait(self: Worker) -> None:
         """The claim loop's pause while the lanes claim: until they hand claiming back,
         a stop, or ``STUCK_AFTER`` seconds (then it looks whether they are stuck)."""
-        import asyncio
-
         assert self._stop_event is not None
         waiters = [
             asyncio.ensure_future(self._lanes_off.wait()),
@@ -128,15 +125,21 @@ class LaneRunner:
             for w in waiters:
                 w.cancel()
         now = time.monotonic()
-        if self._stopping or (
+        hand_back = self._stopping or (
             # every thread is held by a long handler while slots are free: nobody would
             # claim for them, so the loop does (and starts threads as it always has)
             self.concurrency > len(self._running)
             and now - self._threads.last_done >= STUCK_AFTER
             and now - self._lane_claimed >= STUCK_AFTER
-        ):
-            with self._lane_lock:
+        )
+        if hand_back and self._lane_lock.acquire(blocking=False):
+            # never wait for the lock here: a lane holding it is in a claim's round trip
+            # (so not stuck), and the loop must not stop on it; a stopping lane sees
+            # _stopping at its next refill
+            try:
                 self._lanes_stop()
+            finally:
+                self._lane_lock.release()
 
     # -- on a handler thread ------------------------------------------------------------
 
@@ -150,7 +153,10 @@ class LaneRunner:
             if not self._lanes_on or self._threads.pending():
                 return
             acks = self._count_lane_done()
-            ask = min(self.concurrency - len(self._running), LANE_BATCH)
+            # a run whose result waits for the loop's judgement has ended: its slot counts
+            # as free (else the lanes would stop at once after a batch the loop started)
+            free = self.concurrency - len(self._running) + len(self._results)
+            ask = min(free, LANE_BATCH)
             if self._stopping or ask <= 0:
                 self._lanes_stop(acks)
                 return
