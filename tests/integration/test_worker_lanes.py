@@ -11,6 +11,7 @@ import time
 import pytest
 
 from offload import App, Retry, Worker
+from offload.brokers import broker_from_url
 from offload.hooks import Hooks
 from offload.testing.apps import run_until_idle
 
@@ -301,4 +302,46 @@ def test_a_calls_result_reaches_its_caller_while_the_loop_is_busy(broker_url):
     [(value, at)] = got
     assert value == 42
     assert at - released < 1.0  # not held back until the loop is free again (1.5 s)
+    app.close()
+
+
+def test_a_stop_while_a_lane_claims_waits_for_that_claim(broker_url, monkeypatch):
+    # A drain that found no task running while a lane's claim was in its round trip used
+    # to end at once: the claimed batch then ran after the worker had counted and flushed,
+    # so it was neither counted nor acked (and ran a second time later).
+    app = make_app(broker_url)
+    done: list[int] = []
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        done.append(i)
+
+    n = 5_000
+    s.send_many([((i,), {}) for i in range(n)])
+    cls = type(broker_from_url(broker_url))
+    real = cls.claim_blocking
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_claim(self, queues, limit, acks=None):
+        if acks is not None and not holding.is_set():  # a lane's claim (not the loop's)
+            holding.set()
+            release.wait(10)  # the worker is told to stop while this claim is out
+        return real(self, queues, limit) if acks is None else real(self, queues, limit, acks)
+
+    monkeypatch.setattr(cls, "claim_blocking", slow_claim)
+
+    async def main():
+        w = Worker(app, queues=["q"], concurrency=8, grace=10)
+        task = asyncio.ensure_future(w.run())
+        assert await asyncio.get_running_loop().run_in_executor(None, holding.wait, 10)
+        w.stop()
+        await asyncio.sleep(0.3)  # a drain that does not wait for the claim ends meanwhile
+        release.set()
+        return await asyncio.wait_for(task, 30)
+
+    stats = asyncio.run(main())
+    st = app.stats("q")
+    assert stats.lane_claims > 0 and 0 < len(done) < n
+    assert len(set(done)) == len(done) == stats.succeeded == stats.claimed
+    assert st.leased == 0 and st.ready == n - len(done)
     app.close()

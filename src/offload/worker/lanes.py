@@ -141,6 +141,21 @@ class LaneRunner:
             finally:
                 self._lane_lock.release()
 
+    def _lanes_halt(self: Worker) -> bool:
+        """On the loop, draining: turn the lanes off unless a lane is in a claim's round
+        trip (never wait for it here: the loop's heartbeats must go on). True when they are
+        off: any task a lane claimed is then in ``_running``, and no lane claims again (a
+        refill sees them off, or ``_stopping``)."""
+        # the lock, even when they look off: a claim that came back short turns them off
+        # before it puts its tasks in _running
+        if not self._lane_lock.acquire(blocking=False):
+            return False
+        try:
+            self._lanes_stop()
+        finally:
+            self._lane_lock.release()
+        return True
+
     # -- on a handler thread ------------------------------------------------------------
 
     def _refill(self: Worker) -> None:

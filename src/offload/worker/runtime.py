@@ -414,7 +414,8 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
     async def _drain(self) -> None:
         assert self._hurry and self._slot_free
         deadline = time.monotonic() + self.grace
-        while self._running and not self._hurry.is_set():
+        # a lane's claim out in its round trip holds tasks not yet in _running: wait for it
+        while (not self._lanes_halt() or self._running) and not self._hurry.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -423,6 +424,8 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
                 asyncio.ensure_future(self._slot_free.wait()),
                 asyncio.ensure_future(self._hurry.wait()),
             ]
+            if self._lane_lock.locked():  # nothing signals the claim's return: look soon
+                left = min(left, 0.005)
             await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
