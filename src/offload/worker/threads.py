@@ -26,11 +26,7 @@ from typing import Any
 
 __all__ = ["ThreadPool"]
 
-import os
-
-EAGER = int(
-    os.environ.get("AB_EAGER", "2")
-)  # busy threads below which a new job wakes a sleeping thread at once
+EAGER = 2  # busy threads below which a new job wakes a sleeping thread at once
 KICK_AFTER = 0.005  # seconds without a finished job after which waiting jobs get threads
 KICK_LATE = 0.025  # seconds a job may wait while the busy threads finish others
 
