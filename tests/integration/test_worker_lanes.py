@@ -5,6 +5,7 @@ mix with tasks the loop must start, under hooks, and through a drain."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -14,6 +15,8 @@ from offload import App, Retry, Worker
 from offload.brokers import broker_from_url
 from offload.hooks import Hooks
 from offload.testing.apps import run_until_idle
+
+from .test_redis_broker import own_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -345,3 +348,93 @@ def test_a_stop_while_a_lane_claims_waits_for_that_claim(broker_url, monkeypatch
     assert len(set(done)) == len(done) == stats.succeeded == stats.claimed
     assert st.leased == 0 and st.ready == n - len(done)
     app.close()
+
+
+def _run_through_outage(app: App, n: int, outage) -> tuple[list[int], int, object]:
+    """A backlog of ``n`` plain tasks on the lanes; ``outage()`` (on a thread) once they
+    run; then until every task ran. Returns what ran, the lane claims before the outage
+    and the worker's stats."""
+    done: list[int] = []
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        time.sleep(0.0005)
+        done.append(i)
+
+    s.send_many([((i,), {}) for i in range(n)])
+
+    async def main():
+        w = Worker(app, queues=["q"], concurrency=8, grace=10)
+        task = asyncio.ensure_future(w.run())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while (len(done) < 300 or not w.stats.lane_claims) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        before = w.stats.lane_claims
+        assert before and len(done) < n, "the outage must come while the lanes run"
+        await loop.run_in_executor(None, outage)
+        deadline = loop.time() + 60
+        while len(set(done)) < n and loop.time() < deadline and not task.done():
+            await asyncio.sleep(0.05)
+        w.stop()
+        return before, await asyncio.wait_for(task, 30)
+
+    before, stats = asyncio.run(main())
+    return done, before, stats
+
+
+@pytest.mark.slow
+def test_lanes_go_on_after_a_redis_restart(own_server, caplog):  # noqa: F811
+    # Redis goes away while handler threads claim for themselves: their claims and acks
+    # fail, claiming goes back to the loop (which backs off until the server is back),
+    # and the lanes start again on the backlog that is left. Nothing is lost.
+    app = make_app(f"redis://127.0.0.1:{own_server.port}/0?prefix=lanes", lease=2.0)
+
+    def restart():
+        own_server.stop()
+        time.sleep(0.5)
+        own_server.start()
+
+    n = 6000
+    with caplog.at_level(logging.WARNING, logger="offload.worker"):
+        done, before, stats = _run_through_outage(app, n, restart)
+    assert "broker unreachable" in caplog.text  # the worker met the outage
+    assert set(done) == set(range(n))  # at least once each (a lease may run out meanwhile)
+    assert stats.lane_claims > before  # the lanes ran again after the restart
+    assert app.stats("q").ready == app.stats("q").leased == 0
+    app.close()
+
+
+@pytest.mark.slow
+def test_lanes_go_on_after_postgres_backends_are_killed(tmp_path):
+    import psycopg
+
+    from tests.conftest import POSTGRES_URL, _drop_pg_schema, make_url
+
+    base = make_url("postgres", tmp_path)
+    name = "offload_lanes_" + base.rsplit("schema=", 1)[1]
+    app = make_app(f"{base}&application_name={name}", lease=2.0)
+
+    killed = []
+
+    def terminate():
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            killed.append(
+                conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = %s",
+                    (name,),
+                ).fetchone()[0]
+            )
+
+    n = 4000
+    try:
+        done, before, stats = _run_through_outage(app, n, terminate)
+        assert killed[0] >= 2  # the lanes' connection and the loop's (a silent reconnect)
+        assert set(done) == set(range(n))
+        assert stats.lane_claims > before
+        st = app.stats("q")
+        assert st.ready == st.leased == 0
+        app.close()
+    finally:
+        _drop_pg_schema(base)
