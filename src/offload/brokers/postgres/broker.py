@@ -83,6 +83,7 @@ from .failures import connect_error, translate
 from .inspection import Inspection
 from .listen import Listener
 from .overrides import Overrides
+from .pool import give_back
 from .queries import (
     LATEST_VERSION,
     PostgresConfig,
@@ -158,7 +159,7 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
             try:
                 yield conn
             finally:
-                await pool.putconn(conn)
+                await give_back(pool, conn)  # not pool.putconn: see .pool
 
     def _opened(self) -> AsyncConnectionPool:
         if self._pool is None:
