@@ -6,7 +6,8 @@ subscribers against a plain ``send_many``.
     .venv/bin/python bench/bench_calls.py [--n 500] [--seconds 3] [--brokers redis,postgres,sqlite]
     .venv/bin/python bench/bench_calls.py --quick     # n=200, 1.5 s, 200 events: a few minutes
 
-Round trip: send, run a no-op, result back, with one idle worker process (p50, p99 over
+Round trip: send, run a no-op (a plain ``def``, and the same as ``async def``), result
+back, with one idle worker process (p50, p99 over
 ``--n`` sequential calls after a warm-up). Throughput: calls per second with 32 caller
 threads for ``--seconds`` against one worker process with 32 slots. Peers run from their
 own virtualenvs, made from ``bench/requirements/`` on first use as ``bench/run.py`` makes
@@ -36,6 +37,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from offload import App
 
@@ -48,12 +50,20 @@ URLS = {
 
 app = App("bench_calls")
 app.queue("rpc")
+app.queue("rpc_async")
 for _q in ("ev1", "ev2", "ev3"):
     app.queue(_q)
 
 
 @app.task(queue="rpc", name="bench_calls.noop")
 def noop(x: int = 0) -> int:
+    return x
+
+
+@app.task(queue="rpc_async", name="bench_calls.anoop")
+async def anoop(x: int = 0) -> int:
+    """The same no-op as ``async def``: it runs on the worker's event loop, with no hop to a
+    handler thread and back."""
     return x
 
 
@@ -153,17 +163,20 @@ MEASURE = _HEAD + "\n".join(inspect.getsource(f) for f in (round_trips, throughp
 # -- systems --------------------------------------------------------------------------------
 
 
-def bench_offload(broker: str, url: str, n: int, seconds: float) -> dict[str, float]:
+def bench_offload(
+    broker: str, url: str, n: int, seconds: float, fn: Any = noop
+) -> dict[str, float]:
     os.environ["OFFLOAD_BROKER"] = url
+    queue = fn.queue
     a = App("bench_calls", broker=url)  # the caller's own App on this broker
-    a.queue("rpc")
+    a.queue(queue)
     from offload.task import TaskFunction
 
-    caller = TaskFunction(a.registry, noop.fn, noop.name, "rpc")
-    a.registry.tasks[noop.name] = caller
+    caller = TaskFunction(a.registry, fn.fn, fn.name, queue)
+    a.registry.tasks[fn.name] = caller
     a.open()
-    a.purge("rpc")
-    worker = [sys.executable, "-m", "offload", "worker", "bench.bench_calls:app", "-q", "rpc"]
+    a.purge(queue)
+    worker = [sys.executable, "-m", "offload", "worker", "bench.bench_calls:app", "-q", queue]
     out: dict[str, float] = {}
     with process([*worker, "-c", "32"], {"OFFLOAD_BROKER": url}):
         _until(lambda: caller.call_with(args=(1,), timeout=2.0) == 1)
@@ -373,6 +386,8 @@ def one_round(opts: argparse.Namespace, tmp: pathlib.Path, events: bool) -> dict
         url = URLS[broker].format(tmp=tmp)
         print(f"offload on {broker} ...", file=sys.stderr, flush=True)
         rows[f"offload {broker}"] = bench_offload(broker, url, opts.n, opts.seconds)
+        print(f"offload on {broker}, async def ...", file=sys.stderr, flush=True)
+        rows[f"offload {broker} async"] = bench_offload(broker, url, opts.n, opts.seconds, anoop)
         if events:
             rows[f"events {broker}"] = bench_events(url, opts.events)
     print("Celery on Redis ...", file=sys.stderr, flush=True)
@@ -445,13 +460,16 @@ def main() -> int:
     print("\nratios, each from one round's figures, median over the rounds (goal: Celery's p50")
     print("3x offload's or more; offload's on Redis within 1.5x of HTTP's):")
     for broker in opts.brokers.split(","):
-        each = [ratios(r, broker) for r in rounds]
-        parts = []
-        for key in each[0]:
-            values = [x[key] for x in each if key in x]
-            spread = f" (rounds: {min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
-            parts.append(key.format(f"{statistics.median(values):.2f}") + spread)
-        print(f"  offload {broker}: " + "; ".join(parts))
+        for row in (broker, f"{broker} async"):
+            each = [ratios(r, row) for r in rounds]
+            parts = []
+            for key in each[0]:
+                values = [x[key] for x in each if key in x]
+                spread = (
+                    f" (rounds: {min(values):.2f}-{max(values):.2f})" if len(values) > 1 else ""
+                )
+                parts.append(key.format(f"{statistics.median(values):.2f}") + spread)
+            print(f"  offload {row}: " + "; ".join(parts))
     return 0
 
 

@@ -85,3 +85,44 @@ async def test_an_outage_keeps_everything_for_the_next_flush(tmp_path):
     st = await b.stats("q")
     assert (st.ready, st.leased) == (1, 0)
     await b.close()
+
+
+async def test_verdicts_go_out_together_and_an_outage_keeps_only_what_failed(tmp_path):
+    import asyncio
+
+    b, claimed = await _two_claimed(tmp_path)
+    box = Outbox()
+    first_started = asyncio.Event()
+    order: list[str] = []
+
+    async def slow():  # waits for the next verdict to have started: not one after another
+        first_started.set()
+        await asyncio.wait_for(second_started.wait(), 5)
+        order.append("slow")
+
+    second_started = asyncio.Event()
+
+    async def quick():
+        second_started.set()
+        await asyncio.wait_for(first_started.wait(), 5)
+        order.append("quick")
+
+    outage = [True]
+
+    async def away():
+        if outage[0]:
+            raise BrokerUnavailable("connection refused")
+        order.append("away")
+
+    box.verdict(slow, None, "a")
+    box.verdict(away, None, "b")
+    box.verdict(quick, None, "c")
+    box.ack(claimed["t2"].lease)
+    assert await box.flush(b) is False  # 'b' met the outage
+    assert sorted(order) == ["quick", "slow"] and len(box) == 2  # 'b' and the ack stay
+    box.verdict(quick, None, "d")  # queued behind 'b'
+    outage[0] = False
+    assert await box.flush(b) is True and len(box) == 0
+    assert order[2:] == ["away", "quick"]
+    assert (await b.stats("q")).leased == 1  # t2 acked
+    await b.close()

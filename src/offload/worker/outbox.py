@@ -1,5 +1,7 @@
 """What a worker owes its broker: acks, releases, and the verdicts (retry, dead letter) of
-failed tasks. Acks are batched; verdicts go out first, in order.
+failed tasks. Acks are batched; verdicts go out first, up to ``VERDICT_BATCH`` at once
+(each concerns its own task), so that a result a caller waits for is stored before its
+task's ack.
 
 An outage (:class:`~offload.errors.BrokerUnavailable`) keeps everything to send again
 later: an ack that arrives late still counts (a finished run wins), and a verdict for a lost
@@ -24,6 +26,7 @@ __all__ = ["Outbox"]
 log = logging.getLogger("offload.worker")
 
 ACK_BATCH = 500  # an ack batch this large is flushed at once; the most acks sent per call
+VERDICT_BATCH = 16  # verdicts sent at once (each is its own request, on its own connection)
 
 Send = Callable[[], Awaitable[object]]
 
@@ -61,16 +64,16 @@ class Outbox:
         """Send everything pending; False (keeping what failed) if the broker is away."""
         async with self._lock:  # the flusher and a burst worker's check may race
             while self.verdicts:
-                send, fallback, task_id = self.verdicts[0]
-                try:
-                    await send()
-                except BrokerUnavailable as exc:
-                    log.debug("verdict not recorded yet: %s", exc)
+                # Each verdict concerns its own task (a call's result, a retry, a dead
+                # letter, a move): a batch of them goes out at once, not one round trip
+                # after another (32 callers waiting on async handlers' results did). What
+                # an outage kept stays, in its order, for the next flush.
+                batch = self.verdicts[:VERDICT_BATCH]
+                sent = await asyncio.gather(*(self._send(*v) for v in batch))
+                kept = [v for v, ok in zip(batch, sent, strict=True) if not ok]
+                self.verdicts[: len(batch)] = kept  # later ones were appended meanwhile
+                if kept:
                     return False
-                except Exception as exc:
-                    if not await self._refused(send, fallback, task_id, exc):
-                        return False
-                self.verdicts.pop(0)
             while self.releases:
                 delay, leases = next(iter(self.releases.items()))
                 try:
@@ -101,6 +104,18 @@ class Outbox:
                         exc,
                     )
             return True
+
+    async def _send(self, send: Send, fallback: Send | None, task_id: str) -> bool:
+        """One verdict: True when it is done with (stored, or refused for good), False when
+        the broker is away (it stays queued)."""
+        try:
+            await send()
+        except BrokerUnavailable as exc:
+            log.debug("verdict not recorded yet: %s", exc)
+            return False
+        except Exception as exc:
+            return await self._refused(send, fallback, task_id, exc)
+        return True
 
     async def _refused(
         self, send: Send, fallback: Send | None, task_id: str, exc: Exception
