@@ -1,5 +1,9 @@
-"""Eager async handlers: the worker runs a handler's first step itself and hands the rest
-to an ``asyncio.Task`` only if it suspends. ``Resumed`` is that rest."""
+"""Driving the rest of a coroutine whose first step already ran elsewhere.
+
+The worker runs an async handler's first step itself and hands the rest to an
+``asyncio.Task`` only if it suspends (an eager start); the PostgreSQL broker runs a pool
+return's first step in its caller and finishes it in a task a cancel cannot reach.
+``Resumed`` is that rest, in both."""
 
 from __future__ import annotations
 

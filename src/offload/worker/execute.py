@@ -23,10 +23,10 @@ import msgspec
 from .. import calls as _calls
 from ..brokers.base import Broker, Claimed
 from ..core import envelope as _env
+from ..core.resumed import Resumed
 from ..core.verdict import Verdict, describe, judge, judge_expired_claim, safe_text
 from ..errors import BadArguments, TaskTimeout
 from ..task import TaskFunction, TaskInfo, _current
-from .eager import Resumed
 from .processes import ORIGIN_ID, _prior_attempts
 from .state import Running
 from .threads import KICK_AFTER

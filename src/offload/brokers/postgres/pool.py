@@ -19,12 +19,13 @@ still sees its cancel. (A task for every return added about a quarter to a local
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+
+from ...core.resumed import Resumed
 
 __all__ = ["give_back"]
 
@@ -47,30 +48,4 @@ async def give_back(pool: AsyncConnectionPool, conn: psycopg.AsyncConnection) ->
 
 
 async def _finish(coro: Coroutine[Any, Any, None], pending: Any) -> None:
-    await _Resumed(coro, pending)
-
-
-class _Resumed:
-    """Awaiting this runs the rest of ``coro``, suspended on ``pending`` (what its last
-    step yielded: a future, or None for a bare yield), in the awaiting task, as the task
-    that ran the first step would have."""
-
-    def __init__(self, coro: Coroutine[Any, Any, None], pending: Any) -> None:
-        self._coro, self._pending = coro, pending
-
-    def __await__(self) -> Generator[Any, None, None]:
-        coro, pending = self._coro, self._pending
-        while True:
-            try:
-                yield pending
-            except GeneratorExit:  # closed unfinished (the loop is gone): so is the rest
-                coro.close()
-                raise
-            except BaseException as exc:  # this task was cancelled: so is the rest
-                step = functools.partial(coro.throw, exc)
-            else:
-                step = functools.partial(coro.send, None)
-            try:
-                pending = step()
-            except StopIteration:
-                return
+    await Resumed(coro, pending, 0.0)
