@@ -208,6 +208,7 @@ def _run_worker(
         grace=grace,
         burst=burst,
         install_signal_handlers=True,
+        tune_gc=True,  # this process runs the worker alone: see offload/worker/gctune.py
         hooks=click.get_current_context().meta.get("offload.worker_hooks"),
     )
     names = ", ".join(worker.queues)

@@ -28,7 +28,7 @@ from ..core.verdict import Verdict, describe, judge, judge_expired_claim, safe_t
 from ..errors import BadArguments, TaskTimeout
 from ..task import TaskFunction, TaskInfo, _current
 from .processes import ORIGIN_ID, _prior_attempts
-from .state import Running
+from .state import Running, _deadline, _lease_length
 from .threads import KICK_AFTER
 
 TICK = KICK_AFTER / 2  # seconds between the loop's looks at its handler threads
@@ -44,6 +44,8 @@ _maxrss, _SELF = resource.getrusage, resource.RUSAGE_SELF
 UNKNOWN_RELEASE_DELAY = 1.0  # seconds a task of an unknown function waits for a newer worker
 FOREIGN_RELEASE_DELAY = 5.0  # seconds another app's task waits before anyone claims it again
 ABANDON_AFTER = 2.0  # seconds a thread handler gets to stop after TaskTimeout is raised in it
+RSS_EVERY = 0.001  # seconds: the high-water mark is read at most this often for short runs
+RSS_ALWAYS = 0.01  # seconds: a run at least this long always reads it
 
 
 class TaskRunner:
@@ -332,10 +334,16 @@ class TaskRunner:
         if run.task is not None:
             rss = run.rss
             self._rss_tick += 1
-            if rss is None and (wall >= 0.001 or not self._rss_tick & 15):
+            if rss is None and (
+                not self._rss_tick & 15
+                or wall >= RSS_ALWAYS
+                or (wall >= RSS_EVERY and run.started + wall - self._rss_at >= RSS_EVERY)
+            ):
                 # approximate: the worker's high-water growth meanwhile (its next run's
-                # base is this reading). Runs under a millisecond are sampled, one in
-                # 16: a system call is a tenth of a no-op task's cost
+                # base is this reading). The system call costs a few percent of a task
+                # with a quick body: runs of 10 ms and more are always read, the rest at
+                # most once a millisecond, and runs under one are sampled, one in 16
+                self._rss_at = run.started + wall
                 self._maxrss = now = _maxrss(_SELF).ru_maxrss
                 rss = (now - run.rss_base) * 1024
             self._metrics.add(run.task.name, wall, cpu, failed=failed, rss=rss)
@@ -469,24 +477,6 @@ def _fallback(verdict: Verdict) -> str:
     """The error stored when the broker refused the full one (e.g. a text it cannot hold)."""
     head = verdict.error.encode("ascii", "backslashreplace").decode("ascii")[:200]
     return f"{head} [the full error text was refused by the broker]"
-
-
-def _lease_length(c: Claimed, declared: float) -> float:
-    if c.lease_until > c.now > 0:
-        return c.lease_until - c.now
-    return declared
-
-
-def _deadline(task_id: str, headers: dict[str, str]) -> float | None:
-    raw = headers.get(_env.DEADLINE)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        log.warning("task %s: ignoring a bad deadline header %r", task_id, raw)
-        return None
-    return value if value == value else None  # nan: no deadline
 
 
 def _format_exc() -> str:

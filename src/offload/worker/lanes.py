@@ -41,9 +41,8 @@ from ..core.verdict import Verdict
 from ..errors import BadArguments, BrokerError
 from ..hooks import Hooks
 from ..task import TaskInfo
-from .execute import _lease_length
 from .processes import ORIGIN_ID
-from .state import Running
+from .state import Running, _lease_length
 
 if TYPE_CHECKING:
     from .runtime import Worker

@@ -25,6 +25,7 @@ from .. import hooks as _hooks
 from ..app import App
 from ..brokers.base import Broker, Claimed, HandoffReceiver
 from ..errors import BadArguments, BrokerError, ConfigError
+from . import gctune
 from .execute import TaskRunner
 from .lanes import LaneRunner
 from .leases import heartbeat
@@ -60,7 +61,11 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
     in flight. Async handlers run on the worker's event loop, plain functions on threads,
     tasks of ``executor="process"`` services in child processes. Running one task is
     :class:`~offload.worker.execute.TaskRunner`'s part (and
-    :class:`~offload.worker.processes.ProcessRunner`'s, in a child)."""
+    :class:`~offload.worker.processes.ProcessRunner`'s, in a child).
+
+    ``tune_gc=True`` tunes the garbage collector for a process that runs this worker
+    alone, from its start to its stop (``offload worker`` does; see
+    :mod:`offload.worker.gctune`)."""
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
         hooks: _hooks.Hooks | None = None,
         install_signal_handlers: bool = False,
         unknown_grace: float = 900.0,
+        tune_gc: bool = False,
     ) -> None:
         self.app = app
         self._core = core = app.registry
@@ -97,6 +103,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
         self.hooks = hooks or _hooks.Hooks()
         self.stats = WorkerStats()
         self._signals = install_signal_handlers
+        self._tune_gc = tune_gc  # see worker/gctune.py: for a process that only runs this
         self._running: dict[str, Running] = {}
         self._outbox = Outbox()
         self._metrics = MetricsBuffer()
@@ -135,6 +142,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
         )
         self._maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, see _done
         self._rss_tick = 0  # runs judged: one in 16 of the sub-millisecond ones is measured
+        self._rss_at = 0.0  # perf_counter of the last reading (see TaskRunner._measure)
         self._children = ChildPool(concurrency, preload)
         self._busy_children: dict = {}  # child -> (Running, memory limit) while it runs
         self._child_watch: asyncio.TimerHandle | None = None
@@ -177,6 +185,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
         if broker.capabilities.handoff and isinstance(broker, HandoffReceiver):
             broker.on_handoff = self._handed
         self._lanes_open()
+        gc_saved = gctune.tune() if self._tune_gc else None  # all imported by now
         if self._signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop)
@@ -218,6 +227,8 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
                 self._child_watch = None
             self._children.close()
             await broker.close()
+            if gc_saved is not None:
+                gctune.untune(gc_saved)
         return self.stats
 
     async def _declare(self, broker: Broker) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ..core import envelope as _env
 
 if TYPE_CHECKING:
     from ..brokers.base import Claimed
     from ..task import TaskFunction, TaskInfo
 
 __all__ = ["Running", "WorkerStats"]
+
+log = logging.getLogger("offload.worker")
 
 
 @dataclass(slots=True)
@@ -61,3 +66,21 @@ class Running:
     lane: bool = False
     #: its caller's result was stored from the handler's thread (see TaskRunner._run_thread)
     result_stored: bool = False
+
+
+def _lease_length(c: Claimed, declared: float) -> float:
+    if c.lease_until > c.now > 0:
+        return c.lease_until - c.now
+    return declared
+
+
+def _deadline(task_id: str, headers: dict[str, str]) -> float | None:
+    raw = headers.get(_env.DEADLINE)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        log.warning("task %s: ignoring a bad deadline header %r", task_id, raw)
+        return None
+    return value if value == value else None  # nan: no deadline
