@@ -126,3 +126,57 @@ async def test_verdicts_go_out_together_and_an_outage_keeps_only_what_failed(tmp
     assert order[2:] == ["away", "quick"]
     assert (await b.stats("q")).leased == 1  # t2 acked
     await b.close()
+
+
+async def test_a_release_queued_while_one_is_in_flight_is_not_lost(tmp_path):
+    # Releases of one delay share a list; one queued during the round trip of the list
+    # being sent used to be deleted with it, unsent: its task stayed leased until its lease
+    # ran out (then counted as an attempt).
+    import asyncio
+
+    b, claimed = await _two_claimed(tmp_path)
+    box = Outbox()
+    in_flight, go = asyncio.Event(), asyncio.Event()
+    real = b.release
+    sent: list[list[str]] = []
+
+    async def slow_release(leases, delay=0.0):
+        sent.append([x.id for x in leases])
+        if len(sent) == 1:
+            in_flight.set()
+            await go.wait()
+        await real(leases, delay)
+
+    b.release = slow_release
+    box.release(claimed["t1"].lease)
+    flushing = asyncio.ensure_future(box.flush(b))
+    await in_flight.wait()
+    box.release(claimed["t2"].lease)  # the same delay, while t1's release is out
+    go.set()
+    assert await flushing is True and len(box) == 0
+    assert sent == [["t1"], ["t2"]]
+    st = await b.stats("q")
+    assert (st.ready, st.leased) == (2, 0)
+    await b.close()
+
+
+async def test_a_release_met_by_an_outage_stays_for_the_next_flush_in_order(tmp_path):
+    b, claimed = await _two_claimed(tmp_path)
+    box = Outbox()
+    real = b.release
+    sent: list[list[str]] = []
+
+    async def away_once(leases, delay=0.0):
+        sent.append([x.id for x in leases])
+        if len(sent) == 1:
+            box.release(claimed["t2"].lease)  # queued during the failed round trip
+            raise BrokerUnavailable("connection refused")
+        await real(leases, delay)
+
+    b.release = away_once
+    box.release(claimed["t1"].lease)
+    assert await box.flush(b) is False and len(box) == 2
+    assert await box.flush(b) is True and len(box) == 0
+    assert sent == [["t1"], ["t1", "t2"]]
+    assert (await b.stats("q")).ready == 2
+    await b.close()

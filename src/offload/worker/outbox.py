@@ -75,16 +75,19 @@ class Outbox:
                 if kept:
                     return False
             while self.releases:
-                delay, leases = next(iter(self.releases.items()))
+                # taken out before the round trip: a release of the same delay queued
+                # meanwhile starts a list of its own (it was deleted with this one)
+                delay = next(iter(self.releases))
+                leases = self.releases.pop(delay)
                 try:
                     await broker.release(leases, delay)
                 except BrokerUnavailable as exc:
+                    self.releases[delay] = leases + self.releases.get(delay, [])
                     log.debug("release of %d tasks not recorded yet: %s", len(leases), exc)
                     return False
                 except Exception as exc:
                     self.refused += len(leases)
                     log.error("broker refused to release %d tasks: %s", len(leases), exc)
-                del self.releases[delay]
             while self.acks:
                 # at most ACK_BATCH per call: acks piled up behind a slow verdict or an
                 # outage must not make one call larger than the broker takes (a Lua
