@@ -27,6 +27,7 @@ from ..core.resumed import Resumed
 from ..core.verdict import Verdict, describe, judge, judge_expired_claim, safe_text
 from ..errors import BadArguments, TaskTimeout
 from ..task import TaskFunction, TaskInfo, _current
+from .ahead import WALL_WEIGHT
 from .processes import ORIGIN_ID, _prior_attempts
 from .state import Running, _deadline, _lease_length
 from .threads import KICK_AFTER
@@ -346,6 +347,7 @@ class TaskRunner:
                 self._rss_at = run.started + wall
                 self._maxrss = now = _maxrss(_SELF).ru_maxrss
                 rss = (now - run.rss_base) * 1024
+            self._wall_avg += (wall - self._wall_avg) * WALL_WEIGHT  # see .ahead
             self._metrics.add(run.task.name, wall, cpu, failed=failed, rss=rss)
 
     def _send(self: Worker, run: Running, verdict: Verdict) -> None:

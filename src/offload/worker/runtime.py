@@ -26,6 +26,7 @@ from ..app import App
 from ..brokers.base import Broker, Claimed, HandoffReceiver
 from ..errors import BadArguments, BrokerError, ConfigError
 from . import gctune
+from .ahead import AheadRunner
 from .execute import TaskRunner
 from .lanes import LaneRunner
 from .leases import heartbeat
@@ -56,7 +57,7 @@ ACK_PAUSE = 0.002
 ACK_PAUSE_MAX = 0.01
 
 
-class Worker(TaskRunner, LaneRunner, ProcessRunner):
+class Worker(TaskRunner, LaneRunner, ProcessRunner, AheadRunner):
     """Runs the tasks of ``queues`` (default: all of the App's) with at most ``concurrency``
     in flight. Async handlers run on the worker's event loop, plain functions on threads,
     tasks of ``executor="process"`` services in child processes. Running one task is
@@ -129,6 +130,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
         self._results_wake = False
         self._kick: asyncio.TimerHandle | None = None  # wakes threads for queued jobs
         self._lanes_init()
+        self._ahead_init()
         self._policies = {q: core.policy(q) for q in self.queues}
         served = set(self.queues)
         preload = sorted(
@@ -276,6 +278,17 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
                     await self._metrics.flush(broker)
                 continue
             free = self.concurrency - len(self._running)
+            if self._held:  # claimed ahead (offload.worker.ahead): no round trip for these
+                if free > 0 and self._held_wait() > 0:
+                    self._start_held(free)
+                    if self._ahead_wanted(backlog):
+                        backlog = await self._claim_ahead()
+                    await asyncio.sleep(0)
+                elif self._held_wait() > 0:
+                    await self._idle(False, self._held_wait())
+                else:
+                    self._give_back_held()  # no slot came free in time
+                continue
             if backlog and 0 < free < self._claim_at:
                 await self._gather()
                 free = self.concurrency - len(self._running)
@@ -306,6 +319,8 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
                         last_metrics = time.monotonic()
                         await self._metrics.flush(broker)
                     await asyncio.sleep(0)  # let the handlers we just started run
+                    if self._ahead_wanted(backlog):
+                        backlog = await self._claim_ahead()
                     continue
                 if self.burst and not self._running:
                     try:
@@ -354,7 +369,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
         self._backoff = min(2.0, max(0.1, self._backoff * 2))
         return self._backoff
 
-    async def _idle(self, can_claim: bool) -> None:
+    async def _idle(self, can_claim: bool, timeout: float | None = None) -> None:
         """Sleep until a slot frees, new work may be there, or we are asked to stop."""
         assert self._broker and self._stop_event and self._slot_free
         self._slot_free.clear()
@@ -366,7 +381,9 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
             timeout = 0.05 if self.burst else 1.0
             waiters.append(asyncio.ensure_future(self._broker.wait(self.queues, timeout)))
         try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for w in waiters:
                 w.cancel()
@@ -424,6 +441,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner):
 
     async def _drain(self) -> None:
         assert self._hurry and self._slot_free
+        self._give_back_held()
         deadline = time.monotonic() + self.grace
         # a lane's claim out in its round trip holds tasks not yet in _running: wait for it
         while (not self._lanes_halt() or self._running) and not self._hurry.is_set():

@@ -31,6 +31,9 @@ class WorkerStats:
     foreign: int = 0
     #: thread handlers that did not stop after their timeout and were left behind
     abandoned: int = 0
+    #: tasks claimed one batch ahead and held for the next free slots (quick async
+    #: handlers with a backlog, see offload.worker.ahead); they count in ``claimed`` too
+    claimed_ahead: int = 0
     #: claims made by handler threads themselves (lanes: a backlog of plain-function
     #: tasks, see offload.worker.lanes); their tasks count in ``claimed`` too
     lane_claims: int = 0
