@@ -60,9 +60,9 @@ class AheadRunner:
             and self._wall_avg <= AHEAD_WALL
         )
 
-    async def _claim_ahead(self: Worker) -> bool:
-        """Claim the next batch and hold it; whether it was as big as asked (a backlog)."""
-        ask = min(self.concurrency, 250)
+    async def _claim_ahead(self: Worker, ask: int) -> bool:
+        """Claim the next batch of up to ``ask`` and hold it; whether it was as big as
+        asked (a backlog)."""
         try:
             claimed = await self._broker.claim(self.queues, ask)  # type: ignore[union-attr]
         except BrokerError:

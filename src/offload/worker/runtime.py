@@ -279,15 +279,16 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner, AheadRunner):
                 continue
             free = self.concurrency - len(self._running)
             if self._held:  # claimed ahead (offload.worker.ahead): no round trip for these
-                if free > 0 and self._held_wait() > 0:
+                left = self._held_wait()
+                if left <= 0:
+                    self._give_back_held()  # no slot came free in time
+                elif free > 0:
                     self._start_held(free)
                     if self._ahead_wanted(backlog):
-                        backlog = await self._claim_ahead()
+                        backlog = await self._claim_ahead(min(self.concurrency, CLAIM_BATCH))
                     await asyncio.sleep(0)
-                elif self._held_wait() > 0:
-                    await self._idle(False, self._held_wait())
                 else:
-                    self._give_back_held()  # no slot came free in time
+                    await self._idle(False, left)
                 continue
             if backlog and 0 < free < self._claim_at:
                 await self._gather()
@@ -320,7 +321,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner, AheadRunner):
                         await self._metrics.flush(broker)
                     await asyncio.sleep(0)  # let the handlers we just started run
                     if self._ahead_wanted(backlog):
-                        backlog = await self._claim_ahead()
+                        backlog = await self._claim_ahead(min(self.concurrency, CLAIM_BATCH))
                     continue
                 if self.burst and not self._running:
                     try:
