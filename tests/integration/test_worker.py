@@ -352,13 +352,15 @@ def test_drain_finishes_within_grace_and_releases_the_rest(broker_url):
 
 
 def test_lease_is_extended_while_a_long_task_runs(broker_url):
-    app = make_app(broker_url, lease=0.3)
+    # lease 0.6 s, heartbeat every 0.2 s: losing it takes a loop stalled for 0.4 s (at 0.3 s
+    # a loaded CI machine's stall of 0.2 s, e.g. a full collection, once lost it)
+    app = make_app(broker_url, lease=0.6)
     runs = []
 
     @app.task(queue="q", name="long")
     def long_task() -> None:
         runs.append(current_task().attempt)
-        time.sleep(1.5)  # five leases long, heartbeating
+        time.sleep(2.4)  # four leases long, heartbeating
 
     long_task.send()
 
