@@ -117,12 +117,13 @@ class SyncSide:
     def claim(self, params: dict, acks: list[str]) -> list[tuple]:
         """The worker's ack and claim (the statements of ``PostgresBroker.ack`` and
         ``claim``) from a handler thread: in one transaction and one round trip on a
-        pooled connection, committed without waiting for the WAL flush, as those are."""
+        pooled connection, committed without waiting for the WAL flush, as those are. The
+        transaction is the pipeline's implicit one (see ``PostgresBroker.claim``)."""
         pool = self._pool or self._open()
         q = self._q
         with self._errors("claiming"), pool.connection() as conn:
             claims = bool(params["limit"] and params["queues"])
-            with conn.pipeline(), conn.transaction():
+            with conn.pipeline():
                 # claim_lock sets the asynchronous commit; acks alone set it themselves
                 conn.execute(q.claim_lock, params) if claims else conn.execute(_ASYNC_COMMIT)
                 if acks:
