@@ -49,6 +49,33 @@ def test_a_backlog_of_plain_tasks_runs_once_each_on_the_lanes(broker_url):
     app.close()
 
 
+@pytest.mark.parametrize("concurrency", [32, 8])
+def test_the_next_batch_is_claimed_while_the_last_jobs_run(broker_url, concurrency):
+    """At the default concurrency a lane claims the next batch while a few jobs of the
+    last are still queued (the other threads run them meanwhile); with too few slots for
+    that, only when the jobs ran out. Either way every task runs once."""
+    app = make_app(broker_url)
+    done: list[int] = []
+
+    @app.task(queue="q", name="s")
+    def s(i: int) -> None:
+        done.append(i)
+
+    n = 3000
+    s.send_many([((i,), {}) for i in range(n)])
+    stats = run_until_idle(app, concurrency=concurrency)
+    assert sorted(done) == list(range(n))
+    assert stats.succeeded == n and stats.claimed == n
+    assert stats.lane_claims > 0
+    if concurrency == 32:
+        assert stats.lane_claims_ahead > 0
+    else:  # 8 slots: never 8 free while jobs are queued
+        assert stats.lane_claims_ahead == 0
+    st = app.stats("q")
+    assert (st.ready, st.leased, st.dead) == (0, 0, 0)
+    app.close()
+
+
 def test_tasks_the_loop_must_start_are_handed_to_it(broker_url):
     """One backlog mixing what lanes run with what they must not: async handlers, a task
     with a timeout, one that fails (retried, then dead), one whose caller waits for its

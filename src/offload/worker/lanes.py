@@ -52,6 +52,7 @@ __all__ = ["LaneRunner"]
 log = logging.getLogger("offload.worker")
 
 LANE_BATCH = 64  # most tasks one lane claim takes
+LANE_AHEAD = 8  # jobs still queued at or below which a lane claims the next batch
 ACK_LATE = 0.01  # seconds a lane's finished task may wait for the lane's next claim to ack it
 STUCK_AFTER = 0.025  # seconds without a finished job or a lane claim: the lanes are stuck
 
@@ -70,6 +71,7 @@ class LaneRunner:
         #: tasks that ended well on a lane: (run, cpu seconds, wall seconds)
         self._lane_done: collections.deque[tuple[Running, float, float]] = collections.deque()
         self._threads.refill = self._refill
+        self._threads.refill_below = LANE_AHEAD
 
     def _lanes_open(self: Worker) -> None:
         """At start, on the loop: lanes run only where the broker claims synchronously and
@@ -157,19 +159,28 @@ class LaneRunner:
 
     # -- on a handler thread ------------------------------------------------------------
 
-    def _refill(self: Worker) -> None:
-        """A handler thread ran out of jobs: ack what the lanes finished and claim the
-        next batch, in one round trip, if the lanes are on. Never raises (a failure turns
-        the lanes off and leaves their acks to the loop, which takes it from there)."""
+    def _refill(self: Worker, early: bool = False) -> None:
+        """A handler thread ran out of jobs, or (``early``) left at most ``LANE_AHEAD``
+        queued: ack what the lanes finished and claim the next batch, in one round trip,
+        if the lanes are on. Early, the other busy threads run the jobs still queued
+        meanwhile, so the batch's claim no longer leaves them idle for its round trip;
+        the tasks it claims wait behind at most ``LANE_AHEAD`` jobs (and the pool's kick
+        still bounds that wait). Never raises (a failure turns the lanes off and leaves
+        their acks to the loop, which takes it from there)."""
         if not self._lanes_on:
             return
-        with self._lane_lock:
-            if not self._lanes_on or self._threads.pending():
+        lock = self._lane_lock
+        if not lock.acquire(blocking=not early):
+            return  # another lane is claiming already
+        try:
+            if not self._lanes_on or self._threads.pending() > (LANE_AHEAD if early else 0):
                 return
-            acks = self._count_lane_done()
             # a run whose result waits for the loop's judgement has ended: its slot counts
             # as free (else the lanes would stop at once after a batch the loop started)
             free = self.concurrency - len(self._running) + len(self._results)
+            if early and free < LANE_AHEAD and not self._stopping:
+                return  # the slots are full of queued jobs: claim when they have run
+            acks = self._count_lane_done()
             ask = min(free, LANE_BATCH)
             if self._stopping or ask <= 0:
                 self._lanes_stop(acks)
@@ -187,9 +198,12 @@ class LaneRunner:
             if len(claimed) < ask:
                 self._lanes_stop()
             self.stats.lane_claims += 1
+            self.stats.lane_claims_ahead += early
             if claimed:
                 self.stats.claimed += len(claimed)
                 self._lane_start(claimed)
+        finally:
+            lock.release()
 
     def _count_lane_done(self: Worker) -> list[Lease]:
         """Count what the lanes finished (holding the lane lock, on any thread) and return

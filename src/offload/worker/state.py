@@ -37,6 +37,9 @@ class WorkerStats:
     #: claims made by handler threads themselves (lanes: a backlog of plain-function
     #: tasks, see offload.worker.lanes); their tasks count in ``claimed`` too
     lane_claims: int = 0
+    #: of those, claims made while at most ``LANE_AHEAD`` jobs were still queued, so that
+    #: the other threads ran those meanwhile (offload.worker.lanes)
+    lane_claims_ahead: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 

@@ -49,9 +49,12 @@ class ThreadPool:
         self._stopped = False
         self.last_done = 0.0  # time.monotonic() when a thread last finished a job
         self._job_started: dict[int, float] = {}  # thread -> when its running job started
-        #: called (without the lock) by a thread that ran out of jobs, before it sleeps;
-        #: it may queue more with :meth:`submit_many`. Never raises.
-        self.refill: Callable[[], object] | None = None
+        #: called (without the lock) by a thread that ran out of jobs, before it sleeps,
+        #: with ``False``; and with ``True`` by a thread that finished a job and left
+        #: ``refill_below`` or fewer queued (it claims the next batch while the other busy
+        #: threads run those). It may queue more with :meth:`submit_many`. Never raises.
+        self.refill: Callable[[bool], object] | None = None
+        self.refill_below = 0
 
     def submit(self, fn: Callable[[], Any]) -> bool:
         """Queue ``fn``; False when it waits for a busy thread (call :meth:`kick` after
@@ -141,7 +144,7 @@ class ThreadPool:
                         refilled = True
                         lock.release()
                         try:
-                            self.refill()
+                            self.refill(False)
                         finally:
                             lock.acquire()
                         continue
@@ -165,6 +168,12 @@ class ThreadPool:
                     lock.acquire()
                 self.last_done = now = time.monotonic()
                 del running[me]
+                if 0 < len(jobs) <= self.refill_below and self.refill is not None:
+                    lock.release()
+                    try:
+                        self.refill(True)
+                    finally:
+                        lock.acquire()
                 if jobs and self._busy > self._eager:
                     # more threads take jobs than wanted (woken while all were stuck):
                     # this one sleeps unless fewer than `eager` others make progress
