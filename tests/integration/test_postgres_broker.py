@@ -532,6 +532,41 @@ async def test_rate_bucket_holds_across_racing_claimers(url):
         await asyncio.gather(*(b.close() for b in brokers))
 
 
+async def test_claims_and_acks_commit_without_the_wal_flush_and_only_themselves(broker):
+    """Claims and acks set ``synchronous_commit = off`` LOCAL to their own transaction (a
+    pipeline's implicit one), whether or not they find rows; enqueues and retries keep the
+    server's setting. Read inside the same pipeline, then on the next statement."""
+    await broker.enqueue([task() for _ in range(3)])
+    conn = await admin()
+    q, mode = broker._q, "SELECT current_setting('synchronous_commit')"
+    try:
+        server = await (await conn.execute(mode)).fetchone()
+        params = {"queues": ["q"], "limit": 2, "turn": 0}
+        for statements in (
+            [(q.claim_lock, params), (q.claim, params)],
+            [
+                (q.claim_lock, {**params, "queues": ["empty"]}),
+                (q.claim, {**params, "queues": ["empty"]}),
+            ],
+            [(q.ack, {"ids": ["no-such-id"]})],
+        ):
+            async with conn.pipeline():
+                for sql, args in statements:
+                    await conn.execute(sql, args)
+                inside = await conn.execute(mode)
+            assert await inside.fetchone() == ("off",), statements[-1][0][:40]
+            after = await (await conn.execute(mode)).fetchone()
+            assert after == server, "the setting leaked past its transaction"
+        got = await broker.claim(["q"], 3)
+        async with conn.pipeline():
+            await conn.execute(q.ack, {"ids": [got[0].id]})
+            inside = await conn.execute(mode)
+        assert await inside.fetchone() == ("off",)
+        assert (await broker.stats("q")).leased == 2  # the ack above deleted one
+    finally:
+        await conn.close()
+
+
 async def test_racing_enqueue_and_ack_never_hand_out_a_name_twice(broker, url):
     other = broker_from_url(url)
     await other.open()

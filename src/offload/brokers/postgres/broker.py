@@ -102,8 +102,6 @@ from .queries import has_input as _has_input
 from .results import Results
 from .sync import SyncSide
 
-_ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
-
 __all__ = ["PostgresBroker"]
 
 _GC_EVERY = 60.0  # seconds between expired-name clean-ups by one broker's idle wait()
@@ -408,8 +406,7 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
         # claim+ack cycle stops paying a disk flush per batch.
         if not leases:
             return
-        async with self._conn("acking") as conn, conn.pipeline():
-            await conn.execute(_ASYNC_COMMIT)
+        async with self._conn("acking") as conn:
             await conn.execute(self._q.ack, {"ids": [x.id for x in leases]})
 
     async def retry(self, lease: Lease, delay: float, error: str) -> bool:

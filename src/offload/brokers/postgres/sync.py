@@ -45,7 +45,6 @@ from .queries import (
 __all__ = ["SyncSide"]
 
 _IDLE = TransactionStatus.IDLE
-_ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
 _READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
 
 
@@ -124,8 +123,9 @@ class SyncSide:
         with self._errors("claiming"), pool.connection() as conn:
             claims = bool(params["limit"] and params["queues"])
             with conn.pipeline():
-                # claim_lock sets the asynchronous commit; acks alone set it themselves
-                conn.execute(q.claim_lock, params) if claims else conn.execute(_ASYNC_COMMIT)
+                # claim_lock and ack each set the asynchronous commit
+                if claims:
+                    conn.execute(q.claim_lock, params)
                 if acks:
                     conn.execute(q.ack, {"ids": acks})
                 if claims:

@@ -4,12 +4,16 @@
 -- match nothing. A named task's name stays reserved for its queue's dedup_window. A queue
 -- with max_concurrent is notified: a slot came free for an idle worker (the leased count
 -- is read from the rows, so a task leased by someone else no longer counts once deleted).
+--
+-- It commits without waiting for the WAL flush (set LOCAL here, so the ack is one
+-- statement): a lost ack only runs a finished task again, at-least-once.
 WITH now_ AS (
-    SELECT extract(epoch FROM clock_timestamp())::float8 AS t
+    SELECT extract(epoch FROM clock_timestamp())::float8 AS t,
+           set_config('synchronous_commit', 'off', true) AS commit_mode
 ),
 gone AS (
     DELETE FROM {schema}.tasks t
-    WHERE t.id = ANY(%(ids)s::text[])
+    WHERE t.id = ANY(%(ids)s::text[]) AND (SELECT commit_mode FROM now_) = 'off'
     RETURNING t.queue, t.name
 ),
 names AS (
