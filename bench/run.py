@@ -69,13 +69,14 @@ BROKER_TITLE = {"sqlite": "SQLite", "redis": "Redis", "postgres": "PostgreSQL"}
 FIGURES = ["enqueue", "bulk", "process", "p50_ms", "p99_ms", "rss_mb"]
 HIGHER_BETTER = {"enqueue": True, "bulk": True, "process": True, "p50_ms": False,
                  "p99_ms": False, "rss_mb": False}
+DEFAULT_C = 64  # offload's default concurrency (offload.core.policy.DEFAULT_CONCURRENCY)
 # The real-body figure (`body` steps): offload's worker with its default settings and tuned
 # (-c per handler kind), every peer with its setup above and tuned, and the body alone in a
 # bare loop (the floor), all in one run. Keys are result steps.
 OFFLOAD_BODY = [("body_sync", ["--flavor", "sync"]), ("body_async", []),
-                ("body_sync_tuned", ["--flavor", "sync", "-c", "64"]),
+                ("body_sync_tuned", ["--flavor", "sync", "-c", "128"]),
                 ("body_async_tuned", ["-c", "256"])]
-FLOOR_STEPS = [("sync", ["--flavor", "sync"]), ("async", ["-c", "32"]),
+FLOOR_STEPS = [("sync", ["--flavor", "sync"]), ("async", ["-c", str(DEFAULT_C)]),
                ("async_tuned", ["-c", "256"])]
 NOT_PEERS = ("offload", "baseline", "floor")
 MARK_START = "<!-- methodology:start (hand-written; kept by bench/run.py) -->"
@@ -442,21 +443,22 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
                 continue
             sync = r.get("kind", "") == "sync" or key in ("celery", "dramatiq", "rq", "huey")
             c = conc(res, step)
-            f = fl["sync"] if sync else (fl["async_tuned"] if c and c > 32 else fl["async"])
+            f = fl["sync"] if sync else (fl["async_tuned"] if c and c > DEFAULT_C else fl["async"])
             rows.append((res.get("name", key) + label, "sync" if sync else "async",
                          "failed" if "error" in r else f"{r['rate']:,.0f}",
                          rate_of(res, step), f, r.get("note", "failed: see below")))
     for name, label, cellv, v, f, note in rows:
         L.append(f"| {name} | {label} | {cellv} | {against(v, f)} | {note} |")
-    notes = {"sync": "one thread, one INCR after another", "async": "asyncio, 32 in flight",
+    notes = {"sync": "one thread, one INCR after another",
+             "async": f"asyncio, {DEFAULT_C} in flight",
              "async_tuned": "asyncio, 256 in flight"}
     for k in ("sync", "async", "async_tuned"):
         v = fl[k]
         L.append(f"| *the body alone, bare loop* | {k.replace('_tuned', '')} | "
                  f"{'—' if v is None else f'{v:,.0f}'} | 1.00x | {notes[k]} |")
     L.append("")
-    L.append("The floor of an async figure is the bare asyncio loop with 32 in flight for "
-             "systems at <= 32 (offload's default), with 256 for those above.")
+    L.append(f"The floor of an async figure is the bare asyncio loop with {DEFAULT_C} in flight "
+             f"for systems at <= {DEFAULT_C} (offload's default), with 256 for those above.")
     L.append("")
     L.append("Targets:")
     L.append("")

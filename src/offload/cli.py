@@ -237,7 +237,8 @@ concurrency_opt = click.option(
     "--concurrency",
     "-c",
     type=click.IntRange(1),
-    help="Tasks in flight at once [default: the pool's concurrency, else 32].",
+    help="Tasks in flight at once [default: the pool's concurrency, else "
+    f"{cli_pools.DEFAULT_CONCURRENCY}].",
 )
 grace_opt = click.option(
     "--grace",

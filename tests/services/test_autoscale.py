@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 
 from offload import App
 from offload.autoscale import (
+    DEFAULT_CONCURRENCY,
     ScalePolicy,
     ScaleState,
     Signals,
@@ -210,7 +211,7 @@ def test_topology_keys_default_and_parse(tmp_path):
     f.write_text(BASE + "target_latency = 0.25\ncooldown = 0\n")
     web = load_topology(str(f)).pools["web"]
     assert (web.target_latency, web.cooldown) == (0.25, 0.0)
-    assert ScalePolicy.for_pool(web).concurrency == 32  # the worker's default
+    assert ScalePolicy.for_pool(web).concurrency == DEFAULT_CONCURRENCY  # the worker's default
 
 
 @pytest.mark.parametrize(

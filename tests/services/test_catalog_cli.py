@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from offload.catalog import load_catalog, providers
+from offload.core.policy import DEFAULT_CONCURRENCY
 
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -124,7 +125,9 @@ def test_worker_pool_serves_its_queues_with_its_concurrency(env):
     r = run("worker", APP, "--pool", "highmem", "-c", "9", "--burst", **env)
     assert r.returncode == 0 and "queues: indexing, concurrency 9" in r.stderr, r.stderr
     r = run("worker", APP, "--pool", "all", "--burst", **{**env, "OFFLOAD_TOPOLOGY": ""})
-    assert "queues: default, indexing, orders, concurrency 32" in r.stderr, r.stderr  # all
+    assert f"queues: default, indexing, orders, concurrency {DEFAULT_CONCURRENCY}" in r.stderr, (
+        r.stderr
+    )  # all
 
 
 def test_a_process_executor_pool_runs_its_tasks_in_child_processes(env, tmp_path):

@@ -24,7 +24,10 @@ MAX_SECONDS = 10 * 365 * 24 * 3600.0  # dedup_window, age_limit, backoffs, timeo
 
 # A worker's tasks in flight when neither -c nor its pool says. Here, not in the autoscaler
 # that also reads it, so a worker started with its defaults does not import the autoscaler.
-DEFAULT_CONCURRENCY = 32
+# 64 from bench/sweep_concurrency.py (docs/benchmarks.md, "Choosing the default
+# concurrency"): with quick handlers, plain `def` ones ran 10-35% faster at 64 than at 32
+# (bigger lane batches), and `async def` ones as fast or faster; 128 was slower for both.
+DEFAULT_CONCURRENCY = 64
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
 _UNITS = {

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from .. import hooks as _hooks
 from ..app import App
 from ..brokers.base import Broker, Claimed, HandoffReceiver
+from ..core.policy import DEFAULT_CONCURRENCY
 from ..errors import BadArguments, BrokerError, ConfigError
 from . import gctune
 from .ahead import AheadRunner
@@ -73,7 +74,7 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner, AheadRunner):
         app: App,
         *,
         queues: Sequence[str] | None = None,
-        concurrency: int = 32,
+        concurrency: int = DEFAULT_CONCURRENCY,
         grace: float = 30.0,
         burst: bool = False,
         hooks: _hooks.Hooks | None = None,
