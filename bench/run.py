@@ -70,6 +70,7 @@ FIGURES = ["enqueue", "bulk", "process", "p50_ms", "p99_ms", "rss_mb"]
 HIGHER_BETTER = {"enqueue": True, "bulk": True, "process": True, "p50_ms": False,
                  "p99_ms": False, "rss_mb": False}
 DEFAULT_C = 64  # offload's default concurrency (offload.core.policy.DEFAULT_CONCURRENCY)
+BODY_ROUNDS = 3  # interleaved rounds of the floor and offload's real-body figures
 # The real-body figure (`body` steps): offload's worker with its default settings and tuned
 # (-c per handler kind), every peer with its setup above and tuned, and the body alone in a
 # bare loop (the floor), all in one run. Keys are result steps.
@@ -150,6 +151,26 @@ def run_one(py: str, script: str, step: str, url: str, n: int, timeout: float,
     return {"error": f"exit {r.returncode}: {tail[0][:300]}"}
 
 
+def _rounds_of(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(figure, its rounds' rates) for the floors and offload's real-body figures."""
+    out = []
+    for key, label in (("floor", "floor"), ("offload", "offload")):
+        for step, r in results.get(key, {}).get("steps", {}).items():
+            if isinstance(r, dict) and r.get("rounds"):
+                rates = "/".join("failed" if x is None else f"{x:,}" for x in r["rounds"])
+                out.append((f"{label} {step}", rates))
+    return out
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median rate, with every run's rate in ``rounds`` (None: failed). A failed
+    run counts as the slowest, so a figure fails when most of its runs did."""
+    ranked = sorted(runs, key=lambda r: -1.0 if "error" in r else r["rate"])
+    mid = dict(ranked[len(ranked) // 2])
+    mid["rounds"] = [None if "error" in r else round(r["rate"]) for r in runs]
+    return mid
+
+
 def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     n = args.n
@@ -175,13 +196,32 @@ def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any
             res["error"] = "not measured: broker not available"
             continue
         if key == "offload" and args.body:
-            # the floor first, in the same run: the body alone, from offload's venv
+            # The floor in the same run (the body alone, from offload's venv), and offload's
+            # own real-body figures, in BODY_ROUNDS interleaved rounds, each figure the
+            # median of its rounds: one figure takes about a second, and this VM's speed
+            # moves by a third within seconds now and then, which one round cannot tell
+            # from a change in offload.
             floor: dict[str, Any] = {"name": "the body alone, bare loop", "steps": {}}
             out["floor"] = floor
-            for name, extra in FLOOR_STEPS:
-                r = run_one(py, script, "floor", url, args.body_n, args.process_timeout, extra)
-                floor["steps"][name] = r
-                log(f"{broker}/floor {name}: {summary(r)}")
+            rounds: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(BODY_ROUNDS):
+                for name, extra in FLOOR_STEPS:
+                    rounds.setdefault(f"floor {name}", []).append(
+                        run_one(py, script, "floor", url, args.body_n, args.process_timeout,
+                                extra))
+                for name, extra in OFFLOAD_BODY:
+                    rounds.setdefault(name, []).append(
+                        run_one(py, script, "body", url, args.body_n, args.process_timeout,
+                                extra))
+            for name, runs in rounds.items():
+                r = median_run(runs)
+                if name.startswith("floor "):
+                    floor["steps"][name.removeprefix("floor ")] = r
+                    log(f"{broker}/floor {name.removeprefix('floor ')}: {summary(r)}")
+                else:
+                    res["steps"][name] = r
+                    res.setdefault("name", r.get("system", key))
+                    log(f"{broker}/{key} {name}: {summary(r)}")
         for step in steps:
             if step == "latency":
                 r = run_one(py, script, step, url, lat_n, 60)
@@ -198,8 +238,8 @@ def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any
             res["steps"][step] = r
             res.setdefault("name", r.get("system", key))
             log(f"{broker}/{key} {step}: {summary(r)}")
-        if args.body and key != "baseline":
-            body = OFFLOAD_BODY if key == "offload" else [("body", []),
+        if args.body and key not in ("baseline", "offload"):  # offload's: with the floor
+            body = [("body", []),
                                                           ("body_tuned", ["--flavor", "tuned"])]
             for name, extra in body:
                 r = run_one(py, script, "body", url, args.body_n, args.process_timeout, extra)
@@ -458,7 +498,14 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
                  f"{'—' if v is None else f'{v:,.0f}'} | 1.00x | {notes[k]} |")
     L.append("")
     L.append(f"The floor of an async figure is the bare asyncio loop with {DEFAULT_C} in flight "
-             f"for systems at <= {DEFAULT_C} (offload's default), with 256 for those above.")
+             f"for systems at <= {DEFAULT_C} (offload's default), with 256 for those above. "
+             f"offload's figures and the floors are medians of {BODY_ROUNDS} interleaved rounds "
+             "(each round: the floors, then offload's four figures; one figure takes about a "
+             "second); every peer's is one run of a few seconds or more.")
+    spread = [f"{k.replace('_', ' ')} {fl_runs}" for k, fl_runs in _rounds_of(results)]
+    if spread:
+        L.append("")
+        L.append("Every round, processed/s: " + "; ".join(spread) + ".")
     L.append("")
     L.append("Targets:")
     L.append("")
