@@ -390,3 +390,19 @@ def test_workers_the_queues_max_concurrent_cannot_fill_are_never_started():
     # without the cap the same signals scale up
     free = ScalePolicy(0, 3, 2, target_latency=1.0, cooldown=10.0)
     assert decide(free, busy, workers=1, now=100.0).target > 1
+
+
+def test_the_worker_the_cli_and_the_autoscaler_share_one_default_concurrency():
+    """The autoscaler sizes a pool by the slots a worker started without -c really has:
+    the Worker's default and the CLI's are the one constant (64, chosen by measurement)."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    from offload.cli import main
+    from offload.worker import Worker
+
+    assert DEFAULT_CONCURRENCY == 64
+    assert inspect.signature(Worker).parameters["concurrency"].default == DEFAULT_CONCURRENCY
+    help_text = CliRunner().invoke(main, ["worker", "--help"]).output
+    assert f"else {DEFAULT_CONCURRENCY}]" in " ".join(help_text.split())
