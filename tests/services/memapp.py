@@ -3,6 +3,7 @@ and ordinary work, for the executor's tests. Broker: $OFFLOAD_BROKER."""
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
 import signal
@@ -93,6 +94,18 @@ def report_pid_and_sleep_briefly(pidfile: str, seconds: float) -> None:
 def echo(x: int) -> dict:
     info = current_task()
     return {"x": x, "pid": os.getpid(), "attempt": info.attempt if info else -1}
+
+
+tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
+
+
+@plain.task(queue="plain")
+def tenant_seen(i: int) -> str:
+    """What an earlier task's context variable left behind in this child (nothing, if each
+    run gets a context of its own), then sets it as a careless handler would."""
+    seen = tenant.get()
+    tenant.set(f"task-{i}")
+    return seen
 
 
 @plain.task(queue="plain")

@@ -79,6 +79,14 @@ def test_tasks_run_in_reused_children_and_return_through_calls(memapp):
     assert handles[-1].result(timeout=5) == 42
 
 
+def test_a_context_variable_one_task_sets_in_a_child_is_not_the_next_ones(memapp):
+    m = memapp
+    handles = [m.tenant_seen.send_with(args=(i,), result_ttl=60) for i in range(5)]
+    stats = burst(m.app, concurrency=1)  # one child runs them all, one after another
+    assert stats.succeeded == 5
+    assert [h.result(timeout=5) for h in handles] == [""] * 5
+
+
 @pytest.mark.parametrize("memapp", ["sqlite", "redis", "postgres"], indirect=True)
 def test_a_task_over_its_memory_limit_is_killed_and_moved_to_its_on_oom_queue(memapp):
     m = memapp

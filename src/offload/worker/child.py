@@ -17,6 +17,7 @@ worker's own, so what a task prints or logs shows up where the worker's does.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 import json
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         except (EOFError, OSError):
             return 0  # the parent is gone or closed the socket: nothing left to do
         try:
-            reply = child.run(request)
+            # in a context of its own: a context variable one task sets is not the next's
+            reply = contextvars.copy_context().run(child.run, request)
             write_frame(sock, reply)
         except (BrokenPipeError, ConnectionError):
             return 0

@@ -16,6 +16,8 @@ import resource
 import threading
 import time
 import traceback
+from contextvars import Context
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,6 +28,7 @@ from ..core import envelope as _env
 from ..core.resumed import Resumed
 from ..core.verdict import Verdict, describe, judge, judge_expired_claim, safe_text
 from ..errors import BadArguments, TaskTimeout
+from ..hooks import Hooks
 from ..task import TaskFunction, TaskInfo, _current
 from .ahead import WALL_WEIGHT
 from .processes import ORIGIN_ID, _prior_attempts
@@ -64,7 +67,8 @@ class TaskRunner:
         self._begin(run)
 
     def _begin(self: Worker, run: Running) -> None:
-        self._hook("claimed", run.claim)
+        if type(self.hooks) is not Hooks:
+            self._hook("claimed", run.claim)
         try:
             self._prepare(run)
         except Exception as exc:  # a bug of ours must cost this task, not the worker
@@ -108,23 +112,28 @@ class TaskRunner:
         if env.headers:
             info._deadline = _deadline(c.id, env.headers)
         run.task, run.info = tf, info
-        self._hook("started", info)
+        if type(self.hooks) is not Hooks:
+            self._hook("started", info)
         timeout = tf.timeout if tf.timeout is not None else policy.timeout
         if timeout is not None:
             run.timer = self._loop.call_later(timeout, self._time_out, run, timeout)
         if tf.service is not None and tf.service.executor == "process":
             run.future = self._loop.create_task(self._run_in_child(run, tf))
         elif tf.is_async:
+            # Every run gets a context of its own, a copy of the worker's: a context
+            # variable one handler sets (a request id, a tenant) is never the next one's.
+            ctx = self._context.copy()
             try:
-                coro = tf.fn(*args, **kwargs)
+                coro = ctx.run(tf.fn, *args, **kwargs)
             except TypeError as exc:
                 # Raised by the call itself, before any handler code: a binding error.
                 self._done(run, BadArguments(f"{tf.name}{tf.signature}: {exc}"), "", 0.0)
                 return
-            self._run_eager(run, coro)
+            self._run_eager(run, coro, ctx)
         else:
             self._fed_threads = True
-            self._threads.submit(lambda: self._run_thread(run, tf, args, kwargs))
+            ctx = self._context.copy()  # as above: a handler thread runs many tasks
+            self._threads.submit(lambda: ctx.run(self._run_thread, run, tf, args, kwargs))
             if self._kick is None:
                 self._kick = self._loop.call_later(TICK, self._tick)
 
@@ -137,47 +146,41 @@ class TaskRunner:
         if self._threads.kick():
             self._kick = self._loop.call_later(TICK, self._tick)
 
-    def _run_eager(self: Worker, run: Running, coro: Any) -> None:
-        """Run an async handler's first step right here. Most handlers either finish in it
-        (no Task is ever made: a fifth of a no-op task's cost) or reach their first real
-        await; only then does a Task take over, resuming exactly where it stopped (what
-        Python 3.12 calls an eager task)."""
-        if not inspect.iscoroutine(coro):
+    def _run_eager(self: Worker, run: Running, coro: Any, ctx: Context) -> None:
+        """Run an async handler's first step right here, in the run's context ``ctx``.
+        Most handlers either finish in it (no Task is ever made: a fifth of a no-op task's
+        cost) or reach their first real await; only then does a Task take over, in the
+        same context, resuming exactly where it stopped (what Python 3.12 calls an eager
+        task)."""
+        ctx.run(_current.set, run.info)
+        if not isinstance(coro, CoroutineType):
             if inspect.isawaitable(coro):  # e.g. a Future: wait for it on a Task
-                run.future = self._loop.create_task(self._await_result(run, coro, 0.0))
+                run.future = self._loop.create_task(self._await_result(run, coro, 0.0), context=ctx)
             else:
                 self._done(run, None, "", 0.0)
             return
-        token = _current.set(run.info)
         tt = time.perf_counter  # a step never waits: its wall time is the CPU it held
         t0 = tt()
         try:
-            first = coro.send(None)
+            first = ctx.run(coro.send, None)
         except StopIteration as stop:
-            self._finish_value(run, stop.value, tt() - t0)
+            self._finish_value(run, stop.value, tt() - t0, ctx)
             return
         except BaseException as exc:
             self._done(run, exc, traceback.format_exc(), tt() - t0)
             return
-        finally:
-            _current.reset(token)
         cpu = tt() - t0
-        token = _current.set(run.info)  # the Task copies the context, with it set
-        try:
-            run.future = self._loop.create_task(self._continue(run, coro, first, cpu))
-        finally:
-            _current.reset(token)
+        run.future = self._loop.create_task(self._continue(run, coro, first, cpu), context=ctx)
 
-    def _finish_value(self: Worker, run: Running, value: Any, cpu: float) -> None:
+    def _finish_value(
+        self: Worker, run: Running, value: Any, cpu: float, ctx: Context | None = None
+    ) -> None:
         """A handler returned ``value``; an awaitable one (a coroutine returned by a
         wrapper that is not ``async def`` itself) is awaited before the task counts as
-        done, never acked unrun."""
-        if inspect.isawaitable(value):
-            token = _current.set(run.info)
-            try:
-                run.future = self._loop.create_task(self._await_result(run, value, cpu))
-            finally:
-                _current.reset(token)
+        done, never acked unrun, in the run's context (``ctx``, or the current one: the
+        run's Task's)."""
+        if value is not None and inspect.isawaitable(value):
+            run.future = self._loop.create_task(self._await_result(run, value, cpu), context=ctx)
         else:
             if run.info is not None:
                 run.info._result = value
@@ -376,7 +379,7 @@ class TaskRunner:
         if verdict.kind == "ack":
             self.stats.succeeded += 1
             self._outbox.ack(c.lease)  # a finished run wins, even after a lost lease
-            if run.info is not None:
+            if run.info is not None and type(self.hooks) is not Hooks:
                 self._hook("succeeded", run.info)
             return
         broker: Broker = self._broker  # type: ignore[assignment]

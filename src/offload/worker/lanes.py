@@ -278,7 +278,8 @@ class LaneRunner:
         if type(self.hooks) is not Hooks:
             self._hook("claimed", c)
             self._hook("started", info)
-        return lambda: self._run_thread(run, tf, args, kwargs)
+        ctx = self._context.copy()  # its own context (see TaskRunner._prepare)
+        return lambda: ctx.run(self._run_thread, run, tf, args, kwargs)
 
     def _lane_ended(self: Worker, run: Running, cpu: float) -> None:
         """A lane's task ended well, on its thread: free its slot now; the loop's tick

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import resource
 import signal
@@ -26,6 +27,7 @@ from ..app import App
 from ..brokers.base import Broker, Claimed, HandoffReceiver
 from ..core.policy import DEFAULT_CONCURRENCY
 from ..errors import BadArguments, BrokerError, ConfigError
+from ..task import _current
 from . import gctune
 from .ahead import AheadRunner
 from .execute import TaskRunner
@@ -173,6 +175,8 @@ class Worker(TaskRunner, LaneRunner, ProcessRunner, AheadRunner):
     async def run(self) -> WorkerStats:
         """Run until stopped (or, with ``burst``, until the queues are empty)."""
         self._loop = loop = asyncio.get_running_loop()
+        self._context = contextvars.copy_context()  # each run gets a copy (TaskRunner)
+        self._context.run(_current.set, None)
         self._stop_event, self._hurry = asyncio.Event(), asyncio.Event()
         self._slot_free = asyncio.Event()
         self._closed = asyncio.Event()
