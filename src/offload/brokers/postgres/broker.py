@@ -379,7 +379,7 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
             # and for why in a pipeline's implicit transaction
             async with conn.pipeline():
                 await conn.execute(q.claim_lock, params)
-                cur = await conn.execute(q.claim, params)
+                cur = await conn.execute(q.claim, params, binary=True)  # see _claims
             rows = await cur.fetchall()
         return _claims(rows)
 
@@ -467,19 +467,7 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
 
 
 def _claims(rows: list) -> list[Claimed]:
-    return [
-        Claimed(
-            id=r[0],
-            queue=r[1],
-            name=r[2],
-            payload=r[3],
-            attempt=r[4],
-            first_attempt_at=r[5],
-            enqueued_at=r[6],
-            now=r[7],
-            token=r[8],
-            lease_until=r[9],
-            expired=r[10],
-        )
-        for r in rows
-    ]
+    """claim.sql's rows, in binary (half the client's work per row of text: no bytea hex
+    or float parsing), their columns in ``Claimed``'s order (the test of claims checks
+    every field)."""
+    return [Claimed(*r) for r in rows]

@@ -129,7 +129,7 @@ class SyncSide:
                 if acks:
                     conn.execute(q.ack, {"ids": acks})
                 if claims:
-                    cur = conn.execute(q.claim, params)
+                    cur = conn.execute(q.claim, params, binary=True)
             return cur.fetchall() if claims else []
 
     def _send(self, pool: ConnectionPool, tasks: Sequence[NewTask]) -> list[bool]:

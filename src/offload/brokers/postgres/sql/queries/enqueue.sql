@@ -3,13 +3,15 @@
 -- nobody woken; a batch holding one id twice creates its first occurrence). A duplicate name
 -- is left out. The same text runs on the broker's pool and, for transactional enqueue, on
 -- the caller's own connection inside the caller's transaction: the NOTIFY is sent at
--- commit, never on rollback. Parameters are parallel arrays, one element per task.
+-- commit, never on rollback. Parameters are parallel arrays, one element per task; the
+-- text and bytea ones go in binary (in text, the client quotes every text and hex-encodes
+-- every payload: 2-3 us per element, measured).
 WITH now_ AS (
     SELECT extract(epoch FROM clock_timestamp())::float8 AS t
 ),
 given AS (
     SELECT *
-    FROM unnest(%(ids)s::text[], %(queues)s::text[], %(names)s::text[], %(payloads)s::bytea[],
+    FROM unnest(%(ids)b::text[], %(queues)b::text[], %(names)b::text[], %(payloads)b::bytea[],
                 %(etas)s::float8[], %(delays)s::float8[])
          WITH ORDINALITY AS i(id, queue, name, payload, eta, delay, ord)
 ),
