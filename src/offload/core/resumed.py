@@ -1,25 +1,28 @@
-"""Driving the rest of a coroutine whose first step already ran elsewhere.
+"""Driving a coroutine step by step, summing the time of its steps, from its start or
+from where a first step that already ran elsewhere left it.
 
-The worker runs an async handler's first step itself and hands the rest to an
-``asyncio.Task`` only if it suspends (an eager start); the PostgreSQL broker runs a pool
-return's first step in its caller and finishes it in a task a cancel cannot reach.
-``Resumed`` is that rest, in both."""
+The worker drives every async handler through it (the time an async task held the loop is
+its CPU figure); the PostgreSQL broker runs a pool return's first step in its caller and
+finishes it in a task a cancel cannot reach."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-__all__ = ["Resumed"]
+__all__ = ["FRESH", "Resumed"]
+
+FRESH: Any = object()  # ``first`` of a coroutine that has not run yet
 
 
 class Resumed:
-    """Drives a coroutine whose first step already ran, yielding what it yielded (so the
-    Task waits on the same futures) and summing the time of its own steps."""
+    """Drives a coroutine, from its start (``first`` is :data:`FRESH`) or after a first
+    step that already ran and yielded ``first`` (so the Task waits on the same futures),
+    yielding what it yields and summing the time of its steps in ``cpu``."""
 
     __slots__ = ("_coro", "_first", "cpu")
 
-    def __init__(self, coro: Any, first: Any, cpu: float) -> None:
+    def __init__(self, coro: Any, first: Any = FRESH, cpu: float = 0.0) -> None:
         self._coro, self._first, self.cpu = coro, first, cpu
 
     def __await__(self) -> Any:
@@ -27,14 +30,15 @@ class Resumed:
         # is the CPU time it held the loop; perf_counter costs a tenth of thread_time (a
         # system call on many machines), and a handler takes a few steps per task.
         coro, tt = self._coro, time.perf_counter
-        y = self._first
-        while True:
+        step, arg = coro.send, None
+        if self._first is not FRESH:
             try:
-                value = yield y
-            except BaseException as exc:  # cancellation and throw() go to the handler
+                value = yield self._first
+            except BaseException as exc:  # cancellation and throw() go to the coroutine
                 step, arg = coro.throw, exc
             else:
-                step, arg = coro.send, value
+                arg = value
+        while True:
             t0 = tt()
             try:
                 y = step(arg)
@@ -42,3 +46,9 @@ class Resumed:
                 return stop.value
             finally:
                 self.cpu += tt() - t0
+            try:
+                value = yield y
+            except BaseException as exc:  # cancellation and throw() go to the coroutine
+                step, arg = coro.throw, exc
+            else:
+                step, arg = coro.send, value

@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import resource
+import sys
 import threading
 import time
 import traceback
@@ -50,6 +51,8 @@ FOREIGN_RELEASE_DELAY = 5.0  # seconds another app's task waits before anyone cl
 ABANDON_AFTER = 2.0  # seconds a thread handler gets to stop after TaskTimeout is raised in it
 RSS_EVERY = 0.001  # seconds: the high-water mark is read at most this often for short runs
 RSS_ALWAYS = 0.01  # seconds: a run at least this long always reads it
+# Python 3.12+: a handler's Task runs its first step at once, as the claim loop's call
+_EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
 
 class TaskRunner:
@@ -129,7 +132,7 @@ class TaskRunner:
                 # Raised by the call itself, before any handler code: a binding error.
                 self._done(run, BadArguments(f"{tf.name}{tf.signature}: {exc}"), "", 0.0)
                 return
-            self._run_eager(run, coro, ctx)
+            self._run_async(run, coro, ctx)
         else:
             self._fed_threads = True
             ctx = self._context.copy()  # as above: a handler thread runs many tasks
@@ -146,41 +149,29 @@ class TaskRunner:
         if self._threads.kick():
             self._kick = self._loop.call_later(TICK, self._tick)
 
-    def _run_eager(self: Worker, run: Running, coro: Any, ctx: Context) -> None:
-        """Run an async handler's first step right here, in the run's context ``ctx``.
-        Most handlers either finish in it (no Task is ever made: a fifth of a no-op task's
-        cost) or reach their first real await; only then does a Task take over, in the
-        same context, resuming exactly where it stopped (what Python 3.12 calls an eager
-        task)."""
+    def _run_async(self: Worker, run: Running, coro: Any, ctx: Context) -> None:
+        """Run an async handler on a Task of its own, in the run's context ``ctx``, from
+        its first step on: ``asyncio.current_task()`` is the handler's wherever it asks
+        (``asyncio.timeout()``, anyio's scopes and client libraries' read timeouts take the
+        task they start in, and cancel it; run in the claim loop's, a first step cancelled
+        the worker). Python 3.12 and later start the Task eagerly: a handler that never
+        awaits finishes right here, with no turn of the loop."""
         ctx.run(_current.set, run.info)
-        if not isinstance(coro, CoroutineType):
-            if inspect.isawaitable(coro):  # e.g. a Future: wait for it on a Task
-                run.future = self._loop.create_task(self._await_result(run, coro, 0.0), context=ctx)
-            else:
-                self._done(run, None, "", 0.0)
+        if isinstance(coro, CoroutineType):
+            main = self._continue(run, coro)
+        elif inspect.isawaitable(coro):  # e.g. a Future: wait for it on a Task
+            main = self._await_result(run, coro, 0.0)
+        else:
+            self._done(run, None, "", 0.0)
             return
-        tt = time.perf_counter  # a step never waits: its wall time is the CPU it held
-        t0 = tt()
-        try:
-            first = ctx.run(coro.send, None)
-        except StopIteration as stop:
-            self._finish_value(run, stop.value, tt() - t0, ctx)
-            return
-        except BaseException as exc:
-            self._done(run, exc, traceback.format_exc(), tt() - t0)
-            return
-        cpu = tt() - t0
-        run.future = self._loop.create_task(self._continue(run, coro, first, cpu), context=ctx)
+        run.future = asyncio.Task(main, loop=self._loop, context=ctx, **_EAGER)
 
-    def _finish_value(
-        self: Worker, run: Running, value: Any, cpu: float, ctx: Context | None = None
-    ) -> None:
+    def _finish_value(self: Worker, run: Running, value: Any, cpu: float) -> None:
         """A handler returned ``value``; an awaitable one (a coroutine returned by a
         wrapper that is not ``async def`` itself) is awaited before the task counts as
-        done, never acked unrun, in the run's context (``ctx``, or the current one: the
-        run's Task's)."""
+        done, never acked unrun, on a Task in the run's context (this one's)."""
         if value is not None and inspect.isawaitable(value):
-            run.future = self._loop.create_task(self._await_result(run, value, cpu), context=ctx)
+            run.future = self._loop.create_task(self._await_result(run, value, cpu))
         else:
             if run.info is not None:
                 run.info._result = value
@@ -196,8 +187,8 @@ class TaskRunner:
         else:
             self._finish_value(run, value, cpu)
 
-    async def _continue(self: Worker, run: Running, coro: Any, first: Any, cpu: float) -> None:
-        resumed = Resumed(coro, first, cpu)
+    async def _continue(self: Worker, run: Running, coro: Any) -> None:
+        resumed = Resumed(coro)  # the handler's steps, timed: their sum is its CPU figure
         try:
             value = await resumed
         except asyncio.CancelledError as exc:
