@@ -13,7 +13,6 @@ the worker lives.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import math
@@ -29,6 +28,7 @@ from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue
 from .worker import Worker
+from .worker.runner import run as run_loop
 
 __all__ = ["load_app", "main"]
 
@@ -220,7 +220,7 @@ def _run_worker(
         concurrency,
     )
     t0 = time.monotonic()
-    stats = asyncio.run(worker.run())
+    stats = run_loop(worker.run())  # asyncio.run, bounded: see offload/worker/runner.py
     took = time.monotonic() - t0
     logging.getLogger("offload.worker").info(
         "stopped after %.1fs: %d claimed, %d succeeded, %d retried, %d dead, %d released",

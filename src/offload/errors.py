@@ -199,7 +199,7 @@ class TaskError(OffloadError):
 class TaskTimeout(TaskError, TimeoutError):
     """The handler ran past its ``timeout`` (the task's, else its queue's). The task fails
     under its retry policy and its slot is freed: an async handler is cancelled; a thread
-    handler gets this exception raised inside its thread and, if it does not stop, is
+    handler gets this exception raised inside its thread; either, if it does not stop, is
     abandoned (counted and logged)."""
 
 

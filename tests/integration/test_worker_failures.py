@@ -9,6 +9,9 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -164,6 +167,76 @@ def test_an_async_handler_past_its_timeout_is_cancelled_and_its_slot_freed(broke
     [d] = app.dead_letters("q")
     assert d.task == "hang" and d.error.startswith("TaskTimeout: hang ran longer than its timeout")
     app.close()
+
+
+def test_an_async_handler_that_swallows_its_cancellation_is_abandoned_not_waited_for(
+    broker_url, caplog
+):
+    """``except CancelledError: pass`` in a loop: past its timeout the task is judged, its
+    slot freed, the handler counted as abandoned and logged, and the worker's exit waits
+    for it only briefly (under plain ``asyncio.run`` it never exited)."""
+    app = make_app(broker_url, retry=Retry(limit=0), timeout=0.2)
+    stop = threading.Event()
+
+    @app.task(queue="q", name="stubborn")
+    async def stubborn() -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
+
+    @app.task(queue="q", name="slow", timeout=10)
+    async def slow() -> None:
+        await asyncio.sleep(2.6)  # keeps the worker up past the abandonment check
+
+    stubborn.send()
+    slow.send()
+    caplog.set_level(logging.WARNING, logger="offload.worker")
+    t0 = time.monotonic()
+    try:
+        stats = run_until_idle(app, concurrency=2, timeout=30)
+    finally:
+        stop.set()
+    assert time.monotonic() - t0 < 8
+    assert stats.dead == 1 and stats.succeeded == 1 and stats.abandoned == 1
+    assert "still runs 2s after its timeout cancelled it" in caplog.text
+    assert "1 task(s) still running" in caplog.text  # left behind at the loop's close
+    [d] = app.dead_letters("q")
+    assert d.task == "stubborn" and d.error.startswith("TaskTimeout:")
+    app.close()
+
+
+def test_offload_worker_exits_although_a_handler_swallows_its_cancellation(tmp_path):
+    (tmp_path / "stubbornapp.py").write_text(
+        "import asyncio, os\n"
+        "from offload import App, Retry\n"
+        "app = App('stub', broker=os.environ['OFFLOAD_BROKER'])\n"
+        "app.queue('q', retry=Retry(limit=0), timeout=0.2)\n"
+        "@app.task(queue='q', name='stubborn')\n"
+        "async def stubborn() -> None:\n"
+        "    while True:\n"
+        "        try:\n"
+        "            await asyncio.sleep(10)\n"
+        "        except asyncio.CancelledError:\n"
+        "            pass\n"
+    )
+    env = {**os.environ, "OFFLOAD_BROKER": f"sqlite:///{tmp_path / 's.db'}"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    send = "import stubbornapp as m; m.stubborn.send(); m.app.close()"
+    subprocess.run([sys.executable, "-c", send], env=env, cwd=tmp_path, check=True)
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "offload", "worker", "stubbornapp:app", "--burst"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 15
+    assert "1 dead" in r.stderr and "still running 2s after they were cancelled" in r.stderr
 
 
 def test_a_thread_handler_past_its_timeout_gets_TaskTimeout_raised_in_it(broker_url):

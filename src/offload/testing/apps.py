@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ..app import App
 from ..worker import Worker, WorkerStats
+from ..worker.runner import run as run_loop
 
 __all__ = ["run_until_idle"]
 
@@ -31,4 +32,4 @@ def run_until_idle(
             await task
             raise TimeoutError(f"queues still had work after {timeout}s") from None
 
-    return asyncio.run(main())
+    return run_loop(main())  # asyncio.run, bounded: see offload/worker/runner.py

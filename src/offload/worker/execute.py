@@ -48,7 +48,6 @@ log = logging.getLogger("offload.worker")
 _maxrss, _SELF = resource.getrusage, resource.RUSAGE_SELF
 UNKNOWN_RELEASE_DELAY = 1.0  # seconds a task of an unknown function waits for a newer worker
 FOREIGN_RELEASE_DELAY = 5.0  # seconds another app's task waits before anyone claims it again
-ABANDON_AFTER = 2.0  # seconds a thread handler gets to stop after TaskTimeout is raised in it
 RSS_EVERY = 0.001  # seconds: the high-water mark is read at most this often for short runs
 RSS_ALWAYS = 0.01  # seconds: a run at least this long always reads it
 # Python 3.12+: a handler's Task runs its first step at once, as the claim loop's call
@@ -260,48 +259,6 @@ class TaskRunner:
         results = self._results
         while results:
             self._done(*results.popleft())
-
-    # -- timeouts -------------------------------------------------------------------------
-
-    def _time_out(self: Worker, run: Running, timeout: float) -> None:
-        if self._running.get(run.claim.id) is not run:
-            return
-        name = run.task.name if run.task else "?"
-        error = TaskTimeout(f"{name} ran longer than its timeout of {timeout:g}s")
-        if run.future is not None:  # async: cancel it, and judge it now
-            run.future.cancel()
-            self._done(run, error, "", 0.0)
-            return
-        run.timeout_error = error
-        ident = run.thread
-        if ident is not None:  # a thread: raise TaskTimeout inside it, as Dramatiq does
-            import ctypes  # here: only a timed-out thread needs it (0.3 MB idle)
-
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(ident), ctypes.py_object(TaskTimeout)
-            )
-        run.timer = self._loop.call_later(ABANDON_AFTER, self._abandon, run, error)
-
-    def _abandon(self: Worker, run: Running, error: TaskTimeout) -> None:
-        """A thread handler still running ABANDON_AFTER seconds after its TaskTimeout
-        (stuck in C code, or swallowing exceptions): its slot is freed and its thread
-        replaced; whatever it does later is ignored."""
-        if self._running.get(run.claim.id) is not run:
-            return
-        ident = run.thread
-        if ident is None:  # it is ending right now; its result is on its way
-            run.timer = self._loop.call_later(0.05, self._abandon, run, error)
-            return
-        self.stats.abandoned += 1
-        self._threads.abandon(ident)
-        log.warning(
-            "task %s (%s) did not stop after its timeout; abandoning its thread (%d "
-            "abandoned so far): its slot is free again, and whatever it does is ignored",
-            run.claim.id,
-            run.task.name if run.task else "?",
-            self.stats.abandoned,
-        )
-        self._done(run, error, "", 0.0)
 
     # -- verdicts -------------------------------------------------------------------------
 

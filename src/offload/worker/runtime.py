@@ -40,6 +40,7 @@ from .policies import StoredRetry
 from .processes import ChildPool, ProcessRunner
 from .state import Running, WorkerStats
 from .threads import ThreadPool
+from .timeouts import TimeoutRunner
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -60,7 +61,7 @@ ACK_PAUSE = 0.002
 ACK_PAUSE_MAX = 0.01
 
 
-class Worker(TaskRunner, LaneRunner, ProcessRunner, AheadRunner):
+class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
     """Runs the tasks of ``queues`` (default: all of the App's) with at most ``concurrency``
     in flight. Async handlers run on the worker's event loop, plain functions on threads,
     tasks of ``executor="process"`` services in child processes. Running one task is

@@ -29,7 +29,8 @@ class WorkerStats:
     released: int = 0
     #: tasks of another app met on a shared queue, released for that app's workers
     foreign: int = 0
-    #: thread handlers that did not stop after their timeout and were left behind
+    #: handlers that did not stop after their timeout and were left behind (a thread that
+    #: swallowed TaskTimeout or was stuck in C code; a coroutine that swallowed its cancel)
     abandoned: int = 0
     #: tasks claimed one batch ahead and held for the next free slots (quick async
     #: handlers with a backlog, see offload.worker.ahead); they count in ``claimed`` too
