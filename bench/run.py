@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -70,15 +71,19 @@ FIGURES = ["enqueue", "bulk", "process", "p50_ms", "p99_ms", "rss_mb"]
 HIGHER_BETTER = {"enqueue": True, "bulk": True, "process": True, "p50_ms": False,
                  "p99_ms": False, "rss_mb": False}
 DEFAULT_C = 64  # offload's default concurrency (offload.core.policy.DEFAULT_CONCURRENCY)
-BODY_ROUNDS = 3  # interleaved rounds of the floor and offload's real-body figures
+BODY_ROUNDS = 5  # interleaved rounds of the floor and offload's real-body figures
 # The real-body figure (`body` steps): offload's worker with its default settings and tuned
 # (-c per handler kind), every peer with its setup above and tuned, and the body alone in a
 # bare loop (the floor), all in one run. Keys are result steps.
-OFFLOAD_BODY = [("body_sync", ["--flavor", "sync"]), ("body_async", []),
+OFFLOAD_BODY = [("body_sync", ["--flavor", "sync"]),
                 ("body_sync_tuned", ["--flavor", "sync", "-c", "128"]),
-                ("body_async_tuned", ["-c", "256"])]
+                ("body_async", []), ("body_async_tuned", ["-c", "256"])]
 FLOOR_STEPS = [("sync", ["--flavor", "sync"]), ("async", ["-c", str(DEFAULT_C)]),
                ("async_tuned", ["-c", "256"])]
+# Each of offload's real-body figures against the floor of its kind: in a round each runs
+# right after that floor, and its ratio is the median of the rounds' own ratios
+FLOOR_OF = {"body_sync": "sync", "body_async": "async", "body_async_tuned": "async_tuned",
+            "body_sync_tuned": "sync"}
 NOT_PEERS = ("offload", "baseline", "floor")
 MARK_START = "<!-- methodology:start (hand-written; kept by bench/run.py) -->"
 MARK_END = "<!-- methodology:end -->"
@@ -171,6 +176,17 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return mid
 
 
+def paired_ratio(runs: list[dict[str, Any]], floors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of a figure's per-round ratios to the floor run just before it in the
+    same round (``ratio``), and every round's (``ratios``): a ratio of two runs seconds
+    apart, where the ratio of two medians could pair a fast moment with a slow one."""
+    ratios = [r["rate"] / f["rate"] for r, f in zip(runs, floors, strict=True)
+              if "error" not in r and "error" not in f and f.get("rate")]
+    if not ratios:
+        return {}
+    return {"ratio": statistics.median(ratios), "ratios": [round(x, 2) for x in ratios]}
+
+
 def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     n = args.n
@@ -204,12 +220,14 @@ def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any
             floor: dict[str, Any] = {"name": "the body alone, bare loop", "steps": {}}
             out["floor"] = floor
             rounds: dict[str, list[dict[str, Any]]] = {}
+            floors = dict(FLOOR_STEPS)
             for _ in range(BODY_ROUNDS):
-                for name, extra in FLOOR_STEPS:
-                    rounds.setdefault(f"floor {name}", []).append(
-                        run_one(py, script, "floor", url, args.body_n, args.process_timeout,
-                                extra))
                 for name, extra in OFFLOAD_BODY:
+                    fname = FLOOR_OF[name]
+                    if name != "body_sync_tuned":  # it pairs with the sync floor just run
+                        rounds.setdefault(f"floor {fname}", []).append(
+                            run_one(py, script, "floor", url, args.body_n,
+                                    args.process_timeout, floors[fname]))
                     rounds.setdefault(name, []).append(
                         run_one(py, script, "body", url, args.body_n, args.process_timeout,
                                 extra))
@@ -219,9 +237,10 @@ def run_broker(broker: str, args: argparse.Namespace, tmp: str) -> dict[str, Any
                     floor["steps"][name.removeprefix("floor ")] = r
                     log(f"{broker}/floor {name.removeprefix('floor ')}: {summary(r)}")
                 else:
+                    r.update(paired_ratio(runs, rounds[f"floor {FLOOR_OF[name]}"]))
                     res["steps"][name] = r
                     res.setdefault("name", r.get("system", key))
-                    log(f"{broker}/{key} {name}: {summary(r)}")
+                    log(f"{broker}/{key} {name}: {summary(r)} ({r.get('ratio', 0):.2f}x)")
         for step in steps:
             if step == "latency":
                 r = run_one(py, script, step, url, lat_n, 60)
@@ -449,7 +468,9 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
         return []
     fl = {k: rate_of(floor, k) for k in ("sync", "async", "async_tuned")}
 
-    def against(v: float | None, f: float | None) -> str:
+    def against(v: float | None, f: float | None, ratio: float | None = None) -> str:
+        if ratio is not None:
+            return f"{ratio:.2f}x"
         return f"{v / f:.2f}x" if v is not None and f else "—"
 
     def conc(res: dict[str, Any], step: str) -> int | None:
@@ -462,7 +483,7 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
          "sync code, `redis.asyncio` where it runs async code), one worker process:", "",
          "| system | kind | processed/s | ÷ floor of its kind | setup |",
          "|---|---|---:|---:|---|"]
-    rows: list[tuple[str, str, str, float | None, float | None, str]] = []
+    rows: list[tuple[str, str, str, float | None, float | None, str, float | None]] = []
     off = results.get("offload", {})
     for step, label in (("body_sync", "default settings"), ("body_async", "default settings"),
                         ("body_sync_tuned", "tuned"), ("body_async_tuned", "tuned")):
@@ -473,7 +494,7 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
             continue
         rows.append((f"**offload**, {label}", "`def`" if sync else "`async def`",
                      "failed" if "error" in r else f"{r['rate']:,.0f}",
-                     rate_of(off, step), f, r.get("note", "failed: see below")))
+                     rate_of(off, step), f, r.get("note", "failed: see below"), r.get("ratio")))
     for key, res in results.items():
         if key in NOT_PEERS or "error" in res:
             continue
@@ -486,9 +507,9 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
             f = fl["sync"] if sync else (fl["async_tuned"] if c and c > DEFAULT_C else fl["async"])
             rows.append((res.get("name", key) + label, "sync" if sync else "async",
                          "failed" if "error" in r else f"{r['rate']:,.0f}",
-                         rate_of(res, step), f, r.get("note", "failed: see below")))
-    for name, label, cellv, v, f, note in rows:
-        L.append(f"| {name} | {label} | {cellv} | {against(v, f)} | {note} |")
+                         rate_of(res, step), f, r.get("note", "failed: see below"), None))
+    for name, label, cellv, v, f, note, ratio in rows:
+        L.append(f"| {name} | {label} | {cellv} | {against(v, f, ratio)} | {note} |")
     notes = {"sync": "one thread, one INCR after another",
              "async": f"asyncio, {DEFAULT_C} in flight",
              "async_tuned": "asyncio, 256 in flight"}
@@ -499,10 +520,14 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
     L.append("")
     L.append(f"The floor of an async figure is the bare asyncio loop with {DEFAULT_C} in flight "
              f"for systems at <= {DEFAULT_C} (offload's default), with 256 for those above. "
-             f"offload's figures and the floors are medians of {BODY_ROUNDS} interleaved rounds "
-             "(each round: the floors, then offload's four figures; one figure takes about a "
-             "second); every peer's is one run of a few seconds or more.")
+             f"offload's figures and the floors are medians of {BODY_ROUNDS} interleaved rounds; "
+             "in a round each of offload's figures runs right after the floor of its kind "
+             "(one figure takes about a second), and offload's ÷ floor is the median of the "
+             "rounds' own ratios. Every peer's figure is one run of a few seconds or more, "
+             "against the median floor.")
     spread = [f"{k.replace('_', ' ')} {fl_runs}" for k, fl_runs in _rounds_of(results)]
+    spread += [f"offload {k.replace('_', ' ')} ÷ floor {'/'.join(f'{x:.2f}' for x in r['ratios'])}"
+               for k, r in off.get("steps", {}).items() if r.get("ratios")]
     if spread:
         L.append("")
         L.append("Every round, processed/s: " + "; ".join(spread) + ".")
@@ -515,9 +540,10 @@ def body_table(broker: str, results: dict[str, Any]) -> list[str]:
         if v is None or not f:
             L.append(f"- offload at default settings, {kind}: >= 0.8x its floor — not measured")
             continue
-        mark = "met" if v >= 0.8 * f else "**missed**"
-        L.append(f"- offload at default settings, {kind}: >= 0.8x its floor: {v:,.0f}/s = "
-                 f"{v / f:.2f}x ({f:,.0f}/s) — {mark}")
+        ratio = off.get("steps", {}).get(step, {}).get("ratio", v / f)
+        mark = "met" if ratio >= 0.8 else "**missed**"
+        L.append(f"- offload at default settings, {kind}: >= 0.8x its floor: {v:,.0f}/s, "
+                 f"{ratio:.2f}x (median floor {f:,.0f}/s) — {mark}")
     L.append("")
     return L
 
