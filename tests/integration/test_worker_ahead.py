@@ -121,18 +121,19 @@ def test_plain_functions_go_to_the_lanes_and_async_ones_are_claimed_ahead(broker
 
 
 def test_tasks_that_take_longer_are_not_claimed_ahead(broker_url):
-    # held tasks must start soon: only a backlog of quick tasks (5 ms on average) is
-    # claimed ahead, never one whose tasks would keep a held batch waiting
+    # held tasks must start soon: only a backlog of quick tasks (20 ms on average, waits
+    # for the loop included) is claimed ahead, never one whose tasks would keep a held
+    # batch waiting for as long as HOLD_MAX
     app = App("ahead", broker=broker_url)
     app.queue("q")
     done: list[int] = []
 
     @app.task(queue="q", name="slow")
     async def slow(i: int) -> None:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(ahead.HOLD_MAX)
         done.append(i)
 
-    n = 400
+    n = 200
     slow.send_many([((i,), {}) for i in range(n)])
     stats = run_until_idle(app, concurrency=32)
     assert stats.claimed_ahead == 0 and stats.succeeded == n == len(done)
