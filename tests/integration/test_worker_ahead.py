@@ -120,6 +120,25 @@ def test_plain_functions_go_to_the_lanes_and_async_ones_are_claimed_ahead(broker
     app.close()
 
 
+def test_tasks_of_several_milliseconds_are_still_claimed_ahead(broker_url):
+    # their wall time includes waiting for the loop: 10 ms is what one INCR per task costs
+    # at 64 slots on a slow moment, and claiming ahead must not switch off there
+    app = App("ahead", broker=broker_url)
+    app.queue("q")
+    done: list[int] = []
+
+    @app.task(queue="q", name="ms")
+    async def ms(i: int) -> None:
+        await asyncio.sleep(0.01)
+        done.append(i)
+
+    n = 600
+    ms.send_many([((i,), {}) for i in range(n)])
+    stats = run_until_idle(app, concurrency=32)
+    assert stats.claimed_ahead > 0 and stats.succeeded == n == len(done)
+    app.close()
+
+
 def test_tasks_that_take_longer_are_not_claimed_ahead(broker_url):
     # held tasks must start soon: only a backlog of quick tasks (20 ms on average, waits
     # for the loop included) is claimed ahead, never one whose tasks would keep a held
