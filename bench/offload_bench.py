@@ -12,6 +12,7 @@ and ``backlog`` (prefill ``--backlog`` tasks, time the first min(backlog, N) of 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -39,8 +40,11 @@ class OffloadPeer(Peer):
         self.name = "offload" + (" (sync task)" if sync else "")
         self.concurrency = concurrency
         c = f"-c {concurrency}" if concurrency else "default concurrency"
-        self.worker_note = f"1 process, {c}, " + ("`def` task on threads" if sync
-                                                  else "`async def` task")
+        loop = os.environ.get("OFFLOAD_LOOP", "auto")
+        if loop == "auto":  # what offload.worker.runner.new_loop picks in the worker's venv
+            loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        self.worker_note = f"1 process, {c}, {loop} loop, " + (
+            "`def` task on threads" if sync else "`async def` task")
         self.bulk_note = "send_many, 1,000 per call"
         self.backlog_budget = backlog_budget
         self.tmp = tempfile.mkdtemp(prefix="bench-offload-")
@@ -242,9 +246,10 @@ def profile_step(peer: OffloadPeer, n: int, timeout: float) -> dict:
     return res
 
 
-def floor(n: int, sync: bool, concurrency: int) -> dict:
+def floor(n: int, sync: bool, concurrency: int, loop: str = "asyncio") -> dict:
     """The body alone, no queue: ``n`` Redis INCRs with the client the tasks use, in a plain
-    loop (sync) or on a bare asyncio loop with ``concurrency`` in flight (async)."""
+    loop (sync) or on a bare asyncio loop with ``concurrency`` in flight (async), the
+    standard library's or (``loop="uvloop"``) uvloop's."""
     import asyncio
 
     os.environ["BENCH_BODY"] = "incr"
@@ -275,9 +280,18 @@ def floor(n: int, sync: bool, concurrency: int) -> dict:
         await asyncio.gather(*(one() for _ in range(concurrency)))
         return time.perf_counter() - t
 
-    res["rate"] = n / asyncio.run(go())
+    if loop == "uvloop":
+        import uvloop
+
+        ev = uvloop.new_event_loop()
+        try:
+            res["rate"] = n / ev.run_until_complete(go())
+        finally:
+            ev.close()
+    else:
+        res["rate"] = n / asyncio.run(go())
     res["concurrency"] = concurrency
-    res["note"] = f"asyncio, {concurrency} in flight"
+    res["note"] = f"{loop}, {concurrency} in flight"
     return res
 
 
@@ -292,6 +306,8 @@ def main() -> None:
     ap.add_argument("--backlog", type=int, default=1000)
     ap.add_argument("--backlog-budget", type=float, default=150.0)
     ap.add_argument("--flavor", default="", help="sync: the `def` task (default: async)")
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
+                    help="the floor's event loop (async floors only)")
     ap.add_argument("--concurrency", "-c", type=int, default=None,
                     help="the worker's -c (default: 256 for no-op steps, the worker's own "
                          "default for the body step)")
@@ -301,7 +317,7 @@ def main() -> None:
         conc = 256
     peer = OffloadPeer(args.url, args.flavor, args.backlog_budget, conc)
     if args.step == "floor":
-        res = floor(args.n, "sync" in args.flavor.split("-"), conc or 1)
+        res = floor(args.n, "sync" in args.flavor.split("-"), conc or 1, args.loop)
     elif args.step == "profile":
         res = profile_step(peer, args.n, args.timeout)
     elif args.step == "backlog":

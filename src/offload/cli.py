@@ -28,6 +28,7 @@ from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue
 from .worker import Worker
+from .worker.runner import LOOPS
 from .worker.runner import run as run_loop
 
 __all__ = ["load_app", "main"]
@@ -194,7 +195,12 @@ def _queue_list(app: App, given: str | None) -> list[str] | None:
 
 
 def _run_worker(
-    app: App, queues: list[str] | None, concurrency: int, grace: float, burst: bool
+    app: App,
+    queues: list[str] | None,
+    concurrency: int,
+    grace: float,
+    burst: bool,
+    loop: str = "auto",
 ) -> None:
     logging.basicConfig(
         level=logging.INFO,
@@ -220,7 +226,8 @@ def _run_worker(
         concurrency,
     )
     t0 = time.monotonic()
-    stats = run_loop(worker.run())  # asyncio.run, bounded: see offload/worker/runner.py
+    # asyncio.run, bounded, on uvloop when installed: see offload/worker/runner.py
+    stats = run_loop(worker.run(), loop=loop)
     took = time.monotonic() - t0
     logging.getLogger("offload.worker").info(
         "stopped after %.1fs: %d claimed, %d succeeded, %d retried, %d dead, %d released",
@@ -247,6 +254,16 @@ grace_opt = click.option(
     type=SECONDS,
     help="Seconds running tasks get to finish on SIGTERM.",
 )
+loop_opt = click.option(
+    "--loop",
+    type=click.Choice(LOOPS),
+    default="auto",
+    show_default=True,
+    envvar="OFFLOAD_LOOP",
+    show_envvar=True,
+    help="The worker's event loop: auto is uvloop when it is installed (the redis and "
+    "postgres extras include it), else the standard library's.",
+)
 
 
 @main.command()
@@ -256,6 +273,7 @@ grace_opt = click.option(
 @cli_pools.topology_option
 @concurrency_opt
 @grace_opt
+@loop_opt
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 def worker(
     app_spec: str,
@@ -264,6 +282,7 @@ def worker(
     topology: str | None,
     concurrency: int | None,
     grace: float,
+    loop: str,
     burst: bool,
 ) -> None:
     """Run a worker for some or all of the app's queues, or for one pool's."""
@@ -274,7 +293,7 @@ def worker(
         raise click.UsageError("--topology needs --pool NAME: the pool whose queues to serve")
     else:
         served = _queue_list(app, queues)
-    _run_worker(app, served, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst)
+    _run_worker(app, served, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst, loop)
 
 
 @main.command()
@@ -282,6 +301,7 @@ def worker(
 @cli_pools.topology_option
 @concurrency_opt
 @grace_opt
+@loop_opt
 @click.option(
     "--autoscale",
     is_flag=True,
@@ -289,7 +309,12 @@ def worker(
     "(needs a topology; see its target_latency and cooldown).",
 )
 def run(
-    app_spec: str, topology: str | None, concurrency: int | None, grace: float, autoscale: bool
+    app_spec: str,
+    topology: str | None,
+    concurrency: int | None,
+    grace: float,
+    loop: str,
+    autoscale: bool,
 ) -> None:
     """Run the whole app: every queue in one process (the monolith), or with a topology
     one worker process per pool, restarted when it dies, rolled over to new code on
@@ -297,13 +322,14 @@ def run(
     app = load_app(app_spec)
     path = topology or app.topology
     if path is not None:
+        os.environ["OFFLOAD_LOOP"] = loop  # the pools' worker processes inherit it
         sys.exit(cli_pools.run_pools(app_spec, app, path, concurrency, grace, autoscale))
     if autoscale:
         raise click.UsageError(
             "--autoscale scales the pools of a topology; give --topology FILE (or "
             "App(topology=...), $OFFLOAD_TOPOLOGY) with replicas = [min, max] per pool"
         )
-    _run_worker(app, None, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst=False)
+    _run_worker(app, None, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, False, loop)
 
 
 cli_http.register(main)  # serve, run --http, worker --metrics-port

@@ -18,9 +18,11 @@ def run_until_idle(
     *,
     concurrency: int = 8,
     timeout: float = 60.0,
+    loop: str = "auto",
 ) -> WorkerStats:
     """Run a worker until the queues are empty (scheduled retries included), then return
-    what it did. Raises TimeoutError when work is still left after ``timeout`` seconds."""
+    what it did. Raises TimeoutError when work is still left after ``timeout`` seconds.
+    ``loop`` is the event loop's kind, as ``offload worker --loop`` takes it."""
 
     async def main() -> WorkerStats:
         worker = Worker(app, queues=queues, concurrency=concurrency, burst=True)
@@ -32,4 +34,4 @@ def run_until_idle(
             await task
             raise TimeoutError(f"queues still had work after {timeout}s") from None
 
-    return run_loop(main())  # asyncio.run, bounded: see offload/worker/runner.py
+    return run_loop(main(), loop=loop)  # asyncio.run, bounded: see offload/worker/runner.py
