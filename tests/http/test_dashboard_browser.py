@@ -31,6 +31,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import (  # noqa: E402
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -154,13 +155,22 @@ def cell(driver, queue: str, name: str) -> str:
     return text(driver, f'tr[data-queue="{queue}"] [data-field="{name}"]')
 
 
+def _swapped(exc: WebDriverException) -> bool:
+    # Chromium reports the race as a stale element, or, when the swap lands inside the
+    # command, as "unhandled inspector error: ... does not belong to the document"
+    return isinstance(exc, StaleElementReferenceException) or "does not belong to the document" in (
+        exc.msg or ""
+    )
+
+
 def text(driver, selector: str) -> str:
     """The text of an element of a live region, read again when a refresh swapped it."""
     for _ in range(20):
         try:
             return driver.find_element(By.CSS_SELECTOR, selector).text
-        except StaleElementReferenceException:
-            continue
+        except WebDriverException as exc:
+            if not _swapped(exc):
+                raise
     raise AssertionError(f"{selector} kept changing under the reader")
 
 
@@ -171,8 +181,9 @@ def click(driver, by: str, selector: str) -> None:
         try:
             driver.find_element(by, selector).click()
             return
-        except StaleElementReferenceException:
-            continue
+        except WebDriverException as exc:
+            if not _swapped(exc):
+                raise
     raise AssertionError(f"{selector} kept changing under the clicker")
 
 
