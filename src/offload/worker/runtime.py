@@ -59,6 +59,7 @@ GATHER_MAX = 0.005
 # moment longer.
 ACK_PAUSE = 0.002
 ACK_PAUSE_MAX = 0.01
+DRAIN_POLL = 0.05  # a draining worker looks at its runs at least this often (see _drain)
 
 
 class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
@@ -450,18 +451,19 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
         assert self._hurry and self._slot_free
         self._give_back_held()
         deadline = time.monotonic() + self.grace
-        # a lane's claim out in its round trip holds tasks not yet in _running: wait for it
-        while (not self._lanes_halt() or self._running) and not self._hurry.is_set():
+        while not self._hurry.is_set():  # (a lane's claim out holds tasks not in _running)
+            halted = self._lanes_halt()
             left = deadline - time.monotonic()
-            if left <= 0:
+            if (halted and not self._running) or left <= 0:
                 break
             self._slot_free.clear()
             waiters = [
                 asyncio.ensure_future(self._slot_free.wait()),
                 asyncio.ensure_future(self._hurry.wait()),
             ]
-            if self._lane_lock.locked():  # nothing signals the claim's return: look soon
-                left = min(left, 0.005)
+            # look again soon: nothing signals a lane claim's return, and a lane's run frees
+            # its slot on its thread (a drain waiting the grace on it took 30 s)
+            left = min(left, 0.005 if not halted else DRAIN_POLL)
             await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
