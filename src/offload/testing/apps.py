@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 
 from ..app import App
@@ -18,11 +19,12 @@ def run_until_idle(
     *,
     concurrency: int = 8,
     timeout: float = 60.0,
-    loop: str = "auto",
+    loop: str | None = None,
 ) -> WorkerStats:
     """Run a worker until the queues are empty (scheduled retries included), then return
     what it did. Raises TimeoutError when work is still left after ``timeout`` seconds.
-    ``loop`` is the event loop's kind, as ``offload worker --loop`` takes it."""
+    ``loop`` is the event loop's kind, as ``offload worker --loop`` takes it (default:
+    ``$OFFLOAD_LOOP``, else ``auto``)."""
 
     async def main() -> WorkerStats:
         worker = Worker(app, queues=queues, concurrency=concurrency, burst=True)
@@ -34,4 +36,6 @@ def run_until_idle(
             await task
             raise TimeoutError(f"queues still had work after {timeout}s") from None
 
+    if loop is None:
+        loop = os.environ.get("OFFLOAD_LOOP") or "auto"
     return run_loop(main(), loop=loop)  # asyncio.run, bounded: see offload/worker/runner.py

@@ -28,7 +28,7 @@ from ..brokers.base import Broker, Claimed, HandoffReceiver
 from ..core.policy import DEFAULT_CONCURRENCY
 from ..errors import BadArguments, BrokerError, ConfigError
 from ..task import _current
-from . import gctune
+from . import gctune, stall
 from .ahead import AheadRunner
 from .execute import TaskRunner
 from .lanes import LaneRunner
@@ -198,6 +198,8 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
         if self._signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._request_stop)
+        watch = stall.LoopWatch(loop, self._running, self.stats, stall.STALL_AFTER)
+        watch.start()  # says which task holds the loop, while one does
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._flush_loop())
@@ -223,6 +225,7 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
                 )
             await self._metrics.flush(broker)
         finally:
+            watch.stop()
             if self._kick is not None:
                 self._kick.cancel()
                 self._kick = None

@@ -41,6 +41,9 @@ class WorkerStats:
     #: of those, claims made while at most ``LANE_AHEAD`` jobs were still queued, so that
     #: the other threads ran those meanwhile (offload.worker.lanes)
     lane_claims_ahead: int = 0
+    #: times the event loop went STALL_AFTER seconds without a turn (an async handler's
+    #: blocking call; see offload.worker.stall)
+    stalls: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
 
