@@ -150,16 +150,14 @@ class ScriptCalls:
         s = self._scripts[name]
         keys = self._qkeys(queue).keys
         try:
-            for again in range(NOSCRIPT_TRIES - 1, -1, -1):
+            for _ in range(NOSCRIPT_TRIES - 1):
                 try:
                     return await self._evalsha(r, s, keys, args)
                 except NoScriptError:
-                    # SCRIPT FLUSH or a restarted server: load everything again, then once
-                    # more; a few times, since another flush may land while loading
-                    if not again:
-                        raise
+                    # SCRIPT FLUSH or a restarted server: load everything again and retry;
+                    # a few times, since another flush may land while loading
                     await self._load_scripts()
-            raise AssertionError("unreachable: the last try returns or raises")
+            return await self._evalsha(r, s, keys, args)
         except Exception as exc:
             raise self._faults.error(name.replace("_", " "), exc) from exc
 
