@@ -114,7 +114,8 @@ def _claim_queue(
         return []
     until = now + lease
     params = {"queue": queue, "now": now, "until": until, "limit": want}
-    rows = conn.execute(Q.claim, params).fetchall()
+    expired = conn.execute(Q.expired_due, (queue, now)).fetchone() is not None
+    rows = conn.execute(Q.claim if expired else Q.claim_ready, params).fetchall()
     if rate is not None:
         conn.execute(Q.take_tokens, (max(0.0, tokens - len(rows)), now, queue))
     rows.sort()  # by seq, i.e. enqueue order (the batch itself was chosen by eta)
