@@ -29,15 +29,15 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH / "peers"))
+sys.path.insert(0, str(BENCH))
 os.environ.setdefault("BENCH_BODY", "incr")  # the worker's tasks use the body's client
 
-from _common import BODY, BODY_URL, Body, pg_exec, redis_flush  # noqa: E402
+from _common import BODY, pg_exec, redis_flush  # noqa: E402
 
 from offload import App  # noqa: E402
 
@@ -104,35 +104,10 @@ def worker_cpu(url: str, n: int, repeat: int) -> float:
 
 
 def floor_cpu(n: int, loop: str, concurrency: int = 64) -> float:
-    """CPU seconds per INCR of the body alone, ``concurrency`` in flight (run.py's floor)."""
-    import asyncio
+    """CPU seconds per INCR of the body alone, ``concurrency`` in flight: run.py's floor."""
+    from offload_bench import floor
 
-    client = Body(os.environ.get("BENCH_BODY_URL", BODY_URL))
-
-    async def go() -> float:
-        left = n
-
-        async def one() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await client.run()
-
-        await asyncio.gather(*(client.run() for _ in range(concurrency)))  # connect them all
-        t = time.process_time()
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        return (time.process_time() - t) / n
-
-    if loop == "uvloop":
-        import uvloop
-
-        ev = uvloop.new_event_loop()
-    else:
-        ev = asyncio.new_event_loop()
-    try:
-        return ev.run_until_complete(go())
-    finally:
-        ev.close()
+    return floor(n, False, concurrency, loop)["cpu_us"] / 1e6
 
 
 def main() -> None:

@@ -266,7 +266,7 @@ def floor(n: int, sync: bool, concurrency: int, loop: str = "asyncio") -> dict:
         res["note"] = "one thread, one INCR after another"
         return res
 
-    async def go() -> float:
+    async def go() -> tuple[float, float]:
         left = n
 
         async def one() -> None:
@@ -276,20 +276,22 @@ def floor(n: int, sync: bool, concurrency: int, loop: str = "asyncio") -> dict:
                 await body.run()
 
         await asyncio.gather(*(body.run() for _ in range(concurrency)))  # connect them all
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(one() for _ in range(concurrency)))
-        return time.perf_counter() - t
+        return time.perf_counter() - t, time.process_time() - cpu
 
     if loop == "uvloop":
         import uvloop
 
         ev = uvloop.new_event_loop()
         try:
-            res["rate"] = n / ev.run_until_complete(go())
+            wall, cpu = ev.run_until_complete(go())
         finally:
             ev.close()
     else:
-        res["rate"] = n / asyncio.run(go())
+        wall, cpu = asyncio.run(go())
+    res["rate"] = n / wall
+    res["cpu_us"] = 1e6 * cpu / n  # CPU per INCR (bench/cpu_budget.py)
     res["concurrency"] = concurrency
     res["note"] = f"{loop}, {concurrency} in flight"
     return res
