@@ -81,7 +81,10 @@ def test_the_story_runs_end_to_end_and_loses_nothing(tmp_path):
         assert pools[("indexer",)].startswith("e2-highmem-"), (plan["pools"], ix)
     web = pools.get(("default",), "")
     assert web.startswith(("e2-standard-", "e2-highcpu-", "e2-micro", "e2-small", "e2-medium"))
-    assert plan["saving"] > 5 and plan["monthly_cost"] < plan["monolith_monthly_cost"]
+    # (twice in full local runs, never alone: 4.17% saved; the message says which plan)
+    assert plan["saving"] > 5 and plan["monthly_cost"] < plan["monolith_monthly_cost"], {
+        k: plan[k] for k in ("saving", "monolith", "pools", "demand")
+    }
     assert "planned" in (out / "topology.story.toml").read_text().splitlines()[0]
     report = (out / "report.md").read_text()
     assert "| **lost** (sent, never run, not dead-lettered, or left in a queue) | **0** |" in report
