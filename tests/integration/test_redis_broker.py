@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -343,6 +344,7 @@ async def test_a_cancelled_wait_keeps_its_connection_and_hands_on_its_wake_up(ow
     await b.open()
     raw = redis.Redis(port=own_server.port)
     try:
+
         def opened_and_open() -> tuple[int, int]:
             return (
                 raw.info("stats")["total_connections_received"],
@@ -378,6 +380,84 @@ async def test_a_cancelled_wait_keeps_its_connection_and_hands_on_its_wake_up(ow
         raw.close()
         await a.close()
         await b.close()
+
+
+def _connections(raw: redis.Redis) -> Callable[[], tuple[int, int]]:
+    """Connections opened since now, and how many more are open than now."""
+    opened0 = raw.info("stats")["total_connections_received"]
+    open0 = raw.info("clients")["connected_clients"]
+
+    def counts() -> tuple[int, int]:
+        return (
+            raw.info("stats")["total_connections_received"] - opened0,
+            raw.info("clients")["connected_clients"] - open0,
+        )
+
+    return counts
+
+
+async def test_a_wait_cancelled_during_its_peek_keeps_the_connection(own_server):
+    # The peek (which parks the worker) runs before the BLPOP on a pooled connection; a
+    # cancel landing while its reply is due must not cost that connection.
+    url = f"redis://127.0.0.1:{own_server.port}/0?prefix=peek"
+    a = broker_from_url(url)
+    await a.open()
+    raw = redis.Redis(port=own_server.port)
+    try:
+        await a.stats("q")  # the pool has a connection
+        counts = _connections(raw)
+        raw.client_pause(300, all=True)  # commands wait: the peek's reply does not come
+        w = asyncio.create_task(a.wait(["q"], 5))
+        await asyncio.sleep(0.1)
+        assert not w.done()
+        w.cancel()
+        await asyncio.gather(w, return_exceptions=True)
+        await asyncio.sleep(0.4)  # the pause ends; the peek finishes in the background
+        await a.stats("q")
+        opened, still_open = counts()
+        assert opened == still_open == 0, (opened, still_open)
+    finally:
+        raw.close()
+        await a.close()
+
+
+async def test_a_wait_cancelled_while_its_borrowed_connection_connects_keeps_it(own_server):
+    # A wait that finds the blocking connection busy borrows one from the pool; a cancel
+    # landing while that one is still in its handshake must not put it back in the pool
+    # with the server's reply unread (its next user would drop it and connect again).
+    url = f"redis://127.0.0.1:{own_server.port}/0?prefix=borrow"
+    a = broker_from_url(url)
+    a.on_handoff = lambda claimed: False  # a worker's broker: a claim of nothing parks it
+    await a.open()
+    raw = redis.Redis(port=own_server.port)
+    try:
+        first = asyncio.create_task(a.wait(["q"], 5))  # blocks on the blocking connection
+        await asyncio.sleep(0.05)
+        assert await a.claim(["q"], 1) == []  # parks: the next wait skips its peek
+        # the pool's idle connection, closed (as by a server's idle timeout): the next
+        # borrow connects it again, handshake and all
+        await a._client().connection_pool.disconnect(inuse_connections=False)
+        await asyncio.sleep(0.05)
+        counts = _connections(raw)
+        raw.client_pause(400, all=True)  # commands wait: the handshake's replies do not come
+        borrowing = asyncio.create_task(a.wait(["q"], 1))
+        await asyncio.sleep(0.1)
+        assert not borrowing.done()
+        borrowing.cancel()
+        await asyncio.gather(borrowing, return_exceptions=True)
+        await asyncio.sleep(0.5)  # the pause ends; the borrow finishes in the background
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.sleep(0.1)  # the abandoned BLPOP's clean-up ends
+        for _ in range(3):  # the pool hands out its newest idle connection first
+            await a.stats("q")
+        opened, still_open = counts()
+        # the borrowed connection was connected, and none opened since has been closed
+        # (dropped for unread bytes)
+        assert opened >= 1 and opened == still_open, (opened, still_open)
+    finally:
+        raw.close()
+        await a.close()
 
 
 # -- hand-offs: enqueue leases a task straight to a parked worker ------------------------

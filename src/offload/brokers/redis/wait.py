@@ -41,16 +41,29 @@ async def probe(conn: Any) -> bool:
 class BlockingConnection:
     """The connection a broker's waits block on, kept outside redis-py's pool: a checkout
     there (lock, observability hooks) costs more than the wait's own work. A wait that
-    finds it busy (an abandoned BLPOP still finishing) takes one from the pool instead."""
+    finds it busy (an abandoned BLPOP still finishing) takes one from the pool instead.
+
+    That borrow runs in a task of its own, which a cancel of the waiter does not reach: a
+    new connection's handshake cut short would go back to the pool with the server's reply
+    unread, and its next user would drop it and connect again. A borrow whose waiter has
+    gone gives the connection back once it has it (a clean-up in ``cleanups``)."""
 
     def __init__(self, r: Any) -> None:
         self._pool = r.connection_pool
         self._conn: Any = None
         self._busy = False
 
-    async def get(self) -> Any:
+    async def get(self, cleanups: set[asyncio.Future]) -> Any:
         if self._busy:
-            return await self._pool.get_connection()
+            borrow = asyncio.ensure_future(self._pool.get_connection())
+            try:
+                return await asyncio.shield(borrow)
+            except asyncio.CancelledError:
+                if not borrow.cancelled():
+                    back = asyncio.ensure_future(self._give_back(borrow))
+                    cleanups.add(back)
+                    back.add_done_callback(cleanups.discard)
+                raise
         self._busy = True
         conn = self._conn
         try:
@@ -62,6 +75,13 @@ class BlockingConnection:
             self._busy = False
             raise
         return conn
+
+    async def _give_back(self, borrow: asyncio.Future) -> None:
+        try:
+            conn = await borrow
+        except Exception:
+            return  # the pool has it back already (get_connection releases what fails)
+        await self._pool.release(conn)
 
     async def release(self, conn: Any) -> None:
         if conn is self._conn:
@@ -92,7 +112,7 @@ async def blpop(
     ``disconnect_on_error=False``, and a cancelled read leaves what it had received in the
     parser's buffer for the clean-up to finish.
     """
-    conn = await conns.get()
+    conn = await conns.get(cleanups)
     # Sent from a task the caller's cancellation cannot interrupt halfway: once the BLPOP
     # is out, it may pop at any moment, and only reading its reply keeps what it popped.
     packed = conn.pack_commands([("CLIENT", "ID"), ("BLPOP", *keys, timeout + 1.0)])
