@@ -34,8 +34,10 @@ psycopg = pytest.importorskip("psycopg")
 
 from offload.brokers.postgres import PostgresBroker  # noqa: E402
 from offload.brokers.postgres.queries import (  # noqa: E402
+    LATEST_VERSION,
     MIGRATIONS,
     PostgresConfig,
+    queries,
     schema_snapshot,
 )
 
@@ -88,7 +90,8 @@ def test_url_strips_offload_params_and_keeps_libpq_ones():
 
 
 async def _catalog(conn, schema: str) -> str:
-    """A normalized dump of one schema's tables, columns, indexes and constraints."""
+    """A normalized dump of one schema's tables, columns, indexes, constraints and
+    functions."""
     cols = await (
         await conn.execute(
             """SELECT table_name, column_name, ordinal_position, data_type, is_nullable,
@@ -113,7 +116,17 @@ async def _catalog(conn, schema: str) -> str:
             (schema,),
         )
     ).fetchall()
-    return repr((cols, idx, cons)).replace(f'"{schema}".', "S.").replace(f"{schema}.", "S.")
+    funcs = await (
+        await conn.execute(
+            """SELECT p.proname, pg_get_function_arguments(p.oid),
+                      pg_get_function_result(p.oid), p.prosrc
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+               WHERE n.nspname = %s ORDER BY p.proname""",
+            (schema,),
+        )
+    ).fetchall()
+    dump = repr((cols, idx, cons, funcs))
+    return dump.replace(f'"{schema}".', "S.").replace(f"{schema}.", "S.").replace(schema, "S")
 
 
 async def test_migrations_produce_schema_sql(url):
@@ -132,6 +145,43 @@ async def test_migrations_produce_schema_sql(url):
         assert [r[0] for r in await version.fetchall()] == [v for v, _, _ in MIGRATIONS]
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{snapshot}" CASCADE')
+        await conn.close()
+
+
+async def test_a_schema_of_the_previous_version_upgrades_with_its_tasks(url):
+    """Migration 5 (the claim and ack functions) on a schema that holds work: the ready
+    tasks are claimed and the leased ones acked by the new statements, nothing lost."""
+    schema = schema_of(url)
+    q = queries(schema)
+    conn = await admin()
+    b = broker_from_url(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(q.bootstrap)
+            for v, sql in q.migrations[:4]:
+                await conn.execute(sql)
+                await conn.execute(q.record_version, (v,))
+        sent = [task() for _ in range(6)]
+        for i, t in enumerate(sent):  # the first two leased by a worker of the old version
+            leased = i < 2
+            await conn.execute(
+                f'INSERT INTO "{schema}".tasks '
+                "(id, queue, payload, state, token, attempts, visible_at, enqueued_at) "
+                "VALUES (%s, 'q', 'p', %s, %s, %s, "
+                "extract(epoch FROM clock_timestamp()) + %s, 0)",
+                (t.id, "leased" if leased else "ready", "tk" if leased else None,
+                 int(leased), 60 if leased else 0),
+            )  # fmt: skip
+        await b.open()  # migrates to the latest version
+        version = await conn.execute(f'SELECT max(version) FROM "{schema}".schema_version')
+        assert (await version.fetchone())[0] == LATEST_VERSION == 5
+        got = await b.claim(["q"], 10)
+        assert sorted(c.id for c in got) == sorted(t.id for t in sent[2:])
+        await b.ack([Lease("q", t.id, "tk") for t in sent[:2]] + [c.lease for c in got])
+        stats = await b.stats("q")
+        assert (stats.ready, stats.leased) == (0, 0)
+    finally:
+        await b.close()
         await conn.close()
 
 
@@ -533,21 +583,19 @@ async def test_rate_bucket_holds_across_racing_claimers(url):
 
 
 async def test_claims_and_acks_commit_without_the_wal_flush_and_only_themselves(broker):
-    """Claims and acks set ``synchronous_commit = off`` LOCAL to their own transaction (a
-    pipeline's implicit one), whether or not they find rows; enqueues and retries keep the
+    """Claims and acks set ``synchronous_commit = off`` LOCAL to their own transaction (here
+    a pipeline's implicit one), whether or not they find rows; enqueues and retries keep the
     server's setting. Read inside the same pipeline, then on the next statement."""
     await broker.enqueue([task() for _ in range(3)])
     conn = await admin()
     q, mode = broker._q, "SELECT current_setting('synchronous_commit')"
     try:
         server = await (await conn.execute(mode)).fetchone()
-        params = {"queues": ["q"], "limit": 2, "turn": 0}
+        params = {"queues": ["q"], "limit": 2, "turn": 0, "acks": []}
         for statements in (
-            [(q.claim_lock, params), (q.claim, params)],
-            [
-                (q.claim_lock, {**params, "queues": ["empty"]}),
-                (q.claim, {**params, "queues": ["empty"]}),
-            ],
+            [(q.claim, params)],
+            [(q.claim, {**params, "queues": ["empty"]})],
+            [(q.claim, {**params, "limit": 0, "acks": ["no-such-id"]})],
             [(q.ack, {"ids": ["no-such-id"]})],
         ):
             async with conn.pipeline():

@@ -25,16 +25,18 @@ URL parameters of offload's own (the rest go to libpq unchanged, ``postgres://``
 
 Design notes:
 
-* **Claim** is one CTE (``claim.sql``): the oldest due rows per queue ``FOR UPDATE SKIP
-  LOCKED`` (ready, or leased with an expired lease), capped by the queue's tokens and free
-  ``max_concurrent`` slots, shared round-robin across queues, leased, and the bucket
-  debited, all in one statement. It runs after ``claim_lock.sql``, which locks the rows of
-  the queues with a rate or ``max_concurrent``: under READ COMMITTED a statement's snapshot
-  is taken before it waits for a lock, so the count of leased tasks must be read by a
-  statement that starts after the lock was granted. The two run in one pipeline, in its
-  implicit transaction (the pool's connections are in autocommit, and a pipeline sends one
-  Sync, at its end): an explicit ``transaction()`` costs two more statements and ~250 µs of
-  the worker's CPU per claim, more than the claim itself. Acks do the same.
+* **Claim** is one call of the ``claim`` function (migration ``005_claim_functions.sql``
+  says what it does): it locks the rows of the queues with a rate or ``max_concurrent``
+  (claimers of those take turns), then, in a statement of its own, takes the oldest due
+  rows per queue ``FOR UPDATE SKIP LOCKED`` (ready, or leased with an expired lease),
+  capped by the queue's tokens and free ``max_concurrent`` slots, shares them round-robin
+  across queues, leases them and debits the bucket. Under READ COMMITTED a statement's
+  snapshot is taken before it waits for a lock, so the count of leased tasks must be read
+  by a statement that starts after the lock was granted: hence a function, whose
+  statements each take a fresh snapshot. It was two statements in a pipeline; psycopg's
+  client work per statement (about 100 µs of the worker's CPU) cost more than the rows.
+  A handler thread's claim passes its acks too, acked first in the same transaction.
+  An ack is one call of the ``ack`` function.
 * **Enqueue**: one task without a name: ``enqueue_plain.sql``, a plain ``INSERT ...
   RETURNING pg_notify(...)``; one named task: ``enqueue_one.sql`` (plain parameters, the
   names CTE); a batch with names: ``enqueue.sql`` (parallel arrays through ``unnest``); a
@@ -372,14 +374,14 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
         if limit <= 0 or not queues:
             return []
         self._turn += 1  # which queue goes first in this claim's round-robin
-        params = {"queues": list(dict.fromkeys(queues)), "limit": int(limit), "turn": self._turn}
-        q = self._q
+        params = {
+            "queues": list(dict.fromkeys(queues)),
+            "limit": int(limit),
+            "turn": self._turn,
+            "acks": [],
+        }
         async with self._conn("claiming") as conn:
-            # lock + claim + commit in one round trip; see the module docstring for why two,
-            # and for why in a pipeline's implicit transaction
-            async with conn.pipeline():
-                await conn.execute(q.claim_lock, params)
-                cur = await conn.execute(q.claim, params, binary=True)  # see _claims
+            cur = await conn.execute(self._q.claim, params, binary=True)  # see _claims
             rows = await cur.fetchall()
         return _claims(rows)
 
@@ -387,8 +389,7 @@ class PostgresBroker(Admin, Inspection, Overrides, Results):
         self, queues: Sequence[str], limit: int, acks: Sequence[Lease] = ()
     ) -> list[Claimed]:
         """:meth:`ack` then :meth:`claim` from a worker's handler thread
-        (``BlockingClaim``): the same statements, in one transaction and round trip, on
-        the synchronous pool."""
+        (``BlockingClaim``): the same statement, given the acks, on the synchronous pool."""
         if (limit <= 0 or not queues) and not acks:
             return []
         self._turn += 1

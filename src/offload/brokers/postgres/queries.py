@@ -92,7 +92,6 @@ class Queries:
     enqueue_copy: str
     copy_prepare: str
     notify: str
-    claim_lock: str
     claim: str
     ack: str
     retry: str
@@ -115,7 +114,7 @@ class Queries:
 
 _NAMED = [
     "enqueue", "enqueue_one", "enqueue_plain", "enqueue_copy", "copy_prepare", "notify",
-    "claim_lock", "claim", "ack", "retry", "release", "dead_letter", "extend", "next_due",
+    "claim", "ack", "retry", "release", "dead_letter", "extend", "next_due",
     "stats", "dead_letters",
     "requeue_dead", "set_paused", "purge", "delete", "declare", "record", "metrics", "now",
     "gc_names",

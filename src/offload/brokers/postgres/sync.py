@@ -114,23 +114,13 @@ class SyncSide:
         raise AssertionError("unreachable: _errors re-raises what it does not map")
 
     def claim(self, params: dict, acks: list[str]) -> list[tuple]:
-        """The worker's ack and claim (the statements of ``PostgresBroker.ack`` and
-        ``claim``) from a handler thread: in one transaction and one round trip on a
-        pooled connection, committed without waiting for the WAL flush, as those are. The
-        transaction is the pipeline's implicit one (see ``PostgresBroker.claim``)."""
+        """The worker's ack and claim from a handler thread: one call of the claim
+        function (``PostgresBroker.claim``'s statement) with the acks, on a pooled
+        connection."""
         pool = self._pool or self._open()
-        q = self._q
         with self._errors("claiming"), pool.connection() as conn:
-            claims = bool(params["limit"] and params["queues"])
-            with conn.pipeline():
-                # claim_lock and ack each set the asynchronous commit
-                if claims:
-                    conn.execute(q.claim_lock, params)
-                if acks:
-                    conn.execute(q.ack, {"ids": acks})
-                if claims:
-                    cur = conn.execute(q.claim, params, binary=True)
-            return cur.fetchall() if claims else []
+            cur = conn.execute(self._q.claim, {**params, "acks": acks}, binary=True)
+            return cur.fetchall()
 
     def _send(self, pool: ConnectionPool, tasks: Sequence[NewTask]) -> list[bool]:
         if self._take_held():

@@ -1,5 +1,5 @@
 -- declare: create or update queues (the last writer wins), in name order so that it cannot
--- deadlock with claim_lock.sql. The token bucket's state is kept; a changed policy applies
+-- deadlock with the claim function's lock (migration 005). The token bucket's state is kept; a changed policy applies
 -- at the next claim. Idle workers are woken to look again. A row made by pausing an
 -- undeclared queue becomes declared.
 WITH up AS (
