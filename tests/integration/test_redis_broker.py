@@ -396,6 +396,21 @@ def _connections(raw: redis.Redis) -> Callable[[], tuple[int, int]]:
     return counts
 
 
+async def _cancelled_while_paused(
+    raw: redis.Redis, b: RedisBroker, timeout: float, pause: float
+) -> None:
+    """A wait of ``b`` started while the server holds every command for ``pause``
+    seconds, cancelled 0.1 s in; returns once the pause is over and what the wait sent
+    was answered (to a task of its own, if the fix holds)."""
+    raw.client_pause(int(pause * 1000), all=True)
+    w = asyncio.create_task(b.wait(["q"], timeout))
+    await asyncio.sleep(0.1)
+    assert not w.done()
+    w.cancel()
+    await asyncio.gather(w, return_exceptions=True)
+    await asyncio.sleep(pause + 0.1)
+
+
 async def test_a_wait_cancelled_during_its_peek_keeps_the_connection(own_server):
     # The peek (which parks the worker) runs before the BLPOP on a pooled connection; a
     # cancel landing while its reply is due must not cost that connection.
@@ -406,13 +421,7 @@ async def test_a_wait_cancelled_during_its_peek_keeps_the_connection(own_server)
     try:
         await a.stats("q")  # the pool has a connection
         counts = _connections(raw)
-        raw.client_pause(300, all=True)  # commands wait: the peek's reply does not come
-        w = asyncio.create_task(a.wait(["q"], 5))
-        await asyncio.sleep(0.1)
-        assert not w.done()
-        w.cancel()
-        await asyncio.gather(w, return_exceptions=True)
-        await asyncio.sleep(0.4)  # the pause ends; the peek finishes in the background
+        await _cancelled_while_paused(raw, a, 5, 0.3)  # the peek's reply did not come
         await a.stats("q")
         opened, still_open = counts()
         assert opened == still_open == 0, (opened, still_open)
@@ -439,13 +448,7 @@ async def test_a_wait_cancelled_while_its_borrowed_connection_connects_keeps_it(
         await a._client().connection_pool.disconnect(inuse_connections=False)
         await asyncio.sleep(0.05)
         counts = _connections(raw)
-        raw.client_pause(400, all=True)  # commands wait: the handshake's replies do not come
-        borrowing = asyncio.create_task(a.wait(["q"], 1))
-        await asyncio.sleep(0.1)
-        assert not borrowing.done()
-        borrowing.cancel()
-        await asyncio.gather(borrowing, return_exceptions=True)
-        await asyncio.sleep(0.5)  # the pause ends; the borrow finishes in the background
+        await _cancelled_while_paused(raw, a, 1, 0.4)  # the handshake's replies did not come
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
         await asyncio.sleep(0.1)  # the abandoned BLPOP's clean-up ends
