@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -66,7 +66,7 @@ from .scripts import (
 )
 from .sync import SyncScripts
 from .url import parse_url
-from .wait import BlockingConnection, blpop, blpop_cluster
+from .wait import BlockingConnection, blpop, blpop_cluster, uncut
 
 __all__ = ["RedisBroker"]
 
@@ -306,26 +306,6 @@ class RedisBroker(ScriptCalls, Inspection, Overrides, Results):
                 held[(queue, pairs[2 * j], pairs[2 * j + 1])] = None if us is None else us / 1e6
         return [held[(le.queue, le.id, le.token)] for le in leases]
 
-    async def _uncut(self, call: Coroutine[Any, Any, Any]) -> Any:
-        """``await call``, in a task of its own that a cancel of the caller does not reach.
-
-        A worker cancels its wait whenever a slot frees. redis-py drops a connection whose
-        reply a cancel cut off (it cannot tell what was left unread), so a cancel during
-        the wait's peek cost a reconnect. The call finishes in the background instead,
-        awaited at close; its result is not needed (the park counts from before it)."""
-        task = asyncio.ensure_future(call)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            self._cleanups.add(task)
-            task.add_done_callback(self._cleaned)
-            raise
-
-    def _cleaned(self, task: asyncio.Future) -> None:
-        self._cleanups.discard(task)
-        if not task.cancelled():
-            task.exception()  # nobody awaits it: an outage shows at the next call
-
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         if not queues:
             await asyncio.sleep(max(0.0, timeout))
@@ -339,7 +319,7 @@ class RedisBroker(ScriptCalls, Inspection, Overrides, Results):
         if delays is None:
             park, before = self._park.park(queues, timeout + PARK_MARGIN)
             peek = self._read(lambda: self._eval_many("peek", [(q, park) for q in queues]))
-            delays = await self._uncut(peek)
+            delays = await uncut(peek, self._cleanups)
             self._park.peeked(queues, delays, before)
         soonest = min((d / 1e6 for d in delays if d >= 0), default=None)
         if soonest is not None:

@@ -11,13 +11,13 @@ worker, a hand-off kept for the worker's next claim.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.cluster import key_slot
 from redis.exceptions import ConnectionError as _ConnError
 
-__all__ = ["SOCKET_TIMEOUT", "BlockingConnection", "blpop", "blpop_cluster", "probe"]
+__all__ = ["SOCKET_TIMEOUT", "BlockingConnection", "blpop", "blpop_cluster", "probe", "uncut"]
 
 #: the broker's socket timeout; a blocking wait never outlasts it
 SOCKET_TIMEOUT = 30.0
@@ -36,6 +36,29 @@ async def probe(conn: Any) -> bool:
         return await can_read()
     except (_ConnError, OSError):
         return True
+
+
+async def uncut(call: Coroutine[Any, Any, Any], cleanups: set[asyncio.Future]) -> Any:
+    """``await call``, in a task of its own that a cancel of the caller does not reach.
+
+    A worker cancels its wait whenever a slot frees. redis-py drops a connection whose
+    reply a cancel cut off (it cannot tell what was left unread), so a cancel during the
+    wait's peek cost a reconnect. The call finishes in the background instead (added to
+    ``cleanups``, awaited at close); its result is not needed (the park counts from before
+    it)."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        cleanups.add(task)
+        task.add_done_callback(lambda t: _cleaned(cleanups, t))
+        raise
+
+
+def _cleaned(cleanups: set[asyncio.Future], task: asyncio.Future) -> None:
+    cleanups.discard(task)
+    if not task.cancelled():
+        task.exception()  # nobody awaits it: an outage shows at the next call
 
 
 class BlockingConnection:
