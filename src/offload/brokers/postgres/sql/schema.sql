@@ -185,7 +185,7 @@ LANGUAGE plpgsql AS $fn$
 BEGIN
     -- the setting and the lock in one statement: each statement of a function costs the
     -- server an executor start-up (measured: as two, the function cost the server 3 us
-    -- per task more than the pipeline did; as one, 1 us)
+    -- per task more than the pipeline did; as one, no more than the pipeline)
     PERFORM set_config('synchronous_commit', 'off', true), (SELECT count(*) FROM (
         SELECT q.name
         FROM {schema}.queues q
