@@ -38,27 +38,36 @@ async def probe(conn: Any) -> bool:
         return True
 
 
-async def uncut(call: Coroutine[Any, Any, Any], cleanups: set[asyncio.Future]) -> Any:
+async def uncut(
+    call: Coroutine[Any, Any, Any],
+    cleanups: set[asyncio.Future],
+    then: Callable[[Any], Awaitable[Any]] | None = None,
+) -> Any:
     """``await call``, in a task of its own that a cancel of the caller does not reach.
 
     A worker cancels its wait whenever a slot frees. redis-py drops a connection whose
-    reply a cancel cut off (it cannot tell what was left unread), so a cancel during the
-    wait's peek cost a reconnect. The call finishes in the background instead (added to
-    ``cleanups``, awaited at close); its result is not needed (the park counts from before
-    it)."""
+    reply a cancel cut off (it cannot tell what was left unread), and puts a connection
+    whose handshake a cancel cut off back in its pool with the reply unread: either way a
+    reconnect. A call whose caller has gone finishes in the background instead (added to
+    ``cleanups``, awaited at close), and ``then`` gets its result (say, to give back a
+    connection nobody will use)."""
     task = asyncio.ensure_future(call)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        cleanups.add(task)
-        task.add_done_callback(lambda t: _cleaned(cleanups, t))
+        rest = asyncio.ensure_future(_finish(task, then))
+        cleanups.add(rest)
+        rest.add_done_callback(cleanups.discard)
         raise
 
 
-def _cleaned(cleanups: set[asyncio.Future], task: asyncio.Future) -> None:
-    cleanups.discard(task)
-    if not task.cancelled():
-        task.exception()  # nobody awaits it: an outage shows at the next call
+async def _finish(task: asyncio.Future, then: Callable[[Any], Awaitable[Any]] | None) -> None:
+    try:
+        result = await task
+    except Exception:
+        return  # nobody awaits it: an outage shows at the next call
+    if then is not None:
+        await then(result)
 
 
 class BlockingConnection:
@@ -66,10 +75,9 @@ class BlockingConnection:
     there (lock, observability hooks) costs more than the wait's own work. A wait that
     finds it busy (an abandoned BLPOP still finishing) takes one from the pool instead.
 
-    That borrow runs in a task of its own, which a cancel of the waiter does not reach: a
-    new connection's handshake cut short would go back to the pool with the server's reply
-    unread, and its next user would drop it and connect again. A borrow whose waiter has
-    gone gives the connection back once it has it (a clean-up in ``cleanups``)."""
+    That borrow is :func:`uncut`: a new connection's handshake cut short by a cancel would
+    go back to the pool with the server's reply unread, and its next user would drop it
+    and connect again. A borrow whose waiter has gone gives the connection back."""
 
     def __init__(self, r: Any) -> None:
         self._pool = r.connection_pool
@@ -77,16 +85,8 @@ class BlockingConnection:
         self._busy = False
 
     async def get(self, cleanups: set[asyncio.Future]) -> Any:
-        if self._busy:
-            borrow = asyncio.ensure_future(self._pool.get_connection())
-            try:
-                return await asyncio.shield(borrow)
-            except asyncio.CancelledError:
-                if not borrow.cancelled():
-                    back = asyncio.ensure_future(self._give_back(borrow))
-                    cleanups.add(back)
-                    back.add_done_callback(cleanups.discard)
-                raise
+        if self._busy:  # a failed borrow is back in the pool already (get_connection)
+            return await uncut(self._pool.get_connection(), cleanups, self._pool.release)
         self._busy = True
         conn = self._conn
         try:
@@ -98,13 +98,6 @@ class BlockingConnection:
             self._busy = False
             raise
         return conn
-
-    async def _give_back(self, borrow: asyncio.Future) -> None:
-        try:
-            conn = await borrow
-        except Exception:
-            return  # the pool has it back already (get_connection releases what fails)
-        await self._pool.release(conn)
 
     async def release(self, conn: Any) -> None:
         if conn is self._conn:
