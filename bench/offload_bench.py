@@ -43,8 +43,13 @@ class OffloadPeer(Peer):
         loop = os.environ.get("OFFLOAD_LOOP", "auto")
         if loop == "auto":  # what offload.worker.runner.new_loop picks in the worker's venv
             loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-        self.worker_note = f"1 process, {c}, {loop} loop, " + (
-            "`def` task on threads" if sync else "`async def` task")
+        # the worker's broker helper (offload/worker/brokerhost.py), where --broker-process
+        # auto (the default) starts one: SQLite, async tasks, 2 cores or more
+        helper = (self.kind == "sqlite" and not sync and (os.cpu_count() or 1) >= 2
+                  and os.environ.get("OFFLOAD_BROKER_PROCESS", "auto") in ("auto", "on"))
+        self.worker_note = (f"1 process{' + its broker helper' if helper else ''}, {c}, "
+                            f"{loop} loop, " + ("`def` task on threads" if sync
+                                                else "`async def` task"))
         self.bulk_note = "send_many, 1,000 per call"
         self.backlog_budget = backlog_budget
         self.tmp = tempfile.mkdtemp(prefix="bench-offload-")

@@ -28,6 +28,7 @@ from . import cli_render as out
 from .app import App
 from .errors import OffloadError, UnknownQueue
 from .worker import Worker
+from .worker.brokerhost import MODES as BROKER_PROCESS_MODES
 from .worker.runner import LOOPS
 from .worker.runner import run as run_loop
 
@@ -201,6 +202,7 @@ def _run_worker(
     grace: float,
     burst: bool,
     loop: str = "auto",
+    broker_process: str = "auto",
 ) -> None:
     logging.basicConfig(
         level=logging.INFO,
@@ -215,6 +217,7 @@ def _run_worker(
         burst=burst,
         install_signal_handlers=True,
         tune_gc=True,  # this process runs the worker alone: see offload/worker/gctune.py
+        broker_process=broker_process,
         hooks=click.get_current_context().meta.get("offload.worker_hooks"),
     )
     names = ", ".join(worker.queues)
@@ -264,6 +267,17 @@ loop_opt = click.option(
     help="The worker's event loop: auto is uvloop when it is installed (the redis and "
     "postgres extras include it), else the standard library's.",
 )
+broker_process_opt = click.option(
+    "--broker-process",
+    type=click.Choice(BROKER_PROCESS_MODES),
+    default="auto",
+    show_default=True,
+    envvar="OFFLOAD_BROKER_PROCESS",
+    show_envvar=True,
+    help="Move claims and acks to a helper process while a backlog waits, off the event "
+    "loop's core: auto does so on SQLite for async tasks when the machine has 2 cores or "
+    "more; on does so on SQLite and PostgreSQL.",
+)
 
 
 @main.command()
@@ -274,6 +288,7 @@ loop_opt = click.option(
 @concurrency_opt
 @grace_opt
 @loop_opt
+@broker_process_opt
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 def worker(
     app_spec: str,
@@ -283,6 +298,7 @@ def worker(
     concurrency: int | None,
     grace: float,
     loop: str,
+    broker_process: str,
     burst: bool,
 ) -> None:
     """Run a worker for some or all of the app's queues, or for one pool's."""
@@ -293,7 +309,8 @@ def worker(
         raise click.UsageError("--topology needs --pool NAME: the pool whose queues to serve")
     else:
         served = _queue_list(app, queues)
-    _run_worker(app, served, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, burst, loop)
+    concurrency = concurrency or cli_pools.DEFAULT_CONCURRENCY
+    _run_worker(app, served, concurrency, grace, burst, loop, broker_process)
 
 
 @main.command()

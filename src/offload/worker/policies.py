@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from typing import Any
 
 from ..brokers.base import Broker
 from ..brokers.overrides import RetryOverrides
 from ..core.policy import QueuePolicy, RetryPolicy
 from ..errors import BrokerError
 
-__all__ = ["REFRESH", "StoredRetry"]
+__all__ = ["REFRESH", "StoredRetry", "declare"]
 
 log = logging.getLogger("offload.worker")
 
@@ -76,3 +77,40 @@ class StoredRetry:
                 return
             with contextlib.suppress(BrokerError):  # an outage: the claim loop reports it
                 await self.refresh(broker)
+
+
+async def declare(core: Any, broker: Broker) -> None:
+    """Declare this App's queues (the last declaration wins), saying so where that
+    changes what the broker enforces: another App or an older deploy declared it
+    differently, and its workers now run under this declaration."""
+    policies = [core.policy(q) for q in sorted(core.queues)]
+    for p in policies:
+        try:
+            stored = (await broker.stats(p.name)).policy
+        except BrokerError:
+            break  # the declaration below reports the outage
+        if stored is None:
+            continue
+        mine = (p.rate, p.bucket, p.max_concurrent, p.lease, p.dedup_window)
+        theirs = (
+            stored.rate,
+            stored.bucket,
+            stored.max_concurrent,
+            stored.lease,
+            stored.dedup_window,
+        )
+        if any(not _same(a, b) for a, b in zip(mine, theirs, strict=True)):
+            log.warning(
+                "queue %r: this worker's declaration replaces the policy the broker "
+                "enforced (rate, bucket, max_concurrent, lease, dedup_window: %s -> %s)",
+                p.name,
+                theirs,
+                mine,
+            )
+    await broker.declare(policies)
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a))

@@ -30,13 +30,14 @@ from ..errors import BadArguments, BrokerError, ConfigError
 from ..task import _current
 from . import gctune, stall
 from .ahead import AheadRunner
+from .brokerhost import MODES, hosted
 from .execute import TaskRunner
 from .lanes import LaneRunner
 from .leases import heartbeat
 from .metrics import MetricsBuffer
 from .outbox import Outbox
 from .periodic import keep_schedules
-from .policies import StoredRetry
+from .policies import StoredRetry, declare
 from .processes import ChildPool, ProcessRunner
 from .state import Running, WorkerStats
 from .threads import ThreadPool
@@ -71,7 +72,9 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
 
     ``tune_gc=True`` tunes the garbage collector for a process that runs this worker
     alone, from its start to its stop (``offload worker`` does; see
-    :mod:`offload.worker.gctune`)."""
+    :mod:`offload.worker.gctune`). ``broker_process`` (``"auto"``, ``"on"``, ``"off"``):
+    whether claims and acks move to a helper process while a backlog waits (see
+    :mod:`offload.worker.brokerhost`)."""
 
     def __init__(
         self,
@@ -85,6 +88,7 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
         install_signal_handlers: bool = False,
         unknown_grace: float = 900.0,
         tune_gc: bool = False,
+        broker_process: str = "auto",
     ) -> None:
         self.app = app
         self._core = core = app.registry
@@ -106,6 +110,9 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
         #: worker (released uncounted) before it is dead-lettered
         self.unknown_grace = float(unknown_grace)
         self.burst = burst
+        if broker_process not in MODES:
+            raise ConfigError(f"broker_process {broker_process!r}: one of {', '.join(MODES)}")
+        self.broker_process = broker_process  # see worker/brokerhost.py
         self.hooks = hooks or _hooks.Hooks()
         self.stats = WorkerStats()
         self._signals = install_signal_handlers
@@ -185,8 +192,9 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
         if self._stopping:
             self._stop_event.set()
         broker = self._broker = self._core.new_broker()
+        broker = self._broker = hosted(broker, self._core, self.queues, self.broker_process)
         await broker.open()
-        await self._declare(broker)
+        await declare(self._core, broker)
         retry = StoredRetry(self._policies)  # an operator's retry overrides win
         with contextlib.suppress(BrokerError):
             await retry.refresh(broker)
@@ -242,36 +250,6 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
             if gc_saved is not None:
                 gctune.untune(gc_saved)
         return self.stats
-
-    async def _declare(self, broker: Broker) -> None:
-        """Declare this App's queues (the last declaration wins), saying so where that
-        changes what the broker enforces: another App or an older deploy declared it
-        differently, and its workers now run under this declaration."""
-        policies = [self._core.policy(q) for q in sorted(self._core.queues)]
-        for p in policies:
-            try:
-                stored = (await broker.stats(p.name)).policy
-            except BrokerError:
-                break  # the declaration below reports the outage
-            if stored is None:
-                continue
-            mine = (p.rate, p.bucket, p.max_concurrent, p.lease, p.dedup_window)
-            theirs = (
-                stored.rate,
-                stored.bucket,
-                stored.max_concurrent,
-                stored.lease,
-                stored.dedup_window,
-            )
-            if any(not _same(a, b) for a, b in zip(mine, theirs, strict=True)):
-                log.warning(
-                    "queue %r: this worker's declaration replaces the policy the broker "
-                    "enforced (rate, bucket, max_concurrent, lease, dedup_window: %s -> %s)",
-                    p.name,
-                    theirs,
-                    mine,
-                )
-        await broker.declare(policies)
 
     # -- claiming -----------------------------------------------------------------------
 
@@ -492,9 +470,3 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
                     )
             self.stats.released += len(leases)
             log.info("released %d unfinished tasks for other workers", len(leases))
-
-
-def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return abs(a - b) <= 1e-9 * max(1.0, abs(a))
