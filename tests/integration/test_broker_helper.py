@@ -6,6 +6,7 @@ Ctrl-C that reaches the whole process group."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -146,6 +147,90 @@ def test_a_helper_that_cannot_start_leaves_the_worker_claiming_itself(
         assert sorted(seen) == list(range(500))
         assert _helper_of(w).hosted_calls == 0
         assert "could not start the worker's broker helper process" in caplog.text
+    finally:
+        app.close()
+
+
+def test_a_hung_helper_is_killed_and_the_worker_goes_on(tmp_path, monkeypatch):
+    """A helper that stops answering (SIGSTOP: as a hung process looks) would hold the
+    worker's claims forever; after CALL_TIMEOUT it is killed and the worker makes the
+    call itself."""
+    monkeypatch.setattr(HostedBroker, "CALL_TIMEOUT", 0.5)
+    app = _app(make_url("sqlite", tmp_path), lease=2.0)
+    seen: set[int] = set()
+    holder: list[Worker] = []
+    stopped: list[int] = []
+    n = 2000
+
+    @app.task(queue="q", name="t")
+    async def t(i: int) -> None:
+        hb = _helper_of(holder[0])
+        if i == 100:
+            await _until(lambda: hb._ready, what="the helper to start")
+            stopped.append(hb._proc.pid)
+            os.kill(hb._proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(0.001)
+        seen.add(i)
+        if len(seen) == n:
+            holder[0].stop()
+
+    t.send_many([((i,), {}) for i in range(n)])
+
+    async def main() -> None:
+        w = Worker(app, concurrency=64, broker_process="on")
+        holder.append(w)
+        await asyncio.wait_for(w.run(), 90)
+
+    try:
+        asyncio.run(main())
+        assert seen == set(range(n))
+        assert stopped and not _alive(stopped[0]), "the hung helper was left behind"
+        st = app.stats("q")
+        assert (st.ready, st.leased, st.dead) == (0, 0, 0)
+    finally:
+        app.close()
+        for pid in stopped:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_helper_whose_broker_cannot_open_is_left_out(tmp_path, monkeypatch, caplog):
+    """The helper starts but cannot open its broker (here: a database it cannot
+    create): it says why, exits, and the worker claims for itself."""
+    real_init = HostedBroker.__init__
+
+    def init(self, broker, url):
+        real_init(self, broker, url)
+        self._url = f"sqlite:///{tmp_path}/no-such-dir/x.db"
+
+    monkeypatch.setattr(HostedBroker, "__init__", init)
+    app = _app(make_url("sqlite", tmp_path))
+    seen: list[int] = []
+    holder: list[Worker] = []
+
+    @app.task(queue="q", name="t")
+    async def t(i: int) -> None:
+        if i == 0:  # the backlog lasts until the helper's start has failed
+            hb = _helper_of(holder[0])
+            await _until(lambda: hb._failures == 1, what="the helper's start to fail")
+        seen.append(i)
+
+    t.send_many([((i,), {}) for i in range(500)])
+
+    async def main() -> Worker:
+        w = Worker(app, concurrency=16, burst=True, broker_process="on")
+        holder.append(w)
+        await asyncio.wait_for(w.run(), 60)
+        return w
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="offload.worker"):
+            w = asyncio.run(main())
+        assert sorted(seen) == list(range(500))
+        hb = _helper_of(w)
+        assert hb.hosted_calls == 0 and hb._proc is None and not hb._ready
+        assert "could not start the worker's broker helper process" in caplog.text
+        assert "no-such-dir" in caplog.text  # the helper's own reason reaches the log
     finally:
         app.close()
 

@@ -65,7 +65,7 @@ def hosted(broker: Broker, core: Any, queues: Sequence[str], mode: str) -> Broke
     client work per task is small (a script call per batch): nothing to gain."""
     kind = type(broker).__module__
     url = getattr(broker, "url", None)
-    if mode == "off" or not isinstance(url, str):
+    if mode == "off" or not isinstance(url, str) or os.name != "posix":
         return broker
     sqlite = kind.startswith("offload.brokers.sqlite")
     if mode == "on":
@@ -102,7 +102,12 @@ class HostedBroker:
 
     MIN_BATCH = 8  # a claim this large that comes back full means a backlog
     IDLE_AFTER = 30.0  # seconds without a full claim before the helper stops
-    RESPAWN_AFTER = 10.0  # seconds after a helper was lost or failed to start
+    RESPAWN_AFTER = 10.0  # seconds after a helper was lost or failed to start (doubling)
+    RESPAWN_MAX = 600.0  # seconds: the longest wait between two failed starts
+    #: seconds a call may wait for the helper's answer before the helper counts as hung
+    #: (killed; the call is made in-process): above SQLite's busy timeout (5 s) and a
+    #: PostgreSQL claim's lock waits, far below a lease
+    CALL_TIMEOUT = 30.0
 
     def __init__(self, broker: Broker, url: str) -> None:
         self._inner = broker
@@ -116,6 +121,7 @@ class HostedBroker:
         self._spawn_after = 0.0  # monotonic: no start before this
         self._busy_at = 0.0  # monotonic: the last claim that came back full
         self._closed = False
+        self._failures = 0  # helper starts that failed in a row (the wait doubles)
         #: claims and acks the helper made (for tests and the worker's stats)
         self.hosted_calls = 0
 
@@ -163,7 +169,18 @@ class HostedBroker:
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = (fut, decoder)
         proto.transport.write(frame([rid, op, args]))
-        out = await fut
+        try:
+            out = await asyncio.wait_for(asyncio.shield(fut), self.CALL_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "the worker's broker helper process did not answer a %s within %gs; "
+                "killing it and making the call in the worker itself",
+                op,
+                self.CALL_TIMEOUT,
+            )
+            self._kill()
+            self._spawn_after = time.monotonic() + self.RESPAWN_AFTER
+            raise _HelperLost("the broker helper process hung") from None
         self.hosted_calls += 1
         return out
 
@@ -207,12 +224,17 @@ class HostedBroker:
             await self._start()
         except Exception as exc:
             self._kill()
-            self._spawn_after = time.monotonic() + self.RESPAWN_AFTER
+            wait = min(self.RESPAWN_MAX, self.RESPAWN_AFTER * 2**self._failures)
+            self._failures += 1
+            self._spawn_after = time.monotonic() + wait
             log.warning(
                 "could not start the worker's broker helper process (%s); claims and acks "
-                "stay in the worker itself",
+                "stay in the worker itself, the next try in %gs at the earliest",
                 exc,
+                wait,
             )
+        else:
+            self._failures = 0
         finally:
             self._spawning = None
 
