@@ -169,20 +169,26 @@ class HostedBroker:
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = (fut, decoder)
         proto.transport.write(frame([rid, op, args]))
+        # a timer, not wait_for(): this is once per batch on the worker's hot path
+        timer = fut.get_loop().call_later(self.CALL_TIMEOUT, self._hung, fut, op)
         try:
-            out = await asyncio.wait_for(asyncio.shield(fut), self.CALL_TIMEOUT)
-        except TimeoutError:
-            log.warning(
-                "the worker's broker helper process did not answer a %s within %gs; "
-                "killing it and making the call in the worker itself",
-                op,
-                self.CALL_TIMEOUT,
-            )
-            self._kill()
-            self._spawn_after = time.monotonic() + self.RESPAWN_AFTER
-            raise _HelperLost("the broker helper process hung") from None
+            out = await fut
+        finally:
+            timer.cancel()
         self.hosted_calls += 1
         return out
+
+    def _hung(self, fut: asyncio.Future[Any], op: str) -> None:
+        if fut.done():
+            return
+        log.warning(
+            "the worker's broker helper process did not answer a %s within %gs; killing "
+            "it and making the call in the worker itself",
+            op,
+            self.CALL_TIMEOUT,
+        )
+        self._kill()  # its connection's loss fails every call in flight: _HelperLost
+        self._spawn_after = time.monotonic() + self.RESPAWN_AFTER
 
     def _on_frame(self, body: bytes) -> None:
         rid, ok, raw = _head.decode(body)

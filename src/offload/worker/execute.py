@@ -49,7 +49,7 @@ _maxrss, _SELF = resource.getrusage, resource.RUSAGE_SELF
 UNKNOWN_RELEASE_DELAY = 1.0  # seconds a task of an unknown function waits for a newer worker
 FOREIGN_RELEASE_DELAY = 5.0  # seconds another app's task waits before anyone claims it again
 RSS_EVERY = 0.001  # seconds: the high-water mark is read at most this often for short runs
-RSS_ALWAYS = 0.01  # seconds: a run at least this long always reads it
+RSS_ALWAYS = 0.01  # seconds: a run at least this long is always measured
 # Python 3.12+: a handler's Task runs its first step at once, as the claim loop's call
 _EAGER: dict[str, Any] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
@@ -286,18 +286,23 @@ class TaskRunner:
         if run.task is not None:
             rss = run.rss
             self._rss_tick += 1
-            if rss is None and (
-                not self._rss_tick & 15
-                or wall >= RSS_ALWAYS
-                or (wall >= RSS_EVERY and run.started + wall - self._rss_at >= RSS_EVERY)
-            ):
-                # approximate: the worker's high-water growth meanwhile (its next run's
-                # base is this reading). The system call costs a few percent of a task
-                # with a quick body: runs of 10 ms and more are always read, the rest at
-                # most once a millisecond, and runs under one are sampled, one in 16
-                self._rss_at = run.started + wall
-                self._maxrss = now = _maxrss(_SELF).ru_maxrss
-                rss = (now - run.rss_base) * 1024
+            if rss is None:
+                end = run.started + wall
+                fresh = end - self._rss_at < RSS_EVERY  # the last reading is that recent
+                if wall >= RSS_ALWAYS and fresh:
+                    # that reading covers a run of 10 ms or more: when the loop is the
+                    # bottleneck every run's wall passes 10 ms (it includes the wait for
+                    # the loop), and a reading for each cost the loop 1 µs per task
+                    rss = (self._maxrss - run.rss_base) * 1024
+                elif not self._rss_tick & 15 or (wall >= RSS_EVERY and not fresh):
+                    # approximate: the worker's high-water growth meanwhile (its next
+                    # run's base is this reading). The system call costs a few percent
+                    # of a task with a quick body: runs of 10 ms and more get a reading
+                    # at most a millisecond old, the rest at most one a millisecond, and
+                    # runs under one are sampled, one in 16
+                    self._rss_at = end
+                    self._maxrss = now = _maxrss(_SELF).ru_maxrss
+                    rss = (now - run.rss_base) * 1024
             self._wall_avg += (wall - self._wall_avg) * WALL_WEIGHT  # see .ahead
             self._metrics.add(run.task.name, wall, cpu, failed=failed, rss=rss)
 
