@@ -17,6 +17,11 @@ body's 64 connections), divided by N - 256; the median of the rounds. Needs what
 ``run.py`` needs (Redis database 15 for the queue, 14 for the body; PostgreSQL schema
 ``offload_cpu_budget``).
 
+On SQLite the worker starts its broker helper process for the backlog
+(``--broker-process auto``, offload/worker/brokerhost.py); its CPU is in these figures (the
+worker's children are counted), although it runs on the other core. Set
+``OFFLOAD_BROKER_PROCESS=off`` to measure the worker making its claims and acks itself.
+
 This module is also the App those workers run (``bench.cpu_budget:app``): one task, whose
 number of ``INCR`` s comes from ``$BENCH_BODY_REPEAT``.
 """

@@ -24,10 +24,14 @@ def run_until_idle(
     """Run a worker until the queues are empty (scheduled retries included), then return
     what it did. Raises TimeoutError when work is still left after ``timeout`` seconds.
     ``loop`` is the event loop's kind, as ``offload worker --loop`` takes it (default:
-    ``$OFFLOAD_LOOP``, else ``auto``)."""
+    ``$OFFLOAD_LOOP``, else ``auto``). No broker helper process
+    (:mod:`offload.worker.brokerhost`): a test's backlog is over before one would
+    answer, and starting it would only add to the test's time."""
 
     async def main() -> WorkerStats:
-        worker = Worker(app, queues=queues, concurrency=concurrency, burst=True)
+        worker = Worker(
+            app, queues=queues, concurrency=concurrency, burst=True, broker_process="off"
+        )
         task = asyncio.ensure_future(worker.run())
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
