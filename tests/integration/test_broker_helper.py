@@ -235,6 +235,83 @@ def test_a_helper_whose_broker_cannot_open_is_left_out(tmp_path, monkeypatch, ca
         app.close()
 
 
+def test_big_payloads_cross_the_helper_intact(tmp_path):
+    """A claim's reply spans many reads of the socket (64 tasks of 100 kB here): every
+    payload arrives whole."""
+    import hashlib
+
+    app = _app(make_url("sqlite", tmp_path))
+    holder: list[Worker] = []
+    bad: list[int] = []
+    seen: list[int] = []
+
+    @app.task(queue="q", name="t")
+    async def t(i: int, blob: bytes, digest: str) -> None:
+        if i < 64:
+            await _until(lambda: _helper_of(holder[0])._ready, what="the helper to start")
+        if hashlib.sha256(blob).hexdigest() != digest:
+            bad.append(i)
+        seen.append(i)
+
+    blobs = [os.urandom(100_000) for _ in range(8)]
+    calls = []
+    for i in range(400):
+        b = blobs[i % 8]
+        calls.append(((i, b, hashlib.sha256(b).hexdigest()), {}))
+    t.send_many(calls)
+
+    async def main() -> None:
+        w = Worker(app, concurrency=64, burst=True, broker_process="on")
+        holder.append(w)
+        await asyncio.wait_for(w.run(), 90)
+        assert _helper_of(w).hosted_calls > 0
+
+    try:
+        asyncio.run(main())
+        assert not bad and sorted(seen) == list(range(400))
+    finally:
+        app.close()
+
+
+def test_a_reply_the_worker_cannot_read_turns_the_helper_off(tmp_path, monkeypatch, caplog):
+    """Were a reply unreadable (a bug), it would be so every time: the helper is turned
+    off for good rather than restarted, and what its claim had leased runs after the
+    lease expires."""
+    import msgspec
+
+    monkeypatch.setattr(brokerhost, "_claimed", msgspec.msgpack.Decoder(list[int]))
+    app = _app(make_url("sqlite", tmp_path), lease=1.0)
+    seen: set[int] = set()
+    holder: list[Worker] = []
+    n = 600
+
+    @app.task(queue="q", name="t")
+    async def t(i: int) -> None:
+        if i < 64:
+            await _until(lambda: _helper_of(holder[0])._ready, what="the helper to start")
+        seen.add(i)
+        if len(seen) == n:
+            holder[0].stop()
+
+    t.send_many([((i,), {}) for i in range(n)])
+
+    async def main() -> Worker:
+        w = Worker(app, concurrency=64, broker_process="on")
+        holder.append(w)
+        await asyncio.wait_for(w.run(), 60)
+        return w
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="offload.worker"):
+            w = asyncio.run(main())
+        assert seen == set(range(n))
+        hb = _helper_of(w)
+        assert hb._spawn_after == float("inf") and not hb._ready
+        assert "sent a reply the worker cannot read" in caplog.text
+    finally:
+        app.close()
+
+
 def test_an_idle_worker_stops_its_helper(tmp_path, monkeypatch):
     """The helper is for a backlog: once claims stop coming back full, the worker is one
     process again, and a new backlog starts a new helper."""

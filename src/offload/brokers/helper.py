@@ -5,7 +5,7 @@ It lives here, not under ``offload.worker``, so that starting it imports the bro
 little else (about a tenth of a second sooner): the worker starts it when a backlog
 appears, and until it answers the worker claims for itself.
 
-Frames on the socket pair are a 4-byte little-endian length and a msgpack body:
+Frames on the socket pair are an 8-byte little-endian length and a msgpack body:
 ``[rid, op, args]`` from the worker (``op`` ``"claim"``: ``[queues, limit]``; ``"ack"``:
 a list of leases), ``[rid, ok, result]`` back (``ok`` 0: ``[error class, message]``).
 The first frame the worker sends is the broker URL (not on the command line, where a
@@ -30,8 +30,9 @@ from .base import Broker, Lease
 
 __all__ = ["START_TIMEOUT", "Frames", "frame", "main"]
 
-_LEN = struct.Struct("<I")
-MAX_FRAME = 1 << 30
+# 8 bytes: offload sets no limit on a payload, and a claim of 64 large ones must fit (a
+# frame the worker could not take would strand its tasks until their lease expired)
+_LEN = struct.Struct("<Q")
 START_TIMEOUT = 30.0  # seconds for the helper to import and open its broker
 
 
@@ -60,14 +61,12 @@ class Frames(asyncio.Protocol):
         buf += data
         start = 0
         end = len(buf)
-        while end - start >= 4:
+        while end - start >= 8:
             (n,) = _LEN.unpack_from(buf, start)
-            if n > MAX_FRAME:
-                raise ValueError(f"frame of {n} bytes from the broker helper")
-            if end - start - 4 < n:
+            if end - start - 8 < n:
                 break
-            self._on_frame(bytes(buf[start + 4 : start + 4 + n]))
-            start += 4 + n
+            self._on_frame(bytes(buf[start + 8 : start + 8 + n]))
+            start += 8 + n
         if start:
             del buf[:start]
 

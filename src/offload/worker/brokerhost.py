@@ -196,14 +196,25 @@ class HostedBroker:
         if entry is None or entry[0].done():
             return
         fut, decoder = entry
-        if ok:
-            fut.set_result(decoder.decode(raw) if decoder is not None else None)
-        else:
-            name, message = _error.decode(raw)
-            cls = getattr(errors, name, None)
-            if not (isinstance(cls, type) and issubclass(cls, BrokerError)):
-                cls = BrokerUnavailable
-            fut.set_exception(cls(message))
+        try:
+            if ok:
+                fut.set_result(decoder.decode(raw) if decoder is not None else None)
+            else:
+                name, message = _error.decode(raw)
+                cls = getattr(errors, name, None)
+                if not (isinstance(cls, type) and issubclass(cls, BrokerError)):
+                    cls = BrokerUnavailable
+                fut.set_exception(cls(message))
+        except Exception as exc:  # a reply this worker cannot read: it would recur
+            fut.set_exception(_HelperLost(f"unreadable reply: {exc}"))
+            log.error(
+                "the worker's broker helper process sent a reply the worker cannot read "
+                "(%s); it stays off, and the tasks it had just claimed run again after "
+                "their lease",
+                exc,
+            )
+            self._spawn_after = float("inf")
+            self._stop_helper()
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._proto, self._ready = None, False
