@@ -41,6 +41,19 @@ async def _until(cond, timeout: float = 20.0, what: str = "the condition") -> No
         await asyncio.sleep(0.01)
 
 
+def _run(app: App, holder: list[Worker], **settings) -> Worker:
+    """A worker with the helper on (``settings``: its others), run until it stops; in
+    ``holder`` meanwhile, for the tasks to reach it."""
+
+    async def main() -> Worker:
+        w = Worker(app, broker_process="on", **settings)
+        holder.append(w)
+        await asyncio.wait_for(w.run(), 90)
+        return w
+
+    return asyncio.run(main())
+
+
 def _helper_of(worker: Worker) -> HostedBroker:
     b = worker._broker
     assert isinstance(b, HostedBroker), f"the worker did not wrap its broker: {b!r}"
@@ -64,17 +77,12 @@ def test_a_backlog_is_claimed_and_acked_through_the_helper(kind, tmp_path):
 
     t.send_many([((i,), {}) for i in range(3000)])
 
-    async def main() -> None:
-        w = Worker(app, concurrency=64, burst=True, broker_process="on")
-        holder.append(w)
-        stats = await asyncio.wait_for(w.run(), 90)
-        assert stats.succeeded == 3000 and stats.retried == 0
+    try:
+        w = _run(app, holder, concurrency=64, burst=True)
+        assert w.stats.succeeded == 3000 and w.stats.retried == 0
         hb = _helper_of(w)
         assert hb.hosted_calls > 10, "the helper made (almost) no claims or acks"
         assert hb._proc is None, "close() left the helper running"
-
-    try:
-        asyncio.run(main())
         assert sorted(seen) == list(range(3000))
         st = app.stats("q")
         assert (st.ready, st.leased, st.dead) == (0, 0, 0)
@@ -86,13 +94,17 @@ def test_a_backlog_is_claimed_and_acked_through_the_helper(kind, tmp_path):
             _drop_pg_schema(url)
 
 
-def test_a_killed_helper_loses_nothing(tmp_path):
-    """SIGKILL the helper mid-backlog: calls in flight fail over to the worker itself
-    (none becomes an outage), what the helper had claimed runs after its lease, and every
-    task runs at least once."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_a_killed_or_hung_helper_loses_nothing(sig, tmp_path, monkeypatch):
+    """The helper dies (SIGKILL) or stops answering (SIGSTOP, as a hung process looks)
+    mid-backlog. Calls in flight fail over to the worker itself, none as an outage; a
+    hung helper is killed after CALL_TIMEOUT rather than holding the worker's claims
+    forever; what it had claimed runs after its lease; every task runs."""
+    monkeypatch.setattr(HostedBroker, "CALL_TIMEOUT", 0.5)
     app = _app(make_url("sqlite", tmp_path), lease=2.0)
     seen: set[int] = set()
     holder: list[Worker] = []
+    hit: list[int] = []
     n = 3000
 
     @app.task(queue="q", name="t")
@@ -100,7 +112,8 @@ def test_a_killed_helper_loses_nothing(tmp_path):
         hb = _helper_of(holder[0])
         if i == 100:
             await _until(lambda: hb._ready, what="the helper to start")
-            os.kill(hb._proc.pid, signal.SIGKILL)
+            hit.append(hb._proc.pid)
+            os.kill(hb._proc.pid, sig)
         await asyncio.sleep(0.001)
         seen.add(i)
         if len(seen) == n:
@@ -108,19 +121,18 @@ def test_a_killed_helper_loses_nothing(tmp_path):
 
     t.send_many([((i,), {}) for i in range(n)])
 
-    async def main() -> None:
-        w = Worker(app, concurrency=64, broker_process="on")
-        holder.append(w)
-        await asyncio.wait_for(w.run(), 90)
-        assert w.stats.retried == 0 and w.stats.dead == 0
-
     try:
-        asyncio.run(main())
+        w = _run(app, holder, concurrency=64)
+        assert w.stats.retried == 0 and w.stats.dead == 0
         assert seen == set(range(n))
+        assert hit and not _alive(hit[0]), "the helper was left behind"
         st = app.stats("q")
         assert (st.ready, st.leased, st.dead) == (0, 0, 0)
     finally:
         app.close()
+        for pid in hit:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_helper_that_cannot_start_leaves_the_worker_claiming_itself(
@@ -136,62 +148,14 @@ def test_a_helper_that_cannot_start_leaves_the_worker_claiming_itself(
     t.send_many([((i,), {}) for i in range(500)])
     monkeypatch.setattr(brokerhost.sys, "executable", str(tmp_path / "no-such-python"))
 
-    async def main() -> Worker:
-        w = Worker(app, concurrency=16, burst=True, broker_process="on")
-        await asyncio.wait_for(w.run(), 60)
-        return w
-
     try:
         with caplog.at_level(logging.WARNING, logger="offload.worker"):
-            w = asyncio.run(main())
+            w = _run(app, [], concurrency=16, burst=True)
         assert sorted(seen) == list(range(500))
         assert _helper_of(w).hosted_calls == 0
         assert "could not start the worker's broker helper process" in caplog.text
     finally:
         app.close()
-
-
-def test_a_hung_helper_is_killed_and_the_worker_goes_on(tmp_path, monkeypatch):
-    """A helper that stops answering (SIGSTOP: as a hung process looks) would hold the
-    worker's claims forever; after CALL_TIMEOUT it is killed and the worker makes the
-    call itself."""
-    monkeypatch.setattr(HostedBroker, "CALL_TIMEOUT", 0.5)
-    app = _app(make_url("sqlite", tmp_path), lease=2.0)
-    seen: set[int] = set()
-    holder: list[Worker] = []
-    stopped: list[int] = []
-    n = 2000
-
-    @app.task(queue="q", name="t")
-    async def t(i: int) -> None:
-        hb = _helper_of(holder[0])
-        if i == 100:
-            await _until(lambda: hb._ready, what="the helper to start")
-            stopped.append(hb._proc.pid)
-            os.kill(hb._proc.pid, signal.SIGSTOP)
-        await asyncio.sleep(0.001)
-        seen.add(i)
-        if len(seen) == n:
-            holder[0].stop()
-
-    t.send_many([((i,), {}) for i in range(n)])
-
-    async def main() -> None:
-        w = Worker(app, concurrency=64, broker_process="on")
-        holder.append(w)
-        await asyncio.wait_for(w.run(), 90)
-
-    try:
-        asyncio.run(main())
-        assert seen == set(range(n))
-        assert stopped and not _alive(stopped[0]), "the hung helper was left behind"
-        st = app.stats("q")
-        assert (st.ready, st.leased, st.dead) == (0, 0, 0)
-    finally:
-        app.close()
-        for pid in stopped:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_helper_whose_broker_cannot_open_is_left_out(tmp_path, monkeypatch, caplog):
@@ -217,15 +181,9 @@ def test_a_helper_whose_broker_cannot_open_is_left_out(tmp_path, monkeypatch, ca
 
     t.send_many([((i,), {}) for i in range(500)])
 
-    async def main() -> Worker:
-        w = Worker(app, concurrency=16, burst=True, broker_process="on")
-        holder.append(w)
-        await asyncio.wait_for(w.run(), 60)
-        return w
-
     try:
         with caplog.at_level(logging.WARNING, logger="offload.worker"):
-            w = asyncio.run(main())
+            w = _run(app, holder, concurrency=16, burst=True)
         assert sorted(seen) == list(range(500))
         hb = _helper_of(w)
         assert hb.hosted_calls == 0 and hb._proc is None and not hb._ready
@@ -260,14 +218,9 @@ def test_big_payloads_cross_the_helper_intact(tmp_path):
         calls.append(((i, b, hashlib.sha256(b).hexdigest()), {}))
     t.send_many(calls)
 
-    async def main() -> None:
-        w = Worker(app, concurrency=64, burst=True, broker_process="on")
-        holder.append(w)
-        await asyncio.wait_for(w.run(), 90)
-        assert _helper_of(w).hosted_calls > 0
-
     try:
-        asyncio.run(main())
+        w = _run(app, holder, concurrency=64, burst=True)
+        assert _helper_of(w).hosted_calls > 0
         assert not bad and sorted(seen) == list(range(400))
     finally:
         app.close()
@@ -295,15 +248,9 @@ def test_a_reply_the_worker_cannot_read_turns_the_helper_off(tmp_path, monkeypat
 
     t.send_many([((i,), {}) for i in range(n)])
 
-    async def main() -> Worker:
-        w = Worker(app, concurrency=64, broker_process="on")
-        holder.append(w)
-        await asyncio.wait_for(w.run(), 60)
-        return w
-
     try:
         with caplog.at_level(logging.ERROR, logger="offload.worker"):
-            w = asyncio.run(main())
+            w = _run(app, holder, concurrency=64)
         assert seen == set(range(n))
         hb = _helper_of(w)
         assert hb._spawn_after == float("inf") and not hb._ready
