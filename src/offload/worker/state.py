@@ -38,7 +38,7 @@ class WorkerStats:
     #: claims made by handler threads themselves (lanes: a backlog of plain-function
     #: tasks, see offload.worker.lanes); their tasks count in ``claimed`` too
     lane_claims: int = 0
-    #: of those, claims made while at most ``LANE_AHEAD`` jobs were still queued, so that
+    #: of those, claims made while at most ``_lane_ahead`` jobs were still queued, so that
     #: the other threads ran those meanwhile (offload.worker.lanes)
     lane_claims_ahead: int = 0
     #: times the event loop went STALL_AFTER seconds without a turn (an async handler's
