@@ -319,6 +319,7 @@ def worker(
 @concurrency_opt
 @grace_opt
 @loop_opt
+@broker_process_opt
 @click.option(
     "--autoscale",
     is_flag=True,
@@ -331,6 +332,7 @@ def run(
     concurrency: int | None,
     grace: float,
     loop: str,
+    broker_process: str,
     autoscale: bool,
 ) -> None:
     """Run the whole app: every queue in one process (the monolith), or with a topology
@@ -340,13 +342,15 @@ def run(
     path = topology or app.topology
     if path is not None:
         os.environ["OFFLOAD_LOOP"] = loop  # the pools' worker processes inherit it
+        os.environ["OFFLOAD_BROKER_PROCESS"] = broker_process
         sys.exit(cli_pools.run_pools(app_spec, app, path, concurrency, grace, autoscale))
     if autoscale:
         raise click.UsageError(
             "--autoscale scales the pools of a topology; give --topology FILE (or "
             "App(topology=...), $OFFLOAD_TOPOLOGY) with replicas = [min, max] per pool"
         )
-    _run_worker(app, None, concurrency or cli_pools.DEFAULT_CONCURRENCY, grace, False, loop)
+    concurrency = concurrency or cli_pools.DEFAULT_CONCURRENCY
+    _run_worker(app, None, concurrency, grace, False, loop, broker_process)
 
 
 cli_http.register(main)  # serve, run --http, worker --metrics-port

@@ -111,7 +111,9 @@ class Worker(TaskRunner, TimeoutRunner, LaneRunner, ProcessRunner, AheadRunner):
         self.unknown_grace = float(unknown_grace)
         self.burst = burst
         if broker_process not in MODES:
-            raise ConfigError(f"broker_process {broker_process!r}: one of {', '.join(MODES)}")
+            raise ConfigError(
+                f"broker_process {broker_process!r} must be one of: {', '.join(MODES)}"
+            )
         self.broker_process = broker_process  # see worker/brokerhost.py
         self.hooks = hooks or _hooks.Hooks()
         self.stats = WorkerStats()
