@@ -433,3 +433,38 @@ def test_when_the_worker_uses_a_helper(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="broker_process 'yes'"):
         Worker(app, broker_process="yes")
     app.close()
+
+
+def test_a_claim_whose_caller_stopped_waiting_gives_its_tasks_back(tmp_path):
+    """A hosted claim cancelled while the helper works on it: the tasks it took are
+    released when its reply comes, not left leased until their lease expires."""
+    url = make_url("sqlite", tmp_path)
+    app = _app(url, lease=600.0)
+
+    @app.task(queue="q", name="t")
+    async def t(i: int) -> None: ...
+
+    t.send_many([((i,), {}) for i in range(20)])
+
+    async def main() -> tuple[int, int]:
+        hb = HostedBroker(broker_from_url(url), url)
+        await hb.open()
+        try:
+            await hb._spawn()
+            assert hb._ready, "the helper did not start"
+            claim = asyncio.ensure_future(hb.claim(["q"], 10))
+            await asyncio.sleep(0)  # the request is written
+            claim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await claim
+            await _until(lambda: not hb._pending, what="the helper's reply")
+            await _until(lambda: not hb._releasing, what="the release")
+            st = await hb.stats("q")
+            return st.ready, st.leased
+        finally:
+            await hb.close()
+
+    try:
+        assert asyncio.run(main()) == (20, 0)
+    finally:
+        app.close()

@@ -122,6 +122,7 @@ class HostedBroker:
         self._busy_at = 0.0  # monotonic: the last claim that came back full
         self._closed = False
         self._failures = 0  # helper starts that failed in a row (the wait doubles)
+        self._releasing: set[asyncio.Task[None]] = set()  # see _give_back
         #: claims and acks the helper made (for tests and the worker's stats)
         self.hosted_calls = 0
 
@@ -193,9 +194,14 @@ class HostedBroker:
     def _on_frame(self, body: bytes) -> None:
         rid, ok, raw = _head.decode(body)
         entry = self._pending.pop(rid, None)
-        if entry is None or entry[0].done():
+        if entry is None:
             return
         fut, decoder = entry
+        if fut.done():  # its caller was cancelled: what a claim took goes back at once
+            if ok and decoder is _claimed:
+                with contextlib.suppress(Exception):
+                    self._give_back([c.lease for c in _claimed.decode(raw)])
+            return
         try:
             if ok:
                 fut.set_result(decoder.decode(raw) if decoder is not None else None)
@@ -215,6 +221,15 @@ class HostedBroker:
             )
             self._spawn_after = float("inf")
             self._stop_helper()
+
+    def _give_back(self, leases: list[Lease]) -> None:
+        """Release, uncounted, what a claim took for a caller who stopped waiting (else
+        those tasks would wait for their lease to expire)."""
+        if not leases:
+            return
+        task = asyncio.ensure_future(self._inner.release(leases))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._proto, self._ready = None, False
@@ -323,6 +338,8 @@ class HostedBroker:
             else:
                 proc.kill()
                 proc.wait()
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         await self._inner.close()
 
 
