@@ -144,7 +144,7 @@ class HostedBroker:
             if not self._ready and self._spawning is None and now >= self._spawn_after:
                 self._spawning = asyncio.ensure_future(self._spawn())
         elif self._ready and not self._pending and now - self._busy_at > self.IDLE_AFTER:
-            self._stop_helper()
+            self._stop_idle()
         return got
 
     async def ack(self, leases: Sequence[Lease]) -> None:
@@ -158,7 +158,7 @@ class HostedBroker:
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         if self._ready and not self._pending and time.monotonic() - self._busy_at > self.IDLE_AFTER:
-            self._stop_helper()  # idle: the worker is one process again
+            self._stop_idle()
         await self._inner.wait(queues, timeout)
 
     async def _call(self, op: str, args: Any, decoder: Any) -> Any:
@@ -302,6 +302,16 @@ class HostedBroker:
             raise BrokerUnavailable("the broker closed meanwhile")
         self._ready = True
         log.info("broker helper process %d started: claims and acks go through it", self._proc.pid)
+
+    def _stop_idle(self) -> None:
+        """No backlog for IDLE_AFTER seconds: the worker is one process again."""
+        if self._proc is not None:
+            log.info(
+                "broker helper process %d stopped: no backlog for %gs",
+                self._proc.pid,
+                self.IDLE_AFTER,
+            )
+        self._stop_helper()
 
     def _stop_helper(self) -> None:
         """Ask the helper to exit (it reads end-of-file); nothing is in flight only when
