@@ -72,7 +72,7 @@ def test_a_backlog_is_claimed_and_acked_through_the_helper(kind, tmp_path):
     @app.task(queue="q", name="t")
     async def t(i: int) -> None:
         if i < 64:  # the first batch waits for the helper: the rest go through it
-            await _until(lambda: _helper_of(holder[0])._ready, what="the helper to start")
+            await _until(lambda: _helper_of(holder[0]).starts, what="the helper to start")
         seen.append(i)
 
     t.send_many([((i,), {}) for i in range(3000)])
@@ -206,7 +206,7 @@ def test_big_payloads_cross_the_helper_intact(tmp_path):
     @app.task(queue="q", name="t")
     async def t(i: int, blob: bytes, digest: str) -> None:
         if i < 64:
-            await _until(lambda: _helper_of(holder[0])._ready, what="the helper to start")
+            await _until(lambda: _helper_of(holder[0]).starts, what="the helper to start")
         if hashlib.sha256(blob).hexdigest() != digest:
             bad.append(i)
         seen.append(i)
@@ -241,7 +241,7 @@ def test_a_reply_the_worker_cannot_read_turns_the_helper_off(tmp_path, monkeypat
     @app.task(queue="q", name="t")
     async def t(i: int) -> None:
         if i < 64:
-            await _until(lambda: _helper_of(holder[0])._ready, what="the helper to start")
+            await _until(lambda: _helper_of(holder[0]).starts, what="the helper to start")
         seen.add(i)
         if len(seen) == n:
             holder[0].stop()
@@ -263,6 +263,14 @@ def test_an_idle_worker_stops_its_helper(tmp_path, monkeypatch):
     """The helper is for a backlog: once claims stop coming back full, the worker is one
     process again, and a new backlog starts a new helper."""
     monkeypatch.setattr(HostedBroker, "IDLE_AFTER", 0.3)
+    started: list[subprocess.Popen] = []  # every helper, as it answers
+    real_start = HostedBroker._start
+
+    async def start(self: HostedBroker) -> None:
+        await real_start(self)
+        started.append(self._proc)
+
+    monkeypatch.setattr(HostedBroker, "_start", start)
     app = _app(make_url("sqlite", tmp_path))
     seen: list[int] = []
     holder: list[Worker] = []
@@ -270,7 +278,7 @@ def test_an_idle_worker_stops_its_helper(tmp_path, monkeypatch):
     @app.task(queue="q", name="t")
     async def t(i: int) -> None:
         if i == 0:
-            await _until(lambda: _helper_of(holder[0])._ready, what="the helper to start")
+            await _until(lambda: _helper_of(holder[0]).starts, what="the helper to start")
         seen.append(i)
 
     t.send_many([((i,), {}) for i in range(200)])
@@ -281,12 +289,11 @@ def test_an_idle_worker_stops_its_helper(tmp_path, monkeypatch):
         run = asyncio.ensure_future(w.run())
         await _until(lambda: len(seen) == 200, what="the backlog to run")
         hb = _helper_of(w)
-        first = hb._proc
         await _until(lambda: hb._proc is None and not hb._ready, what="the helper to stop")
-        assert first is not None
-        await _until(lambda: first.poll() is not None, what="the stopped helper to exit")
+        assert len(started) == 1
+        await _until(lambda: started[0].poll() is not None, what="the stopped helper to exit")
         t.send_many([((i,), {}) for i in range(200, 400)])  # a second backlog
-        await _until(lambda: hb._ready, what="a second helper")
+        await _until(lambda: len(started) == 2, what="a second helper")
         await _until(lambda: len(seen) == 400, what="the second backlog to run")
         w.stop()
         await asyncio.wait_for(run, 30)

@@ -123,8 +123,9 @@ class HostedBroker:
         self._closed = False
         self._failures = 0  # helper starts that failed in a row (the wait doubles)
         self._releasing: set[asyncio.Task[None]] = set()  # see _give_back
-        #: claims and acks the helper made (for tests and the worker's stats)
+        #: claims and acks the helper made, and helpers started (for tests and stats)
         self.hosted_calls = 0
+        self.starts = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -301,6 +302,7 @@ class HostedBroker:
         if self._closed:
             raise BrokerUnavailable("the broker closed meanwhile")
         self._ready = True
+        self.starts += 1
         log.info("broker helper process %d started: claims and acks go through it", self._proc.pid)
 
     def _stop_idle(self) -> None:
