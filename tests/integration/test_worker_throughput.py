@@ -111,3 +111,36 @@ def test_a_bug_in_starting_a_task_costs_that_task_not_the_worker(broker_url, mon
     asyncio.run(main())
     assert sorted(ran) == [1, 2, 3]
     app.close()
+
+
+def test_runs_of_ten_ms_or_more_share_a_recent_memory_reading(broker_url, monkeypatch):
+    """Every run of 10 ms or more gets a memory figure, but runs that end together share
+    a reading under a millisecond old: under load every run's wall passes 10 ms, and a
+    system call for each cost the loop a microsecond per task."""
+    from offload.testing import run_until_idle
+    from offload.worker import execute
+
+    calls = [0]
+    real = execute._maxrss
+
+    def counted(who):
+        calls[0] += 1
+        return real(who)
+
+    monkeypatch.setattr(execute, "_maxrss", counted)
+    app = App("rss", broker=broker_url)
+    app.queue("q")
+
+    @app.task(queue="q", name="slow")
+    async def slow() -> None:
+        await asyncio.sleep(0.015)
+
+    n = 640
+    slow.send_many([((), {})] * n)
+    stats = run_until_idle(app, concurrency=64)
+    assert stats.succeeded == n
+    (m,) = [x for x in app.metrics() if x.task == "slow"]
+    measured = sum(v for k, v in m.extra.items() if k.startswith("h.rss."))
+    assert measured == n, "a run of 10 ms or more went without a memory figure"
+    assert calls[0] < n / 4, f"{calls[0]} readings for {n} runs that ended in batches"
+    app.close()
