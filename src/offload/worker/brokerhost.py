@@ -326,10 +326,10 @@ class HostedBroker:
             _reap_later(proc)
 
     def _kill(self) -> None:
-        self._ready = False
-        if self._proto is not None and self._proto.transport is not None:
-            self._proto.transport.close()
-        proc, self._proc = self._proc, None
+        """:meth:`_stop_helper`, not waiting for the helper to hear it (hung, or not
+        started)."""
+        proc = self._proc
+        self._stop_helper()
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
